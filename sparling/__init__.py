@@ -1,0 +1,43 @@
+"""Sparling: learning extremely sparse intermediate activations, end to end.
+
+A network ``h(sparse(g(x)))`` whose sparsity layer keeps a tiny, scheduled fraction of
+``g``'s activations. This package is plain PyTorch: the method (:class:`SpatialSparsity`,
+:class:`AdaptiveSparsitySchedule`), its baselines (:func:`make_bottleneck`), the domains
+(:mod:`sparling.domains`) and the metrics (:mod:`sparling.metrics`). Orchestration with
+Ray and MLflow lives in the separate ``pipelines`` package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bottlenecks import Bottleneck, bottleneck_names, make_bottleneck
+    from .schedule import AdaptiveSparsitySchedule
+    from .seeding import set_seed
+    from .sparsity import SpatialSparsity
+
+# Public names, resolved lazily (PEP 562) so that importing a light submodule such as
+# ``sparling.domains`` does not pull in every other part of the library.
+_EXPORTS = {
+    "AdaptiveSparsitySchedule": "schedule",
+    "Bottleneck": "bottlenecks",
+    "SpatialSparsity": "sparsity",
+    "bottleneck_names": "bottlenecks",
+    "make_bottleneck": "bottlenecks",
+    "set_seed": "seeding",
+}
+
+__all__ = sorted(_EXPORTS)
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'sparling' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
