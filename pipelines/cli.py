@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from sparling.errors import SparlingError
+
 
 class UsageError(Exception):
     """A bad command-line value; printed without a traceback."""
@@ -50,7 +52,7 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from pipelines.fetch import fetch_dataset
 
-    path = fetch_dataset(args.name, Path(args.to))
+    path = fetch_dataset(args.name, Path(args.to), url=args.url)
     print(f"{args.name} ready in {path}")
     return 0
 
@@ -83,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = data_sub.add_parser("fetch", help="download a recorded-speech dataset")
     fetch.add_argument("name", choices=["audiomnist", "fsdd"])
     fetch.add_argument("--to", required=True, help="folder to put it in")
+    fetch.add_argument(
+        "--url", help="another source for the archive (e.g. file:// of a copy fetched elsewhere)"
+    )
     fetch.set_defaults(func=_cmd_data_fetch)
 
     return parser
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (UsageError, SparlingError, ValueError, FileNotFoundError, FileExistsError) as e:
         # Errors that name the bad input: show the message, not a traceback.
         print(f"sparling {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from sparling.domains.audio_digits import RecordingIndex, find_recordings
+from sparling.errors import SparlingError
 
 DatasetName = Literal["audiomnist", "fsdd"]
 
@@ -64,7 +65,7 @@ DATASETS: dict[str, DatasetSource] = {
 _CHUNK = 1 << 16
 
 
-class FetchError(RuntimeError):
+class FetchError(SparlingError):
     """A dataset could not be downloaded, unpacked or verified; the message says what to do."""
 
 

@@ -1,0 +1,9 @@
+"""Errors whose message already says what went wrong and what to do.
+
+The command line prints these without a traceback; anything else is a bug and keeps its
+traceback.
+"""
+
+
+class SparlingError(RuntimeError):
+    """Base of the project's user-facing errors."""
