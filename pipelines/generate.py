@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,9 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
+from pipelines.ray_env import ensure_ray
 from sparling.domains import Domain
+from sparling.errors import SparlingError
 from sparling.shards import (
     MANIFEST_NAME,
     DatasetConflictError,
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".generate.lock"
 
 
-class ShardGenerationError(RuntimeError):
+class ShardGenerationError(SparlingError):
     """Some shard tasks failed; ``failures`` maps shard number to the cause.
 
     Shards that succeeded are on disk and in the (incomplete) manifest; rerunning the
@@ -143,21 +144,6 @@ def _submit(plan: DatasetPlan, out: Path, k: int) -> ray.ObjectRef:
         dataset_hash=plan.dataset_hash,
     )
     return _build_shard_task.options(name=f"generate:{plan.folder_name}:shard{k}").remote(job)
-
-
-def ensure_ray() -> None:
-    """Use the Ray already initialised, else connect to ``RAY_ADDRESS``, else start local Ray.
-
-    The local instance runs without the dashboard: it is not needed for a batch job and
-    costs startup time and memory.
-    """
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,7 +29,14 @@ _EXPORTS = {
     "set_seed": "seeding",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AdaptiveSparsitySchedule",
+    "Bottleneck",
+    "SpatialSparsity",
+    "bottleneck_names",
+    "make_bottleneck",
+    "set_seed",
+]
 __version__ = "0.1.0"
 
 
