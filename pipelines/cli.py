@@ -57,6 +57,67 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train / evaluate -------------------------------------------------------------------------
+def _load_run_config(path: str, sets: list[str] | None) -> Any:
+    from sparling.config import load_config
+
+    config = load_config(Path(path))
+    updates = parse_assignments(sets, "--set")
+    return config.with_updates(updates) if updates else config
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.train_job import run_training
+
+    config = _load_run_config(args.config, args.set)
+    print(
+        f"run {config.run_id()}  ({config.domain.name}, {config.model.preset} preset, "
+        f"{config.bottleneck.name}, seed {config.seed})"
+    )
+    result = run_training(config, work_dir=Path(args.work_dir), progress=not args.quiet)
+    last = result.get("last") or {}
+    print(
+        f"{result['status']}: {result['samples']} samples, density {result['density']:.3e}, "
+        f"last validation accuracy {last.get('val_accuracy', float('nan')):.3f}"
+    )
+    print(f"checkpoints: {Path(args.work_dir) / 'runs' / config.run_id() / 'checkpoints'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.train_job import prepare_datasets
+    from sparling.checkpoint import CONFIG_FILE
+    from sparling.config import load_config
+    from sparling.evaluate import evaluate_checkpoint, select_checkpoint
+    from sparling.shards import ShardedDataset
+
+    checkpoint = select_checkpoint(Path(args.path), args.density)
+    config = load_config(checkpoint / CONFIG_FILE)
+    # A checkpoint lives in <work_dir>/runs/<id>/checkpoints/<name>.
+    work_dir = checkpoint.resolve().parents[3]
+    test = ShardedDataset(
+        prepare_datasets(config, work_dir, splits=("test",), progress=False)["test"]
+    )
+    out = Path(args.out) if args.out else checkpoint.parent.parent / "evaluation" / checkpoint.name
+    result = evaluate_checkpoint(checkpoint, test, samples=args.samples, out_dir=out)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    m = result.metrics
+    print(
+        f"checkpoint {checkpoint} (density {m['checkpoint_density']:.3e}, "
+        f"{int(m['checkpoint_samples'])} training samples)"
+    )
+    print(
+        f"test samples {int(m['samples'])}: FPE {m['fpe']:.2%}  FNE {m['fne']:.2%}  "
+        f"CE {m['ce']:.2%}  E2EE {m['e2ee']:.2%}  measured density {m['density']:.3e}"
+    )
+    print(f"report: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparling",
@@ -89,6 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="another source for the archive (e.g. file:// of a copy fetched elsewhere)"
     )
     fetch.set_defaults(func=_cmd_data_fetch)
+
+    train = sub.add_parser("train", help="run one training run as a Ray Train job")
+    train.add_argument("config", help="run config YAML (see pipelines/configs/)")
+    train.add_argument(
+        "--set", action="append", metavar="K=V", help="override a field, e.g. seed=3 (repeatable)"
+    )
+    train.add_argument("--work-dir", default="sparling-work", help="datasets, runs, Ray storage")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="motif errors, E2EE and figures for a run or checkpoint")
+    ev.add_argument("path", help="a run folder (sparling-work/runs/ID) or a checkpoint folder")
+    ev.add_argument("--density", type=float, help="evaluate the run's checkpoint at this density")
+    ev.add_argument("--samples", type=int, help="test samples to use (default: the whole split)")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.add_argument("--out", help="folder for evaluation.json and the figures")
+    ev.set_defaults(func=_cmd_evaluate)
 
     return parser
 

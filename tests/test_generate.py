@@ -171,13 +171,19 @@ def test_ensure_ray_connects_to_ray_address(monkeypatch: pytest.MonkeyPatch) -> 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(gen.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(gen.ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.delenv("SPARLING_RAY_LOGS", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     gen.ensure_ray()
     monkeypatch.delenv("RAY_ADDRESS")
     gen.ensure_ray()
     assert calls == [
-        {"address": "127.0.0.1:6379"},
-        {"include_dashboard": False, "num_cpus": None, "_node_ip_address": "127.0.0.1"},
+        {"address": "127.0.0.1:6379", "log_to_driver": False},
+        {
+            "include_dashboard": False,
+            "num_cpus": None,
+            "_node_ip_address": "127.0.0.1",
+            "log_to_driver": False,
+        },
     ]
     monkeypatch.setattr(gen.ray, "is_initialized", lambda: True)
     gen.ensure_ray()  # reuses the running Ray

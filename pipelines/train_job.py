@@ -1,0 +1,303 @@
+"""One training run as a Ray Train job.
+
+The driver prepares the run's datasets (through the sharded generator), then runs
+``TorchTrainer.fit()``; each worker builds the library's :class:`~sparling.train.Trainer`
+and turns its validation records into ``ray.train.report`` calls with the run's
+checkpoint. The library's loop knows nothing of Ray: this module is the whole bridge.
+
+Where things live (``work_dir`` defaults to ``./sparling-work``)::
+
+    work_dir/data/<domain>-<split>-<hash>/   shared datasets (one per config hash)
+    work_dir/runs/<run_id>/                   config.json, progress.json, result.json,
+                                              checkpoints/{last,density-*}/
+    work_dir/ray/<run_id>/                    Ray Train's own storage (reported checkpoints)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparling.config import RunConfig
+from sparling.errors import SparlingError
+
+DEFAULT_WORK_DIR = Path("sparling-work")
+
+
+class RunFailed(SparlingError):
+    """A run ended in an error (its last good checkpoint is kept)."""
+
+
+@dataclass
+class RunPaths:
+    train: Path
+    val: Path
+    test: Path
+    run_dir: Path
+
+
+def prepare_datasets(
+    config: RunConfig,
+    work_dir: Path = DEFAULT_WORK_DIR,
+    *,
+    progress: bool = True,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+) -> dict[str, Path]:
+    """Generate (or find, verified) the datasets a run reads; returns split -> folder."""
+    from pipelines.generate import generate_dataset
+    from sparling.shards import dataset_dir
+
+    d = config.data
+    root = (Path(d.root) if d.root else Path(work_dir) / "data").resolve()
+    sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
+    out: dict[str, Path] = {}
+    for split in splits:
+        count = sizes[split]
+        shards = max(1, min(d.shards, count))
+        params = dict(config.domain.params)
+        folder = dataset_dir(root, config.domain.name, params, split, d.seed, count, shards)
+        out[split] = generate_dataset(
+            config.domain.name, params, split, d.seed, count, shards, folder, progress=progress
+        )
+    return out
+
+
+def run_dir_for(config: RunConfig, work_dir: Path) -> Path:
+    return (work_dir / "runs" / config.run_id()).resolve()
+
+
+# -- the worker side -----------------------------------------------------------------------
+def _restore_from_ray(run_dir: Path) -> None:
+    """Make ``run_dir/checkpoints/last`` at least as new as Ray Train's latest checkpoint.
+
+    On one machine they are the same; on a cluster a retried worker may land on another
+    node, where only Ray's persisted copy exists.
+    """
+    import ray.train
+
+    from sparling.checkpoint import read_meta
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return
+    last = run_dir / "checkpoints" / "last"
+    with ckpt.as_directory() as src:
+        theirs = read_meta(Path(src))["samples"]
+        try:
+            ours = read_meta(last)["samples"]
+        except Exception:
+            ours = -1
+        if theirs > ours:
+            tmp = last.with_name(".last.restore")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            if last.exists():
+                shutil.rmtree(last)
+            os.replace(tmp, last)
+
+
+def _numeric(record: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+
+
+class _ProgressFile:
+    """Writes ``progress.json`` at most every ``interval`` seconds (for the live displays)."""
+
+    def __init__(self, path: Path, interval: float = 1.0) -> None:
+        self.path = path
+        self.interval = interval
+        self._last = 0.0
+        self.latest: dict[str, Any] = {}
+
+    def __call__(self, info: dict[str, Any], force: bool = False) -> None:
+        self.latest.update(info)
+        now = time.monotonic()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.latest))
+            os.replace(tmp, self.path)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: runs the library's training loop on one Ray Train worker."""
+    import ray.train
+    import torch
+
+    from sparling.shards import ShardedDataset
+    from sparling.train import Callbacks, make_trainer
+
+    config = RunConfig.model_validate(loop_config["config"])
+    run_dir = Path(loop_config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(int(config.compute.threads or max(1, config.compute.cpus_per_worker)))
+    if rank == 0:
+        _restore_from_ray(run_dir)
+
+    train = ShardedDataset(loop_config["train"])
+    val = ShardedDataset(loop_config["val"])
+    progress = _ProgressFile(run_dir / "progress.json")
+
+    def on_validation(record: dict[str, Any], checkpoint: Path | None) -> None:
+        metrics = _numeric(record)
+        if rank == 0:
+            progress({**metrics, "state": "running"}, force=True)
+        if checkpoint is not None:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint))
+        else:
+            ray.train.report(metrics)
+
+    def on_progress(info: dict[str, Any]) -> None:
+        if rank == 0:
+            progress(info)
+
+    wrap = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        def wrap(m: torch.nn.Module) -> torch.nn.Module:
+            return DistributedDataParallel(m)
+
+    trainer = make_trainer(
+        config,
+        train,
+        val,
+        run_dir,
+        callbacks=Callbacks(on_validation=on_validation, on_progress=on_progress),
+        progress=False,
+        rank=rank,
+        world_size=world,
+        wrap=wrap,
+    )
+    result = trainer.fit()
+    if rank == 0:
+        summary = {
+            "status": result.status,
+            "samples": result.samples,
+            "density": result.density,
+            "density_checkpoints": result.density_checkpoints,
+            "validations": len(result.history),
+            "last": result.history[-1] if result.history else None,
+        }
+        (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
+        progress({"state": "finished", "status": result.status}, force=True)
+
+
+# -- the driver side -------------------------------------------------------------------------
+def build_trainer(config: RunConfig, paths: RunPaths, work_dir: Path, max_failures: int = 2) -> Any:
+    """The ``TorchTrainer`` for one run (the scaling comes from ``config.compute``)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    c = config.compute
+    resources: dict[str, float] = {"CPU": c.cpus_per_worker}
+    if c.gpus_per_worker:
+        resources["GPU"] = c.gpus_per_worker
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "run_dir": str(paths.run_dir),
+            "train": str(paths.train),
+            "val": str(paths.val),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=c.workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=config.run_id(),
+            storage_path=str((work_dir / "ray").resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run_training(
+    config: RunConfig,
+    *,
+    work_dir: Path = DEFAULT_WORK_DIR,
+    progress: bool = True,
+    max_failures: int = 2,
+) -> dict[str, Any]:
+    """Prepare data, run one Ray Train job, return ``result.json``'s summary.
+
+    Resumable: run it again after an interruption and it continues from the run's last
+    checkpoint; a run that already finished returns at once with its result.
+    """
+    from pipelines.ray_env import ensure_ray
+
+    work_dir = Path(work_dir).resolve()
+    run_dir = run_dir_for(config, work_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.to_json())
+    datasets = prepare_datasets(config, work_dir, progress=progress)
+    paths = RunPaths(datasets["train"], datasets["val"], datasets["test"], run_dir)
+    ensure_ray()
+    trainer = build_trainer(config, paths, work_dir, max_failures=max_failures)
+
+    errors: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # reported below, in the caller's thread
+            errors.append(e)
+
+    thread = threading.Thread(target=fit, name=f"fit-{config.run_id()}", daemon=True)
+    thread.start()
+    _watch(thread, run_dir, config, progress)
+    if errors:
+        raise RunFailed(f"run {config.run_id()} failed: {_root_cause(errors[0])}") from errors[0]
+    result = read_json(run_dir / "result.json")
+    if result is None:
+        raise RunFailed(f"run {config.run_id()} ended without a result (see {run_dir})")
+    return result
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return f"{type(e).__name__}: {e}"
+
+
+def _watch(thread: threading.Thread, run_dir: Path, config: RunConfig, progress: bool) -> None:
+    """A progress bar fed by the worker's ``progress.json`` (samples, density, accuracy)."""
+    if not progress:
+        thread.join()
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=config.budget_samples, unit="sample", desc=f"run {config.run_id()[:8]}")
+    acc = float("nan")
+    try:
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+            info = read_json(run_dir / "progress.json") or {}
+            if "samples" in info:
+                bar.n = min(int(info["samples"]), config.budget_samples)
+                acc = info.get("val_accuracy", acc)
+                bar.set_postfix(
+                    density=f"{info.get('density', float('nan')):.2e}",
+                    loss=f"{info.get('loss', info.get('train_loss', float('nan'))):.3f}",
+                    acc=f"{acc:.3f}",
+                    refresh=False,
+                )
+                bar.refresh()
+    finally:
+        bar.close()

@@ -1,0 +1,222 @@
+"""``h``: the downstream model from (sparse) motif maps to the output token sequence.
+
+Re-embed the motif channels with a 1x1 conv, max-pool, encode (images: a bidirectional
+LSTM along each row, a row positional encoding and a Transformer encoder; audio: a
+positional encoding and a Transformer encoder over frames), then a Transformer decoder
+predicts the tokens: teacher-forced for training, greedy with cached states for testing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from .motif import Dims
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+from .transformer import DecoderLayer, EncoderLayer, LayerCache, sinusoidal_encoding
+
+#: (ids so far (N, t+1), position t) -> logits (N, vocab) for the next id
+_NextLogits = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class DownstreamConfig(BaseModel):
+    """Sizes of ``h``. Defaults are the paper's (the authors' code: PyTorch's default
+    Transformer layers at 512 channels, i.e. ff 2048, dropout 0.1, post-norm)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    d_model: int = Field(default=512, ge=2)
+    """Channels of the re-embedding, the LSTM output and the Transformers. Even."""
+    encoder_layers: int = Field(default=6, ge=0)
+    """Transformer encoder layers (0: the encoder is just the LSTM/positional encoding)."""
+    decoder_layers: int = Field(default=6, ge=1)
+    """Transformer decoder layers."""
+    heads: int = Field(default=8, ge=1)
+    """Attention heads in every attention block; must divide ``d_model``."""
+    ff: int = Field(default=2048, ge=1)
+    """Hidden width of the feed-forward blocks."""
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Dropout after positional encodings, on attention weights and in residual branches."""
+    row_lstm: bool = True
+    """Images only: a bidirectional LSTM (hidden ``d_model/2`` per direction) along each
+    pooled row, which gives the encoder horizontal position; without it a 2-D sinusoidal
+    encoding does. Must be false for audio."""
+    pool: int = Field(default=8, ge=1)
+    """Max-pool kernel (and stride) after the re-embedding, per spatial axis."""
+    norm_first: bool = False
+    """Pre-norm (True: ``x + f(norm(x))``, with a final LayerNorm after each stack) or
+    post-norm (False: ``norm(x + f(x))``, the paper)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DownstreamConfig:
+        if self.d_model % 2:
+            raise ValueError(
+                f"d_model must be even (sin/cos pairs, two LSTM halves), got {self.d_model}"
+            )
+        if self.d_model % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
+        if not self.row_lstm and self.d_model % 4:
+            raise ValueError(
+                f"d_model must be a multiple of 4 when row_lstm is false (half the channels "
+                f"encode the row, half the column), got {self.d_model}"
+            )
+        return self
+
+
+class DownstreamModel(nn.Module):
+    """``h``: motifs (N, C, H, W) or (N, C, L) and decoder input ids -> logits over ids.
+
+    Special ids are the tokenizer's: PAD, BOS and EOS (see :mod:`.tokenizer`).
+    """
+
+    def __init__(
+        self, motif_channels: int, vocab_size: int, config: DownstreamConfig, dims: Dims
+    ) -> None:
+        super().__init__()
+        if dims not in (1, 2):
+            raise ValueError(f"dims must be 1 or 2, got {dims!r}")
+        if dims == 1 and config.row_lstm:
+            raise ValueError("row_lstm must be false for 1-D (audio) inputs; accepted: False")
+        if vocab_size <= EOS_ID:
+            raise ValueError(f"vocab_size must include the 3 special ids, got {vocab_size}")
+        d = config.d_model
+        self.config = config
+        self.dims: Dims = dims
+        self.vocab_size = vocab_size
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
+        pool = nn.MaxPool1d if dims == 1 else nn.MaxPool2d
+        self.reembed = conv(motif_channels, d, kernel_size=1)
+        self.pool = pool(config.pool)
+        self.row_lstm = (
+            nn.LSTM(d, d // 2, bidirectional=True, batch_first=True) if config.row_lstm else None
+        )
+        self.drop = nn.Dropout(config.dropout)
+        args = (d, config.heads, config.ff, config.dropout, config.norm_first)
+        self.encoder = nn.ModuleList(EncoderLayer(*args) for _ in range(config.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(*args) for _ in range(config.decoder_layers))
+        # A pre-norm stack leaves its residual stream unnormalised; post-norm ends normalised.
+        norm = nn.LayerNorm if config.norm_first else nn.Identity
+        self.encoder_norm: nn.Module = norm(d) if config.encoder_layers else nn.Identity()
+        self.decoder_norm: nn.Module = norm(d)
+        self.embed = nn.Embedding(vocab_size, d)
+        self.out = nn.Linear(d, vocab_size)
+
+    # -- encoder ------------------------------------------------------------------------
+    def encode(self, motifs: torch.Tensor) -> torch.Tensor:
+        """Motif maps -> memory (N, S, d_model); S = pooled H*W (row-major) or pooled L."""
+        spatial = motifs.shape[2:]
+        if len(spatial) != self.dims or min(spatial) < self.config.pool:
+            raise ValueError(
+                f"expected motifs (N, C, {'H, W' if self.dims == 2 else 'L'}) with every "
+                f"spatial size >= pool ({self.config.pool}), got {tuple(motifs.shape)}"
+            )
+        z = self.pool(self.reembed(motifs))
+        d = self.config.d_model
+        if self.dims == 1:
+            z = z.transpose(1, 2)  # (N, L, d)
+            z = z + sinusoidal_encoding(torch.arange(z.shape[1], device=z.device), d, z.dtype)
+        else:
+            n, _, rows, cols = z.shape
+            z = z.permute(0, 2, 3, 1)  # (N, H, W, d)
+            if self.row_lstm is not None:
+                # Each row is one LSTM sequence; the LSTM tells the encoder where in the
+                # row a feature is, and the added encoding tells it which row.
+                z, _ = self.row_lstm(z.reshape(n * rows, cols, d))
+                z = z.reshape(n, rows, cols, d)
+                pe = sinusoidal_encoding(torch.arange(rows, device=z.device), d, z.dtype)
+                z = z + pe[None, :, None, :]
+            else:
+                r = sinusoidal_encoding(torch.arange(rows, device=z.device), d // 2, z.dtype)
+                c = sinusoidal_encoding(torch.arange(cols, device=z.device), d // 2, z.dtype)
+                pe = torch.cat(
+                    [r[:, None, :].expand(rows, cols, -1), c[None, :, :].expand(rows, cols, -1)],
+                    dim=-1,
+                )
+                z = z + pe
+            z = z.reshape(n, rows * cols, d)
+        z = self.drop(z)
+        for layer in self.encoder:
+            z = layer(z)
+        return self.encoder_norm(z)
+
+    # -- decoder: teacher forcing --------------------------------------------------------
+    def _embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Token embeddings plus the encoding of positions ``start, start+1, ...``."""
+        x = self.embed(ids)
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)
+        return self.drop(x + sinusoidal_encoding(pos, self.config.d_model, x.dtype))
+
+    def decode_logits(self, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (N, T, vocab) for decoder inputs ``ids`` (N, T); row t sees ids[:, :t+1].
+
+        PAD only ever follows EOS, so causal masking already keeps real positions from
+        attending to padding, and no padding mask is needed.
+        """
+        x = self._embed(ids, 0)
+        for layer in self.decoder:
+            x = layer(x, memory)
+        return self.out(self.decoder_norm(x))
+
+    def forward(self, motifs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.decode_logits(self.encode(motifs), ids)
+
+    # -- decoder: greedy ---------------------------------------------------------------------
+    @property
+    def _decoder_layers(self) -> list[DecoderLayer]:
+        # ModuleList items are typed as Module; the decoder only ever holds DecoderLayers.
+        return cast(list[DecoderLayer], list(self.decoder))
+
+    def init_cache(self, memory: torch.Tensor) -> list[LayerCache]:
+        """Per-layer caches holding the memory's keys/values, projected once."""
+        return [layer.precompute_memory(memory) for layer in self._decoder_layers]
+
+    def step(self, ids: torch.Tensor, position: int, cache: list[LayerCache]) -> torch.Tensor:
+        """Logits (N, vocab) for one new input id per row (N,) at ``position``; updates cache."""
+        x = self._embed(ids[:, None], position)
+        for layer, layer_cache in zip(self._decoder_layers, cache, strict=True):
+            x = layer.step(x, layer_cache)
+        return self.out(self.decoder_norm(x))[:, 0]
+
+    @torch.no_grad()
+    def greedy_decode(self, memory: torch.Tensor, max_len: int) -> torch.Tensor:
+        """Greedy decoding with cached keys/values: (N, T) ids, T <= ``max_len``.
+
+        Row i holds the generated ids (EOS included when emitted), then PAD. Stops once
+        every row has emitted EOS, or after ``max_len`` ids. Call in eval mode.
+        """
+        cache = self.init_cache(memory)
+        return self._greedy(memory, max_len, lambda ids, t: self.step(ids[:, -1], t, cache))
+
+    @torch.no_grad()
+    def greedy_decode_naive(self, memory: torch.Tensor, max_len: int) -> torch.Tensor:
+        """Reference for :meth:`greedy_decode`: re-runs the full decoder on the prefix per id."""
+        return self._greedy(memory, max_len, lambda ids, t: self.decode_logits(memory, ids)[:, -1])
+
+    def _greedy(self, memory: torch.Tensor, max_len: int, next_logits: _NextLogits) -> torch.Tensor:
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        n = memory.shape[0]
+        ids = torch.full((n, 1), BOS_ID, dtype=torch.long, device=memory.device)
+        finished = torch.zeros(n, dtype=torch.bool, device=memory.device)
+        never = torch.tensor([PAD_ID, BOS_ID], device=memory.device)
+        for t in range(max_len):
+            # PAD and BOS are never targets; excluding them keeps an untrained model's
+            # output well-formed (its argmax could otherwise be PAD).
+            nxt = next_logits(ids, t).index_fill(1, never, float("-inf")).argmax(-1)
+            # Rows that are done keep computing (the batch stays rectangular) but emit PAD.
+            nxt = torch.where(finished, PAD_ID, nxt)
+            ids = torch.cat([ids, nxt[:, None]], dim=1)
+            finished |= nxt == EOS_ID
+            if bool(finished.all()):
+                break
+        return ids[:, 1:]
+
+
+def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over non-PAD targets; ``logits`` (N, T, V), ``targets`` (N, T)."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)

@@ -1,0 +1,387 @@
+"""The training loop: one run, driven by a :class:`~sparling.config.RunConfig`.
+
+Plain PyTorch: it knows nothing of Ray or MLflow. Orchestrators observe it through
+:class:`Callbacks` (``pipelines/`` turns those into ``ray.train.report`` calls and MLflow
+logs). The loop is short and calls small named steps.
+
+Determinism: the order of training samples is a pure function of (seed, position in the
+sample stream), and the checkpoint holds model, optimiser, schedule, bottleneck and RNG
+state, so a run resumed from any checkpoint continues bitwise as if never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from . import domains
+from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
+from .config import RunConfig
+from .domains import Domain, Sample
+from .errors import SparlingError
+from .models import SparlingModel, build_model, sequence_loss
+from .schedule import AdaptiveSparsitySchedule
+from .seeding import set_seed
+
+
+class SampleSource(Protocol):
+    """Anything indexable that yields samples (a sharded dataset, an in-memory list)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+class TrainingFailed(SparlingError):
+    """The run stopped on an error it can name (e.g. a non-finite loss)."""
+
+
+@dataclass
+class Callbacks:
+    """Hooks an orchestrator uses to watch a run. All optional."""
+
+    on_validation: Callable[[dict[str, Any], Path | None], None] | None = None
+    """Called after each validation with the metrics record and the checkpoint written."""
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+    """Called after each training step with samples/density/loss (cheap)."""
+
+
+@dataclass
+class RunResult:
+    status: str  # "target-reached" | "budget-exhausted"
+    samples: int
+    density: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    density_checkpoints: dict[str, str] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+
+def batch_positions(seed: int, n: int, start: int, size: int) -> np.ndarray:
+    """Dataset indices for stream positions ``[start, start + size)``.
+
+    Each epoch is a permutation of ``range(n)`` seeded by (seed, epoch), so the index at
+    any position is known without replaying the stream: that is what makes resumption exact.
+    """
+    out = np.empty(size, dtype=np.int64)
+    pos = start
+    filled = 0
+    while filled < size:
+        epoch, offset = divmod(pos, n)
+        perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+        take = min(size - filled, n - offset)
+        out[filled : filled + take] = perm[offset : offset + take]
+        filled += take
+        pos += take
+    return out
+
+
+def collate_inputs(samples: Sequence[Sample]) -> torch.Tensor:
+    x = np.stack([np.asarray(s.x) for s in samples])
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8)
+    return torch.from_numpy(x)
+
+
+class Trainer:
+    """Trains one run. ``fit()`` resumes from ``run_dir/last`` when it exists.
+
+    ``model`` is a :class:`~sparling.models.SparlingModel` (``wrapped`` may be its DDP
+    wrapper); its ``bottleneck`` is a :class:`sparling.bottlenecks.Bottleneck`.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model: SparlingModel,
+        train: SampleSource,
+        val: SampleSource,
+        run_dir: Path,
+        *,
+        target_density: float,
+        callbacks: Callbacks | None = None,
+        progress: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        wrapped: torch.nn.Module | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        # ``wrapped`` is what the forward pass goes through (e.g. DistributedDataParallel).
+        self.wrapped = wrapped if wrapped is not None else model
+        self.train_data = train
+        self.val_data = val
+        self.run_dir = Path(run_dir)
+        self.callbacks = callbacks or Callbacks()
+        self.progress = progress and rank == 0
+        self.rank = rank
+        self.world_size = world_size
+        s = config.schedule
+        self.schedule = AdaptiveSparsitySchedule(
+            initial_density=s.initial_density,
+            delta_update=s.delta_update,
+            threshold_decay=s.threshold_decay,
+            initial_threshold=s.initial_threshold,
+            min_threshold=s.min_threshold,
+            max_threshold=s.max_threshold,
+            target_density=s.target_density or target_density,
+        )
+        self.optimizer = self._make_optimizer()
+        self.samples = 0
+        self.history: list[dict[str, Any]] = []
+        self.density_checkpoints: dict[str, str] = {}
+        self._apply_density(self.schedule.density)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.config.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if o.name == "adam":
+            return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+
+    @property
+    def bottleneck(self) -> Any:
+        return self.model.bottleneck
+
+    def _apply_density(self, density: float) -> None:
+        if getattr(self.bottleneck, "adaptive", False):
+            self.bottleneck.set_density(density)
+
+    def _lr_at(self, samples: int) -> float:
+        o = self.config.optim
+        if o.warmup_samples <= 0:
+            return o.lr
+        return o.lr * min(1.0, (samples + self.config.batch_size) / o.warmup_samples)
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "samples": self.samples,
+            "torch_rng": torch.get_rng_state(),
+            "history": [
+                {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
+                for r in self.history
+            ],
+            "density_checkpoints": dict(self.density_checkpoints),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.samples = int(state["samples"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = list(state["history"])
+        self.density_checkpoints = dict(state["density_checkpoints"])
+        self._apply_density(self.schedule.density)
+
+    def save(self, name: str) -> Path | None:
+        if self.rank != 0:  # data-parallel replicas hold the same state: one writer
+            return None
+        meta = {
+            "run_id": self.config.run_id(),
+            "samples": self.samples,
+            "density": self.schedule.density,
+            "name": name,
+        }
+        return save_checkpoint(
+            self.run_dir / "checkpoints" / name, self.state(), meta, self.config.to_json()
+        )
+
+    def try_resume(self) -> bool:
+        last = self.run_dir / "checkpoints" / "last"
+        if not (last / "meta.json").exists():
+            return False
+        meta = read_meta(last)
+        if meta.get("run_id") != self.config.run_id():
+            raise CheckpointError(
+                f"{last} belongs to run {meta.get('run_id')}, not {self.config.run_id()}"
+            )
+        state, _ = load_checkpoint(last)
+        self.load_state(state)
+        return True
+
+    # -- steps ----------------------------------------------------------------------------
+    def _train_step(self, samples: Sequence[Sample]) -> float:
+        self.wrapped.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr_at(self.samples)
+        x = collate_inputs(samples)
+        ids = self.model.token_ids([s.tokens for s in samples])
+        # The forward goes through ``wrapped`` (DDP syncs gradients in its hooks).
+        loss = sequence_loss(self.wrapped(x, ids), ids[:, 1:])
+        penalty = self.bottleneck.penalty()
+        total = loss + penalty
+        if not torch.isfinite(total):
+            raise TrainingFailed(
+                f"non-finite loss at sample {self.samples} (loss={loss.item()}, "
+                f"penalty={float(penalty)}); last good checkpoint kept in "
+                f"{self.run_dir / 'checkpoints' / 'last'}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.config.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Exact-match accuracy of greedy decoding on the validation set, plus density."""
+        self.model.eval()
+        bs = max(self.config.batch_size, 64)
+        correct = 0
+        densities = []
+        for start in range(0, len(self.val_data), bs):
+            batch = [self.val_data[i] for i in range(start, min(start + bs, len(self.val_data)))]
+            pred = self.model.decode(collate_inputs(batch), self.config.max_output_len)
+            densities.append(float(self.bottleneck.measured_density) * len(batch))
+            correct += sum(p == s.tokens for p, s in zip(pred, batch))
+        n = len(self.val_data)
+        return {"val_accuracy": correct / n, "val_density": sum(densities) / n}
+
+    def _validate_and_schedule(self, train_loss: float, t0: float) -> None:
+        record: dict[str, Any] = {
+            "samples": self.samples,
+            "density": self.schedule.density,
+            "train_loss": train_loss,
+            "wall_seconds": time.monotonic() - t0,
+        }
+        record.update(self.validate())
+        before = self.schedule.density
+        after = self.schedule.observe(self.samples, record["val_accuracy"])
+        record["threshold"] = self.schedule.threshold
+        stepped = after < before and getattr(self.bottleneck, "adaptive", False)
+        if stepped:
+            # The model as it is now reached the accuracy bar at density ``before``:
+            # keep it as that density's checkpoint, so any density can be evaluated later.
+            name = f"density-{before:.6e}"
+            self.density_checkpoints[f"{before:.6e}"] = name
+            record["density_checkpoint"] = name
+            self.save(name)
+        self._apply_density(after)
+        record["next_density"] = after
+        self.history.append(record)
+        ckpt = self.save("last")
+        if self.callbacks.on_validation is not None:
+            self.callbacks.on_validation(record, ckpt)
+
+    def _done(self) -> str | None:
+        if getattr(self.bottleneck, "adaptive", False) and self.schedule.done:
+            return "target-reached"
+        if self.samples >= self.config.budget_samples:
+            return "budget-exhausted"
+        return None
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        self.try_resume()
+        cfg = self.config
+        global_batch = cfg.batch_size * self.world_size
+        t0 = time.monotonic()
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=cfg.budget_samples,
+                initial=self.samples,
+                unit="sample",
+                dynamic_ncols=True,
+                desc=f"run {cfg.run_id()[:8]}",
+            )
+        next_val = (self.samples // cfg.val_interval + 1) * cfg.val_interval
+        loss = math.nan
+        try:
+            while (status := self._done()) is None:
+                idx = batch_positions(cfg.seed, len(self.train_data), self.samples, global_batch)
+                mine = idx[self.rank * cfg.batch_size : (self.rank + 1) * cfg.batch_size]
+                loss = self._train_step([self.train_data[int(i)] for i in mine])
+                self.samples += global_batch
+                if bar is not None:
+                    bar.update(global_batch)
+                    last_acc = self.history[-1]["val_accuracy"] if self.history else float("nan")
+                    bar.set_postfix(
+                        density=f"{self.schedule.density:.2e}",
+                        loss=f"{loss:.3f}",
+                        acc=f"{last_acc:.3f}",
+                        refresh=False,
+                    )
+                if self.callbacks.on_progress is not None:
+                    self.callbacks.on_progress(
+                        {"samples": self.samples, "density": self.schedule.density, "loss": loss}
+                    )
+                if self.samples >= next_val or self.samples >= cfg.budget_samples:
+                    self._validate_and_schedule(loss, t0)
+                    next_val = (self.samples // cfg.val_interval + 1) * cfg.val_interval
+        finally:
+            if bar is not None:
+                bar.close()
+        return RunResult(
+            status=status,
+            samples=self.samples,
+            density=self.schedule.density,
+            history=self.history,
+            density_checkpoints=self.density_checkpoints,
+            run_dir=self.run_dir,
+        )
+
+
+def build_run_model(config: RunConfig, domain: Domain) -> SparlingModel:
+    """The model a config describes, with ``init_from``/``freeze_motif_model`` applied."""
+    overrides = dict(config.model.overrides)
+    if config.model.channels is not None:
+        overrides["channels"] = config.model.channels
+    model = build_model(
+        domain, config.model.preset, config.bottleneck.name, config.bottleneck.params, **overrides
+    )
+    if config.init_from:
+        # The Retrained method: take g from another run's checkpoint (at the density it
+        # was saved at); the rest of the model starts fresh.
+        state, _ = load_checkpoint(Path(config.init_from))
+        g_state = {k[2:]: v for k, v in state["model"].items() if k.startswith("g.")}
+        model.g.load_state_dict(g_state)
+    if config.freeze_motif_model:
+        for p in model.g.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def make_trainer(
+    config: RunConfig,
+    train: SampleSource,
+    val: SampleSource,
+    run_dir: Path,
+    *,
+    callbacks: Callbacks | None = None,
+    progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    wrap: Callable[[SparlingModel], torch.nn.Module] | None = None,
+) -> Trainer:
+    """Everything a run needs, built from its config (seeded first, so init is reproducible)."""
+    set_seed(config.seed)
+    domain = domains.make(config.domain.name, **config.domain.params)
+    model = build_run_model(config, domain)
+    return Trainer(
+        config,
+        model,
+        train,
+        val,
+        run_dir,
+        target_density=domain.target_density,
+        callbacks=callbacks,
+        progress=progress,
+        rank=rank,
+        world_size=world_size,
+        wrapped=wrap(model) if wrap is not None else None,
+    )

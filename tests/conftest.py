@@ -1,0 +1,50 @@
+"""Shared test helpers: small configs and samples, and one seeding fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+#: a model small enough to train a few steps in well under a second
+TINY_MODEL: dict[str, Any] = {
+    "d_model": 32,
+    "ff": 64,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "heads": 2,
+    "width": 8,
+    "cr": 2,
+}
+
+
+def tiny_config(**updates: Any) -> dict[str, Any]:
+    """A run config dict for a tiny DigitCircle model; ``updates`` use dotted paths."""
+    from sparling.config import set_path
+
+    cfg: dict[str, Any] = {
+        "domain": {"name": "digit-circle"},
+        "data": {"train_size": 32, "val_size": 8, "test_size": 8, "shards": 2},
+        "model": {"preset": "fast", "overrides": dict(TINY_MODEL)},
+        "bottleneck": {"name": "sparling"},
+        "optim": {"lr": 3e-3},
+        "schedule": {},
+        "batch_size": 8,
+        "val_interval": 16,
+        "budget_samples": 48,
+        "max_output_len": 8,
+    }
+    for path, value in updates.items():
+        set_path(cfg, path, value)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    from sparling.seeding import set_seed
+
+    set_seed(0)

@@ -1,0 +1,314 @@
+"""Tests of sparling.models: shapes, gradients, cached decoding, overfitting, presets.
+
+Everything runs at tiny sizes on the CPU; the paper preset is built (parameter count
+checked) and run forward once at batch 1.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparling.models import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    DomainInfo,
+    DownstreamConfig,
+    DownstreamModel,
+    MotifConfig,
+    MotifModel,
+    SparlingModel,
+    Tokenizer,
+    build_from_config,
+    preset_config,
+)
+from sparling.models.transformer import sinusoidal_encoding
+
+DIGITS = tuple("0123456789")
+# The domains' published shapes; used instead of the real domains so that these tests
+# depend on nothing but the models (the audio domain needs recordings to construct).
+DOMAINS = {
+    "digit-circle": DomainInfo("digit-circle", "image", (100, 100), DIGITS, 10),
+    "latex-ocr": DomainInfo(
+        "latex-ocr",
+        "image",
+        (120, 360),
+        (*DIGITS, "x", "y", "z", "a", "b", "c", "+", "^", "_", "{", "}", "\\frac", "(", ")"),
+        32,
+    ),
+    "audio-digits": DomainInfo("audio-digits", "audio", (642, 64), DIGITS, 10),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def non_sparse(channels: int) -> nn.Module:
+    """The ``non-sparse`` bottleneck, or an identity while bottlenecks.py is not written."""
+    try:
+        from sparling.bottlenecks import make_bottleneck
+    except ModuleNotFoundError as e:
+        if e.name != "sparling.bottlenecks":
+            raise
+        return nn.Identity()
+    return make_bottleneck("non-sparse", channels=channels)
+
+
+def tiny_h_config(dims: int, norm_first: bool = True, dropout: float = 0.0) -> DownstreamConfig:
+    return DownstreamConfig(
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=2,
+        heads=2,
+        ff=32,
+        dropout=dropout,
+        row_lstm=dims == 2,
+        pool=2,
+        norm_first=norm_first,
+    )
+
+
+def tiny_model(kind: str = "image", channels: int = 4, **h_overrides: object) -> SparlingModel:
+    shape = (16, 16) if kind == "image" else (24, 6)
+    info = DomainInfo("tiny", kind, shape, DIGITS, channels)  # type: ignore[arg-type]
+    h = tiny_h_config(info.dims).model_copy(update=h_overrides)
+    g = MotifModel(info.in_channels, channels, MotifConfig(width=8, cr=2), info.dims)
+    tok = Tokenizer(DIGITS)
+    return SparlingModel(
+        g, non_sparse(channels), DownstreamModel(channels, len(tok), h, info.dims), tok
+    )
+
+
+# -- tokenizer -----------------------------------------------------------------------------------
+def test_tokenizer_round_trip() -> None:
+    tok = Tokenizer(DOMAINS["latex-ocr"].vocabulary)
+    seqs = [["x", "^", "{", "2", "}"], ["\\frac", "{", "a", "}", "{", "b", "}", "+", "1"], []]
+    ids = tok.encode_batch(seqs)
+    assert ids.shape == (3, 11)
+    assert (ids[:, 0] == BOS_ID).all()
+    assert ids[2].tolist()[:3] == [BOS_ID, EOS_ID, PAD_ID]
+    assert tok.decode_batch(ids) == seqs
+    assert len(tok) == len(DOMAINS["latex-ocr"].vocabulary) + 3
+
+
+def test_tokenizer_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"unknown token 'q'.*accepted tokens"):
+        Tokenizer(DIGITS).encode(["1", "q"])
+    with pytest.raises(ValueError, match="special tokens"):
+        Tokenizer(["1", "</s>"])
+    with pytest.raises(ValueError, match="duplicate"):
+        Tokenizer(["1", "1"])
+
+
+# -- shapes and gradients --------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["image", "audio"])
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_shapes(kind: str, norm_first: bool) -> None:
+    model = tiny_model(kind, norm_first=norm_first)
+    x = torch.rand(3, 16, 16) < 0.3 if kind == "image" else torch.randn(3, 24, 6)
+    tokens = [["1", "2"], ["3"], ["4", "5", "6", "7"]]
+    motifs = model.motifs(x)
+    assert motifs.shape == ((3, 4, 16, 16) if kind == "image" else (3, 4, 24))
+    memory = model.encode(x)
+    assert memory.shape == ((3, 64, 16) if kind == "image" else (3, 12, 16))
+    logits = model(x, tokens)
+    assert logits.shape == (3, 5, len(model.tokenizer or []))  # BOS + 4 + EOS, shifted by one
+    assert model.loss(x.numpy(), tokens).ndim == 0  # numpy inputs are accepted too
+    model.eval()
+    decoded = model.decode(x, max_len=5)
+    assert len(decoded) == 3 and all(len(d) <= 5 for d in decoded)
+
+
+def test_image_without_row_lstm_uses_2d_positions() -> None:
+    model = tiny_model("image", row_lstm=False)
+    assert model.h.row_lstm is None
+    assert model(torch.rand(2, 16, 16), [["1"], ["2"]]).shape == (2, 2, 13)
+
+
+def test_gradient_reaches_g_through_non_sparse_bottleneck() -> None:
+    model = tiny_model("image")
+    x = torch.rand(2, 16, 16) < 0.3
+    model.loss(x, [["1", "2"], ["3"]]).backward()
+    for name, p in model.g.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_input_layout_errors() -> None:
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        tiny_model("image").motifs(torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="6 mel bins"):
+        tiny_model("audio").motifs(torch.rand(2, 24, 5))
+
+
+# -- decoding --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_cached_steps_match_full_decoder(norm_first: bool) -> None:
+    h = DownstreamModel(4, 13, tiny_h_config(2, norm_first, dropout=0.1), 2).eval()
+    with torch.no_grad():
+        memory = h.encode(torch.randn(3, 4, 8, 8))
+        ids = torch.randint(3, 13, (3, 7))
+        ids[:, 0] = BOS_ID
+        full = h.decode_logits(memory, ids)
+        cache = h.init_cache(memory)
+        steps = torch.stack([h.step(ids[:, t], t, cache) for t in range(ids.shape[1])], dim=1)
+    torch.testing.assert_close(steps, full)
+
+
+def _eos_bias_for_ragged_ends(h: DownstreamModel, memory: torch.Tensor, max_len: int) -> float:
+    """An EOS logit bias under which some rows finish early, at different steps, and some
+    run to ``max_len``: the case where batched stopping is easiest to get wrong."""
+    for bias in np.linspace(0.0, 4.0, 81):
+        with torch.no_grad():
+            h.out.bias[EOS_ID] = float(bias)
+        out = h.greedy_decode_naive(memory, max_len)
+        ends = [row.index(EOS_ID) if EOS_ID in row else max_len for row in out.tolist()]
+        if len({e for e in ends if e < max_len}) >= 2 and max(ends) == max_len:
+            return float(bias)
+    raise AssertionError("no EOS bias gives ragged endings; change the seed")
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_greedy_cached_equals_naive_with_early_stops(norm_first: bool) -> None:
+    h = DownstreamModel(4, 13, tiny_h_config(1, norm_first, dropout=0.1), 1).eval()
+    # A random memory (rather than an encoded one) makes rows differ enough, in an
+    # untrained decoder, to end at different steps.
+    memory = torch.randn(12, 20, 16) * 3
+    max_len = 10
+    _eos_bias_for_ragged_ends(h, memory, max_len)
+    naive = h.greedy_decode_naive(memory, max_len)
+    cached = h.greedy_decode(memory, max_len)
+    assert torch.equal(cached, naive)
+    # After EOS only PAD; BOS/PAD are never generated before it.
+    for row in cached.tolist():
+        end = row.index(EOS_ID) if EOS_ID in row else len(row)
+        assert all(i == PAD_ID for i in row[end + 1 :])
+        assert all(i not in (PAD_ID, BOS_ID) for i in row[:end])
+
+
+def test_greedy_stops_when_all_rows_finished() -> None:
+    h = DownstreamModel(4, 13, tiny_h_config(1), 1).eval()
+    with torch.no_grad():
+        h.out.bias[EOS_ID] = 1e4  # every row ends at once
+    out = h.greedy_decode(h.encode(torch.randn(3, 4, 16)), max_len=20)
+    assert out.tolist() == [[EOS_ID]] * 3
+
+
+def test_model_decode_equals_naive() -> None:
+    model = tiny_model("image").eval()
+    x = torch.rand(5, 16, 16) < 0.3
+    memory = model.encode(x)
+    assert torch.equal(model.decode_ids(x, 6), model.h.greedy_decode_naive(memory, 6))
+
+
+# -- learning --------------------------------------------------------------------------------------
+def test_tiny_model_overfits_fixed_samples() -> None:
+    model = tiny_model("image", channels=6, d_model=32, ff=64)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 16, 16, generator=gen) < 0.3
+    tokens = [["3", "1", "4"], ["1", "5"], ["9", "2", "6", "5"], ["3", "5"]]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss = model.loss(x, tokens)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+    model.eval()
+    assert model.decode(x, max_len=6) == tokens
+
+
+# -- configs and presets ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: MotifConfig(cr=3), "cr must be even"),
+        (lambda: MotifConfig(width=0), "width"),
+        (lambda: DownstreamConfig(d_model=20, heads=8), r"heads \(8\) must divide d_model \(20\)"),
+        (lambda: DownstreamConfig(dropout=1.0), "dropout"),
+        (lambda: DownstreamConfig(d_model=18, heads=2, row_lstm=False), "multiple of 4"),
+        (lambda: DownstreamConfig(d_model=64, norm="pre"), "norm"),  # type: ignore[call-arg]
+        (lambda: DownstreamModel(4, 13, DownstreamConfig(row_lstm=True), 1), "row_lstm"),
+        (
+            lambda: preset_config("digit-circle", "huge", channels=10),
+            r"accepted: \('paper', 'fast'\)",
+        ),
+        (lambda: preset_config("mnist", "fast", channels=10), "accepted"),
+        (
+            lambda: preset_config("digit-circle", "fast", channels=10, depth=3),
+            r"unknown.*'depth'.*d_model",
+        ),
+        (lambda: preset_config("digit-circle", "fast", channels=10, heads=5), "downstream"),
+        (lambda: preset_config("digit-circle", "fast", channels=0), "channels"),
+    ],
+)
+def test_bad_config_values_raise_clear_errors(make: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        make()  # type: ignore[operator]
+
+
+def test_overrides_reach_the_right_config() -> None:
+    cfg = preset_config("digit-circle", "fast", channels=12, d_model=64, cr=4, width=16)
+    assert (cfg.channels, cfg.downstream.d_model, cfg.motif.cr, cfg.motif.width) == (12, 64, 4, 16)
+    assert cfg.downstream.norm_first  # the rest of the preset is kept
+
+
+@pytest.mark.parametrize("domain", sorted(DOMAINS))
+@pytest.mark.parametrize("preset", ["paper", "fast"])
+def test_presets_build(domain: str, preset: str) -> None:
+    info = DOMAINS[domain]
+    cfg = preset_config(domain, preset, channels=info.paper_channels)
+    model = build_from_config(cfg, info, non_sparse(cfg.channels))
+    assert model.g.dims == info.dims
+    assert (
+        model.g.context_radius == {"digit-circle": 8, "latex-ocr": 32, "audio-digits": 16}[domain]
+    )
+    assert (model.h.row_lstm is not None) == (info.kind == "image")
+    if preset == "paper":
+        assert (cfg.downstream.d_model, cfg.downstream.ff, cfg.downstream.norm_first) == (
+            512,
+            2048,
+            False,
+        )
+        if domain == "digit-circle":
+            # The paper reports about 46 M parameters for this setting.
+            assert sum(p.numel() for p in model.parameters()) == pytest.approx(46.0e6, rel=0.01)
+    else:
+        assert cfg.downstream.norm_first
+
+
+def test_paper_digit_circle_forward_batch_one() -> None:
+    info = DOMAINS["digit-circle"]
+    model = build_from_config(
+        preset_config("digit-circle", "paper", channels=10), info, nn.Identity()
+    )
+    t0 = time.monotonic()
+    with torch.no_grad():
+        logits = model(torch.rand(1, 100, 100) < 0.2, [["1", "2", "3"]])
+    assert logits.shape == (1, 4, 13)
+    assert time.monotonic() - t0 < 10
+
+
+def test_build_model_with_registered_domain_and_bottleneck() -> None:
+    pytest.importorskip("sparling.bottlenecks")
+    from sparling.models import build_model
+
+    model = build_model("digit-circle", "fast", "non-sparse", cr=2, d_model=32, heads=2, ff=32)
+    assert model.tokenizer is not None and model.tokenizer.vocabulary == list(DIGITS)
+    assert model(torch.rand(2, 100, 100) < 0.1, [["1"], ["2", "3"]]).shape == (2, 3, 13)
+
+
+def test_sinusoidal_encoding_matches_formula() -> None:
+    pe = sinusoidal_encoding(torch.arange(5), 6)
+    i = torch.arange(3, dtype=torch.float32)
+    expected_sin = torch.sin(3.0 / 10000 ** (2 * i / 6))
+    torch.testing.assert_close(pe[3, 0::2], expected_sin)
+    torch.testing.assert_close(pe[0, 1::2], torch.ones(3))

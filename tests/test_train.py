@@ -1,0 +1,190 @@
+"""The training loop: every bottleneck trains, resumption is exact, NaN stops cleanly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from sparling import bottleneck_names, domains
+from sparling.checkpoint import CheckpointError, load_checkpoint
+from sparling.config import load_config
+from sparling.domains import Sample
+from sparling.train import Callbacks, Trainer, TrainingFailed, batch_positions, make_trainer
+
+
+def _samples(split: str, n: int) -> list[Sample]:
+    d = domains.make("digit-circle", split=split)
+    return [d.sample(0, i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[Sample], list[Sample]]:
+    return _samples("train", 32), _samples("val", 8)
+
+
+def test_batch_positions_are_epoch_permutations() -> None:
+    first = batch_positions(3, 10, 0, 10)
+    assert sorted(first.tolist()) == list(range(10))
+    assert batch_positions(3, 10, 0, 25).tolist()[:10] == first.tolist()
+    # any window is known without replaying the stream
+    assert batch_positions(3, 10, 7, 9).tolist() == batch_positions(3, 10, 0, 16).tolist()[7:]
+    assert batch_positions(4, 10, 0, 10).tolist() != first.tolist()
+
+
+@pytest.mark.parametrize("name", bottleneck_names())
+def test_every_bottleneck_trains_and_loss_falls(
+    name: str, data: tuple[list[Sample], list[Sample]], tmp_path: Path
+) -> None:
+    train, val = data
+    cfg = load_config(
+        tiny_config(
+            **{
+                "bottleneck.name": name,
+                "data.train_size": 8,
+                "budget_samples": 8 * 40,
+                "val_interval": 8 * 40,
+            }
+        )
+    )
+    losses: list[float] = []
+    trainer = make_trainer(
+        cfg,
+        train[:8],
+        val,
+        tmp_path,
+        callbacks=Callbacks(on_progress=lambda info: losses.append(info["loss"])),
+        progress=False,
+    )
+    result = trainer.fit()
+    assert result.status == "budget-exhausted" and result.samples == 320
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first, f"{name}: loss {first:.3f} -> {last:.3f}"
+    assert 0.0 <= float(trainer.bottleneck.measured_density) <= 1.0
+
+
+def _fit(cfg: Any, data: Any, run_dir: Path, callbacks: Callbacks | None = None) -> Any:
+    trainer = make_trainer(cfg, data[0], data[1], run_dir, callbacks=callbacks, progress=False)
+    return trainer, trainer.fit()
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_a_kill_is_bitwise_identical(
+    data: tuple[list[Sample], list[Sample]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tiny model never decodes a whole sequence right, so the schedule would never
+    # step; report a perfect accuracy (after really decoding) so that the density changes
+    # during the run and the schedule's state is part of what must resume exactly.
+    real_validate = Trainer.validate
+
+    def validate(self: Trainer) -> dict[str, Any]:
+        return {**real_validate(self), "val_accuracy": 1.0}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    cfg = load_config(tiny_config(**{"budget_samples": 96, "model.overrides.dropout": 0.1}))
+    ref, ref_result = _fit(cfg, data, tmp_path / "ref")
+    assert len(ref_result.density_checkpoints) >= 2, "the schedule should have stepped"
+
+    steps = 0
+
+    def kill_mid_interval(info: dict[str, Any]) -> None:
+        nonlocal steps
+        steps += 1
+        if steps == 7:  # between validations (every 2 steps): after 'last' was written
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        _fit(cfg, data, tmp_path / "run", Callbacks(on_progress=kill_mid_interval))
+    resumed, result = _fit(cfg, data, tmp_path / "run")
+    def timeless(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in history]
+
+    assert result.samples == ref_result.samples
+    assert timeless(result.history) == timeless(ref_result.history)
+    for (k, a), (_, b) in zip(
+        ref.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), k
+    assert ref.schedule.state_dict() == resumed.schedule.state_dict()
+    # the density checkpoints exist and load safely
+    for name in result.density_checkpoints.values():
+        state, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / name)
+        assert meta["density"] > 0 and "model" in state
+        torch.load(tmp_path / "run" / "checkpoints" / name / "state.pt", weights_only=True)
+
+
+def test_finished_run_returns_at_once(data: Any, tmp_path: Path) -> None:
+    cfg = load_config(tiny_config())
+    _, first = _fit(cfg, data, tmp_path)
+    steps: list[int] = []
+    _, again = _fit(cfg, data, tmp_path, Callbacks(on_progress=lambda i: steps.append(1)))
+    assert steps == [] and again.samples == first.samples
+
+
+def test_nan_loss_stops_with_reason_and_keeps_last_good_checkpoint(
+    data: tuple[list[Sample], list[Sample]], tmp_path: Path
+) -> None:
+    cfg = load_config(tiny_config(budget_samples=96))
+    holder: dict[str, Any] = {}
+    steps = 0
+
+    def poison(info: dict[str, Any]) -> None:
+        nonlocal steps
+        steps += 1
+        if steps == 5:  # after the validation at 32 samples
+            with torch.no_grad():
+                next(holder["t"].model.h.parameters()).fill_(float("nan"))
+
+    trainer = make_trainer(
+        cfg, data[0], data[1], tmp_path, callbacks=Callbacks(on_progress=poison), progress=False
+    )
+    holder["t"] = trainer
+    with pytest.raises(TrainingFailed, match="non-finite loss at sample 40"):
+        trainer.fit()
+    state, meta = load_checkpoint(tmp_path / "checkpoints" / "last")
+    assert meta["samples"] == 32
+    weights = [v for v in state["model"].values() if isinstance(v, torch.Tensor)]
+    assert all(torch.isfinite(v).all() for v in weights if v.is_floating_point())
+
+
+def test_corrupted_checkpoint_is_refused_with_its_path(data: Any, tmp_path: Path) -> None:
+    cfg = load_config(tiny_config())
+    _fit(cfg, data, tmp_path)
+    state_file = tmp_path / "checkpoints" / "last" / "state.pt"
+    blob = bytearray(state_file.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    state_file.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match=str(state_file)):
+        _fit(cfg, data, tmp_path)
+
+
+def test_checkpoint_of_another_run_is_refused(data: Any, tmp_path: Path) -> None:
+    _fit(load_config(tiny_config()), data, tmp_path)
+    with pytest.raises(CheckpointError, match="belongs to run"):
+        _fit(load_config(tiny_config(seed=1)), data, tmp_path)
+
+
+def test_retrained_starts_from_frozen_g(data: Any, tmp_path: Path) -> None:
+    _fit(load_config(tiny_config()), data, tmp_path / "src")
+    src = tmp_path / "src" / "checkpoints" / "last"
+    cfg = load_config(
+        tiny_config(
+            **{
+                "bottleneck.name": "non-sparse",
+                "init_from": str(src),
+                "freeze_motif_model": True,
+            }
+        )
+    )
+    trainer, _ = _fit(cfg, data, tmp_path / "retrained")
+    src_state, _ = load_checkpoint(src)
+    for k, v in trainer.model.g.state_dict().items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and "running" not in k:
+            assert torch.equal(v, src_state["model"][f"g.{k}"]), k
