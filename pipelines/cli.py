@@ -118,6 +118,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from sparling.config import load_config
+
+    config_path = Path(str(resources.files("pipelines") / "configs" / "demo.yaml"))
+    print("Sparling demo: DigitCircle, fast preset, one short run through Ray Train.")
+    if code := main(["train", str(config_path), "--work-dir", args.work_dir]):
+        return code
+    run_dir = Path(args.work_dir) / "runs" / load_config(config_path).run_id()
+    return main(["evaluate", str(run_dir)])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparling",
@@ -167,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--out", help="folder for evaluation.json and the figures")
     ev.set_defaults(func=_cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="the end-to-end demo (data, one Ray Train run, evaluation)")
+    demo.add_argument("--work-dir", default="sparling-work")
+    demo.set_defaults(func=_cmd_demo)
 
     return parser
 

@@ -285,11 +285,13 @@ def _watch(thread: threading.Thread, run_dir: Path, config: RunConfig, progress:
 
     bar = tqdm(total=config.budget_samples, unit="sample", desc=f"run {config.run_id()[:8]}")
     acc = float("nan")
+    seen: dict[str, Any] = {}
     try:
         while thread.is_alive():
             thread.join(timeout=1.0)
             info = read_json(run_dir / "progress.json") or {}
-            if "samples" in info:
+            if "samples" in info and info != seen:
+                seen = info
                 bar.n = min(int(info["samples"]), config.budget_samples)
                 acc = info.get("val_accuracy", acc)
                 bar.set_postfix(

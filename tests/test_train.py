@@ -102,6 +102,7 @@ def test_resume_after_a_kill_is_bitwise_identical(
     with pytest.raises(_Kill):
         _fit(cfg, data, tmp_path / "run", Callbacks(on_progress=kill_mid_interval))
     resumed, result = _fit(cfg, data, tmp_path / "run")
+
     def timeless(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in history]
 

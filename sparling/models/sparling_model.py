@@ -47,14 +47,15 @@ class SparlingModel(nn.Module):
 
     # -- inputs --------------------------------------------------------------------------
     def prepare_input(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Domain batch -> ``g``'s layout: (N, 1, H, W) or (N, mels, frames), float32."""
+        """Domain batch -> ``g``'s layout, (N, 1, H, W) or (N, mels, frames), in ``g``'s
+        dtype and on its device."""
         x = torch.as_tensor(x)
         in_channels = self.g.conv_in.in_channels
         if x.ndim != 3:
             layout = "(N, H, W)" if self.g.dims == 2 else "(N, frames, mels)"
             raise ValueError(f"expected a batch {layout}, got shape {tuple(x.shape)}")
-        device = self.g.conv_in.weight.device
-        x = x.to(device=device, dtype=torch.float32)
+        weight = self.g.conv_in.weight
+        x = x.to(device=weight.device, dtype=weight.dtype)
         if self.g.dims == 2:
             return x.unsqueeze(1)
         if x.shape[2] != in_channels:

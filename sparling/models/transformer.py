@@ -54,8 +54,11 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        # nn.MultiheadAttention draws its packed (3d, d) in-projection Xavier-uniform,
+        # i.e. with bound sqrt(6 / (d + 3d)); the same draw for each of the three parts.
+        bound = math.sqrt(6.0 / (4 * d_model))
         for lin in (self.q_proj, self.k_proj, self.v_proj):
-            nn.init.xavier_uniform_(lin.weight)
+            nn.init.uniform_(lin.weight, -bound, bound)
             nn.init.zeros_(lin.bias)
         nn.init.zeros_(self.out_proj.bias)
 
