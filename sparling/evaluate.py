@@ -103,8 +103,9 @@ def load_model(checkpoint: Path) -> tuple[SparlingModel, RunConfig, dict[str, An
     # The weights come from the checkpoint itself: no need to fetch init_from again.
     model = build_run_model(config.model_copy(update={"init_from": None}), domain)
     model.load_state_dict(state["model"])
-    if getattr(model.bottleneck, "adaptive", False):
-        model.bottleneck.set_density(float(meta["density"]))
+    bottleneck: Any = model.bottleneck
+    if getattr(bottleneck, "adaptive", False):
+        bottleneck.set_density(float(meta["density"]))
     model.eval()
     return model, config, meta
 
