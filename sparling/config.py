@@ -62,6 +62,9 @@ class BottleneckConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
+    enabled: bool = True
+    """Drive the bottleneck's density with AST. ``False`` keeps the density the
+    bottleneck's params give (the paper's "no AST" ablation) and stops at the budget."""
     initial_density: float = Field(0.5, gt=0, le=1)
     delta_update: float = Field(0.75, gt=0, lt=1)
     threshold_decay: float = Field(1e-7, ge=0)

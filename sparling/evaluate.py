@@ -25,14 +25,10 @@ from . import domains
 from .checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_meta
 from .config import RunConfig, load_config
 from .domains import Domain, Sample
-from .metrics import MotifErrors, combine_motif_errors, end_to_end_error, motif_errors
+from .metrics import MotifErrors, combine_motif_errors, end_to_end_error
 from .models import SparlingModel
-from .train import SampleSource, build_run_model, collate_inputs
-
-
-def assignment_for(domain_name: str) -> str:
-    """The paper's channel-to-symbol assignment for CE in each domain."""
-    return "hungarian" if domain_name == "digit-circle" else "majority"
+from .scoring import SampleSource, batch_motif_errors, collate_inputs
+from .train import build_run_model
 
 
 @dataclass
@@ -134,18 +130,11 @@ def evaluate_model(
     example = None
     for start in range(0, n, batch_size):
         batch: Sequence[Sample] = [data[i] for i in range(start, min(start + batch_size, n))]
-        x = collate_inputs(batch)
-        acts = model.motifs(x).clamp_min(0).float().cpu()
+        errors, acts = batch_motif_errors(model, domain, batch)
         nonzero += int(torch.count_nonzero(acts))
         total += acts.numel()
-        parts.append(
-            motif_errors(
-                acts.numpy(),
-                [s.motifs for s in batch],
-                assignment=assignment_for(domain.name),  # type: ignore[arg-type]
-                symbols=domain.motif_symbols,
-            )
-        )
+        parts.append(errors)
+        x = collate_inputs(batch)
         predicted += model.decode(x, max_len)
         truth += [list(s.tokens) for s in batch]
         if example is None:

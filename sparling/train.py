@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,16 +26,11 @@ from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkp
 from .config import RunConfig
 from .domains import Domain, Sample
 from .errors import SparlingError
+from .metrics import combine_motif_errors, end_to_end_error
 from .models import SparlingModel, build_model, sequence_loss
 from .schedule import AdaptiveSparsitySchedule
+from .scoring import SampleSource, batch_motif_errors, collate_inputs
 from .seeding import set_seed
-
-
-class SampleSource(Protocol):
-    """Anything indexable that yields samples (a sharded dataset, an in-memory list)."""
-
-    def __len__(self) -> int: ...
-    def __getitem__(self, index: int) -> Sample: ...
 
 
 class TrainingFailed(SparlingError):
@@ -81,13 +76,6 @@ def batch_positions(seed: int, n: int, start: int, size: int) -> np.ndarray:
     return out
 
 
-def collate_inputs(samples: Sequence[Sample]) -> torch.Tensor:
-    x = np.stack([np.asarray(s.x) for s in samples])
-    if x.dtype == np.bool_:
-        x = x.astype(np.uint8)
-    return torch.from_numpy(x)
-
-
 class Trainer:
     """Trains one run. ``fit()`` resumes from ``run_dir/last`` when it exists.
 
@@ -109,8 +97,11 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         wrapped: torch.nn.Module | None = None,
+        domain: Domain | None = None,
     ) -> None:
         self.config = config
+        #: for motif errors at density steps (the symbols and the CE assignment)
+        self.domain = domain
         self.model = model
         # ``wrapped`` is what the forward pass goes through (e.g. DistributedDataParallel).
         self.wrapped = wrapped if wrapped is not None else model
@@ -149,8 +140,13 @@ class Trainer:
     def bottleneck(self) -> Any:
         return self.model.bottleneck
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether AST drives this run's bottleneck."""
+        return self.config.schedule.enabled and bool(getattr(self.bottleneck, "adaptive", False))
+
     def _apply_density(self, density: float) -> None:
-        if getattr(self.bottleneck, "adaptive", False):
+        if self.scheduled:
             self.bottleneck.set_density(density)
 
     def _lr_at(self, samples: int) -> float:
@@ -239,15 +235,38 @@ class Trainer:
         """Exact-match accuracy of greedy decoding on the validation set, plus density."""
         self.model.eval()
         bs = max(self.config.batch_size, 64)
-        correct = 0
-        densities = []
+        predicted: list[list[str]] = []
+        truth: list[list[str]] = []
+        nonzero = 0.0
         for start in range(0, len(self.val_data), bs):
             batch = [self.val_data[i] for i in range(start, min(start + bs, len(self.val_data)))]
-            pred = self.model.decode(collate_inputs(batch), self.config.max_output_len)
-            densities.append(float(self.bottleneck.measured_density) * len(batch))
-            correct += sum(p == s.tokens for p, s in zip(pred, batch))
+            predicted += self.model.decode(collate_inputs(batch), self.config.max_output_len)
+            nonzero += float(self.bottleneck.measured_density) * len(batch)
+            truth += [list(s.tokens) for s in batch]
         n = len(self.val_data)
-        return {"val_accuracy": correct / n, "val_density": sum(densities) / n}
+        return {
+            "val_accuracy": sum(p == t for p, t in zip(predicted, truth)) / n,
+            "val_e2ee": end_to_end_error(predicted, truth),
+            "val_density": nonzero / n,
+        }
+
+    @torch.no_grad()
+    def motif_scores(self, samples: int = 200) -> dict[str, float]:
+        """FPE/FNE/CE of the current activations on (up to) ``samples`` validation inputs."""
+        if self.domain is None:
+            return {}
+        self.model.eval()
+        n = min(samples, len(self.val_data))
+        parts = [
+            batch_motif_errors(
+                self.model,
+                self.domain,
+                [self.val_data[i] for i in range(start, min(start + 64, n))],
+            )[0]
+            for start in range(0, n, 64)
+        ]
+        errors = combine_motif_errors(parts)
+        return {"val_fpe": errors.fpe, "val_fne": errors.fne, "val_ce": errors.ce}
 
     def _validate_and_schedule(self, train_loss: float, t0: float) -> None:
         record: dict[str, Any] = {
@@ -260,13 +279,14 @@ class Trainer:
         before = self.schedule.density
         after = self.schedule.observe(self.samples, record["val_accuracy"])
         record["threshold"] = self.schedule.threshold
-        stepped = after < before and getattr(self.bottleneck, "adaptive", False)
+        stepped = after < before and self.scheduled
         if stepped:
             # The model as it is now reached the accuracy bar at density ``before``:
             # keep it as that density's checkpoint, so any density can be evaluated later.
             name = f"density-{before:.6e}"
             self.density_checkpoints[f"{before:.6e}"] = name
             record["density_checkpoint"] = name
+            record.update(self.motif_scores())
             self.save(name)
         self._apply_density(after)
         record["next_density"] = after
@@ -276,7 +296,7 @@ class Trainer:
             self.callbacks.on_validation(record, ckpt)
 
     def _done(self) -> str | None:
-        if getattr(self.bottleneck, "adaptive", False) and self.schedule.done:
+        if self.scheduled and self.schedule.done:
             return "target-reached"
         if self.samples >= self.config.budget_samples:
             return "budget-exhausted"
@@ -384,4 +404,5 @@ def make_trainer(
         rank=rank,
         world_size=world_size,
         wrapped=wrap(model) if wrap is not None else None,
+        domain=domain,
     )

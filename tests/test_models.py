@@ -40,7 +40,7 @@ DOMAINS = {
         "latex-ocr",
         "image",
         (120, 360),
-        (*DIGITS, "x", "y", "z", "a", "b", "c", "+", "^", "_", "{", "}", "\\frac", "(", ")"),
+        (*DIGITS, *"xyzabc+", "^{", "_{", "}", "\\left(", "\\right)", "\\frac{", "}{"),
         32,
     ),
     "audio-digits": DomainInfo("audio-digits", "audio", (642, 64), DIGITS, 10),
@@ -84,7 +84,11 @@ def tiny_model(kind: str = "image", channels: int = 4, **h_overrides: object) ->
 # -- tokenizer -----------------------------------------------------------------------------------
 def test_tokenizer_round_trip() -> None:
     tok = Tokenizer(DOMAINS["latex-ocr"].vocabulary)
-    seqs = [["x", "^", "{", "2", "}"], ["\\frac", "{", "a", "}", "{", "b", "}", "+", "1"], []]
+    seqs = [
+        ["x", "^{", "2", "}"],
+        ["\\frac{", "a", "}{", "b", "}", "+", "\\left(", "1", "\\right)"],
+        [],
+    ]
     ids = tok.encode_batch(seqs)
     assert ids.shape == (3, 11)
     assert (ids[:, 0] == BOS_ID).all()

@@ -1,0 +1,55 @@
+"""What training-time validation and evaluation share: batching samples and scoring motifs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .domains import Domain, Sample
+from .metrics import Assignment, MotifErrors, motif_errors
+
+
+class SampleSource(Protocol):
+    """Anything indexable that yields samples (a sharded dataset, an in-memory list)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Sample: ...
+
+
+class MotifModel(Protocol):
+    def motifs(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def collate_inputs(samples: Sequence[Sample]) -> torch.Tensor:
+    """Stack the inputs of ``samples`` into one batch tensor (booleans become 0/1 bytes)."""
+    x = np.stack([np.asarray(s.x) for s in samples])
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8)
+    return torch.from_numpy(x)
+
+
+def assignment_for(domain_name: str) -> Assignment:
+    """The paper's channel-to-symbol assignment for CE: Hungarian for DigitCircle, else majority."""
+    return "hungarian" if domain_name == "digit-circle" else "majority"
+
+
+@torch.no_grad()
+def batch_motif_errors(
+    model: MotifModel, domain: Domain, batch: Sequence[Sample]
+) -> tuple[MotifErrors, torch.Tensor]:
+    """Motif errors of one batch, and the activations they were computed from.
+
+    Only the non-negative part of the activations counts as "firing": for Sparling and
+    the sparse baselines that is all of it; ``non-sparse``/``noise`` outputs can be negative.
+    """
+    acts = model.motifs(collate_inputs(batch)).clamp_min(0).float().cpu()
+    errors = motif_errors(
+        acts.numpy(),
+        [s.motifs for s in batch],
+        assignment=assignment_for(domain.name),
+        symbols=domain.motif_symbols,
+    )
+    return errors, acts
