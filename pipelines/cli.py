@@ -131,6 +131,75 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return main(["evaluate", str(run_dir)])
 
 
+# -- sweeps ----------------------------------------------------------------------------------
+def _resolve_sweep_file(name: str) -> Path:
+    """A sweep file path, or the name of a shipped sweep (pipelines/sweeps/NAME.yaml)."""
+    from importlib import resources
+
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = Path(str(resources.files("pipelines") / "sweeps" / f"{name}.yaml"))
+    if shipped.is_file():
+        return shipped
+    available = sorted(
+        p.name.removesuffix(".yaml")
+        for p in Path(str(resources.files("pipelines") / "sweeps")).glob("*.yaml")
+    )
+    raise UsageError(f"no sweep file {name!r}; shipped sweeps: {', '.join(available)}")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep import run_is_finished, run_sweep
+    from pipelines.sweep_spec import describe, load_sweep
+
+    sweep = load_sweep(_resolve_sweep_file(args.file))
+    work_dir = Path(args.work_dir).resolve()
+    if args.dry_run:
+        done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
+        print(describe(sweep, done))
+        return 0
+    print(describe(sweep, {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}))
+    summary = run_sweep(sweep, work_dir, progress=not args.quiet, track=not args.no_tracking)
+    print(summary.table())
+    if not args.no_tracking and not args.no_report:
+        print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex")))
+    return 1 if summary.failed else 0
+
+
+def _report_text(
+    sweep_name: str, work_dir: Path, out: Path | None, formats: tuple[str, ...]
+) -> str:
+    from pipelines.report import report_command
+    from pipelines.tracking import load_settings, tracking_uri
+
+    settings = load_settings(work_dir)
+    out_dir = out or work_dir / "reports" / sweep_name
+    with tracking_uri(settings) as uri:
+        return report_command(
+            uri, f"{settings.experiment_prefix}-{sweep_name}", sweep_name, out_dir, formats
+        )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    name = args.sweep
+    if Path(name).is_file() or name.endswith((".yaml", ".yml")):
+        from pipelines.sweep_spec import load_sweep
+
+        name = load_sweep(_resolve_sweep_file(name)).name
+    formats = tuple(args.format) if args.format else ("md", "csv", "tex")
+    out = Path(args.out) if args.out else None
+    print(_report_text(name, Path(args.work_dir).resolve(), out, formats))
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from pipelines.tracking import run_ui
+
+    run_ui(Path(args.work_dir).resolve(), port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparling",
@@ -180,6 +249,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--out", help="folder for evaluation.json and the figures")
     ev.set_defaults(func=_cmd_evaluate)
+
+    sw = sub.add_parser("sweep", help="run a sweep: methods x seeds x fields, tracked in MLflow")
+    sw.add_argument("file", help="a sweep YAML file, or a shipped sweep's name (quickstart, ...)")
+    sw.add_argument(
+        "--dry-run", action="store_true", help="list the runs (with hashes); run nothing"
+    )
+    sw.add_argument("--work-dir", default="sparling-work")
+    sw.add_argument("--quiet", action="store_true", help="no live progress display")
+    sw.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    sw.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    sw.set_defaults(func=_cmd_sweep)
+
+    rep = sub.add_parser("report", help="comparison tables and plots of a sweep, read from MLflow")
+    rep.add_argument("sweep", help="the sweep's name or file")
+    rep.add_argument("--format", action="append", choices=["md", "csv", "tex"])
+    rep.add_argument("--out", help="output folder (default: <work-dir>/reports/<sweep>)")
+    rep.add_argument("--work-dir", default="sparling-work")
+    rep.set_defaults(func=_cmd_report)
+
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
+    ui.add_argument("--port", type=int, help="port (default: a free one, or the running server's)")
+    ui.add_argument("--work-dir", default="sparling-work")
+    ui.set_defaults(func=_cmd_ui)
 
     demo = sub.add_parser("demo", help="the end-to-end demo (data, one Ray Train run, evaluation)")
     demo.add_argument("--work-dir", default="sparling-work")

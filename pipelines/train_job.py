@@ -144,11 +144,19 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     train = ShardedDataset(loop_config["train"])
     val = ShardedDataset(loop_config["val"])
     progress = _ProgressFile(run_dir / "progress.json")
+    tracking = loop_config.get("tracking")
+    logger = None
+    if tracking and rank == 0:
+        from pipelines.tracking import MetricLogger
+
+        logger = MetricLogger(tracking["uri"], tracking["run_id"])
 
     def on_validation(record: dict[str, Any], checkpoint: Path | None) -> None:
         metrics = _numeric(record)
         if rank == 0:
             progress({**metrics, "state": "running"}, force=True)
+        if logger is not None:
+            logger.log({k: v for k, v in metrics.items() if k != "samples"}, int(record["samples"]))
         if checkpoint is not None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint))
         else:
@@ -177,6 +185,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         wrap=wrap,
     )
     result = trainer.fit()
+    if logger is not None:
+        logger.flush()
     if rank == 0:
         summary = {
             "status": result.status,
@@ -184,6 +194,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "density": result.density,
             "density_checkpoints": result.density_checkpoints,
             "validations": len(result.history),
+            "wall_seconds": result.wall_seconds,
             "last": result.history[-1] if result.history else None,
         }
         (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -191,7 +202,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 
 # -- the driver side -------------------------------------------------------------------------
-def build_trainer(config: RunConfig, paths: RunPaths, work_dir: Path, max_failures: int = 2) -> Any:
+def build_trainer(
+    config: RunConfig,
+    paths: RunPaths,
+    work_dir: Path,
+    max_failures: int = 2,
+    tracking: dict[str, Any] | None = None,
+) -> Any:
     """The ``TorchTrainer`` for one run (the scaling comes from ``config.compute``)."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -207,6 +224,7 @@ def build_trainer(config: RunConfig, paths: RunPaths, work_dir: Path, max_failur
             "run_dir": str(paths.run_dir),
             "train": str(paths.train),
             "val": str(paths.val),
+            "tracking": tracking,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=c.workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources
@@ -234,6 +252,7 @@ def run_training(
     work_dir: Path = DEFAULT_WORK_DIR,
     progress: bool = True,
     max_failures: int = 2,
+    tracking: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prepare data, run one Ray Train job, return ``result.json``'s summary.
 
@@ -249,7 +268,7 @@ def run_training(
     datasets = prepare_datasets(config, work_dir, progress=progress)
     paths = RunPaths(datasets["train"], datasets["val"], datasets["test"], run_dir)
     ensure_ray()
-    trainer = build_trainer(config, paths, work_dir, max_failures=max_failures)
+    trainer = build_trainer(config, paths, work_dir, max_failures=max_failures, tracking=tracking)
 
     errors: list[BaseException] = []
 

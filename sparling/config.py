@@ -129,6 +129,27 @@ class RunConfig(_Strict):
             raise ValueError(
                 "freeze_motif_model needs init_from (the checkpoint whose g to freeze)"
             )
+        # Refuse what building the model would refuse, now rather than hours later.
+        from .bottlenecks import bottleneck_names, bottleneck_params
+        from .models.presets import preset_config
+
+        b = self.bottleneck
+        if b.name not in bottleneck_names():
+            raise ValueError(
+                f"bottleneck.name: unknown bottleneck {b.name!r}; accepted: "
+                f"{', '.join(bottleneck_names())}"
+            )
+        try:
+            bottleneck_params(b.name).model_validate(b.params)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            raise ValueError(f"bottleneck.params for {b.name!r}: {problems}") from None
+        preset_config(
+            self.domain.name,
+            self.model.preset,
+            channels=self.model.channels or 1,
+            **self.model.overrides,
+        )
         return self
 
     # -- identity --------------------------------------------------------------------

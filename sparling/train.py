@@ -55,6 +55,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     density_checkpoints: dict[str, str] = field(default_factory=dict)
     run_dir: Path | None = None
+    wall_seconds: float = 0.0
 
 
 def batch_positions(seed: int, n: int, start: int, size: int) -> np.ndarray:
@@ -124,6 +125,9 @@ class Trainer:
         )
         self.optimizer = self._make_optimizer()
         self.samples = 0
+        #: training wall time over every session of this run (resumes included)
+        self.elapsed = 0.0
+        self._session_start = time.monotonic()
         self.history: list[dict[str, Any]] = []
         self.density_checkpoints: dict[str, str] = {}
         self._apply_density(self.schedule.density)
@@ -162,6 +166,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "samples": self.samples,
+            "elapsed": self.wall_seconds(),
             "torch_rng": torch.get_rng_state(),
             "history": [
                 {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
@@ -175,6 +180,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.samples = int(state["samples"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self._session_start = time.monotonic()
         torch.set_rng_state(state["torch_rng"])
         self.history = list(state["history"])
         self.density_checkpoints = dict(state["density_checkpoints"])
@@ -268,12 +275,15 @@ class Trainer:
         errors = combine_motif_errors(parts)
         return {"val_fpe": errors.fpe, "val_fne": errors.fne, "val_ce": errors.ce}
 
-    def _validate_and_schedule(self, train_loss: float, t0: float) -> None:
+    def wall_seconds(self) -> float:
+        return self.elapsed + (time.monotonic() - self._session_start)
+
+    def _validate_and_schedule(self, train_loss: float) -> None:
         record: dict[str, Any] = {
             "samples": self.samples,
             "density": self.schedule.density,
             "train_loss": train_loss,
-            "wall_seconds": time.monotonic() - t0,
+            "wall_seconds": self.wall_seconds(),
         }
         record.update(self.validate())
         before = self.schedule.density
@@ -307,7 +317,6 @@ class Trainer:
         self.try_resume()
         cfg = self.config
         global_batch = cfg.batch_size * self.world_size
-        t0 = time.monotonic()
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -341,12 +350,13 @@ class Trainer:
                         {"samples": self.samples, "density": self.schedule.density, "loss": loss}
                     )
                 if self.samples >= next_val or self.samples >= cfg.budget_samples:
-                    self._validate_and_schedule(loss, t0)
+                    self._validate_and_schedule(loss)
                     next_val = (self.samples // cfg.val_interval + 1) * cfg.val_interval
         finally:
             if bar is not None:
                 bar.close()
         return RunResult(
+            wall_seconds=self.wall_seconds(),
             status=status,
             samples=self.samples,
             density=self.schedule.density,

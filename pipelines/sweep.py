@@ -1,0 +1,353 @@
+"""Running a sweep: datasets once, one Ray Train job per run in parallel, MLflow for all.
+
+``run_sweep`` is idempotent and resumable, keyed by each run's config hash:
+
+- a run whose ``result.json`` exists and whose MLflow child is finished is skipped;
+- an unfinished one resumes from its last checkpoint (the training loop does that);
+- MLflow children are found by key, never duplicated; children a killed driver left
+  "running" are marked KILLED first, then resumed;
+- adding seeds or values to a sweep file runs only the new runs.
+
+Each run is a Ray task (a tiny CPU request) that builds a ``TorchTrainer`` and calls
+``fit()``: the Train workers hold the real CPUs, so Ray starts as many runs at once as
+the cluster's resources allow and queues the rest. A failed run does not stop the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.sweep_spec import PlannedRun, Sweep
+from pipelines.train_job import prepare_datasets, read_json, run_dir_for, run_training
+
+#: CPU a run's driver task asks for (its Train workers ask for the real resources).
+DRIVER_TASK_CPUS = 0.01
+
+
+@dataclass
+class RunOutcome:
+    key: str
+    name: str
+    status: str  # "finished" | "failed" | "skipped"
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SweepSummary:
+    sweep: str
+    outcomes: list[RunOutcome]
+    wall_seconds: float
+    parent_run_id: str | None = None
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def table(self) -> str:
+        width = max((len(o.name) for o in self.outcomes), default=4)
+        lines = [f"sweep {self.sweep}: {self.counts()} in {self.wall_seconds:.0f} s"]
+        for o in self.outcomes:
+            extra = f"  {o.reason}" if o.reason else ""
+            lines.append(f"  {o.key}  {o.name:<{width}}  {o.status}{extra}")
+        return "\n".join(lines)
+
+    def counts(self) -> str:
+        c: dict[str, int] = {}
+        for o in self.outcomes:
+            c[o.status] = c.get(o.status, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
+
+
+def run_is_finished(config: Any, work_dir: Path) -> bool:
+    result = read_json(run_dir_for(config, work_dir) / "result.json")
+    return bool(result) and (run_dir_for(config, work_dir) / "evaluation.json").is_file()
+
+
+# -- the per-run task -------------------------------------------------------------------------
+def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None) -> RunOutcome:
+    """Train (or resume), evaluate on the test split, log everything; never raises."""
+    tracker: Any = None
+    mlflow_run = None
+    try:
+        if tracking:
+            from pipelines.tracking import Tracker
+
+            tracker = Tracker(tracking["uri"])
+            mlflow_run = tracking["runs"].get(run.key)
+        if tracker is not None and mlflow_run is not None:
+            tracker.set_status(mlflow_run, "RUNNING")
+        run_training(
+            run.config,
+            work_dir=work_dir,
+            progress=False,
+            tracking={"uri": tracking["uri"], "run_id": mlflow_run} if tracking else None,
+        )
+        metrics = evaluate_run(run, work_dir)
+        if tracker is not None and mlflow_run is not None:
+            log_run_results(tracker, mlflow_run, run, work_dir, metrics)
+        return RunOutcome(run.key, run.name, "finished", metrics=metrics)
+    except Exception as e:  # a failed run must not stop the sweep: report it
+        reason = _reason(e)
+        if tracker is not None and mlflow_run is not None:
+            try:
+                tracker.set_tags(
+                    mlflow_run, {"sparling.status": "failed", "sparling.failure": reason}
+                )
+                tracker.set_terminated(mlflow_run, "FAILED")
+            except Exception:  # the tracking server itself may be what failed
+                pass
+        traceback.print_exc(file=sys.stderr)
+        return RunOutcome(run.key, run.name, "failed", reason=reason)
+
+
+def _reason(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) < 500 else text[:497] + "..."
+
+
+def evaluate_run(run: PlannedRun, work_dir: Path) -> dict[str, float]:
+    """Evaluate the run's checkpoint at the reported density (or the lowest reached)."""
+    from sparling import domains
+    from sparling.evaluate import evaluate_checkpoint, select_checkpoint
+    from sparling.shards import ShardedDataset
+
+    run_dir = run_dir_for(run.config, work_dir)
+    checkpoint = select_checkpoint(run_dir)
+    test = ShardedDataset(
+        prepare_datasets(run.config, work_dir, splits=("test",), progress=False)["test"]
+    )
+    result = evaluate_checkpoint(checkpoint, test, out_dir=run_dir / "evaluation")
+    domain = domains.make(run.config.domain.name, **run.config.domain.params)
+    m = result.metrics
+    summary = read_json(run_dir / "result.json") or {}
+    metrics = {
+        "test_fpe": m["fpe"],
+        "test_fne": m["fne"],
+        "test_ce": m["ce"],
+        "test_e2ee": m["e2ee"],
+        "test_accuracy": m["accuracy"],
+        "test_density": m["density"],
+        "test_checkpoint_density": m["checkpoint_density"],
+        "test_checkpoint_samples": m["checkpoint_samples"],
+        "test_reached_reported": float(
+            m["checkpoint_density"] <= domain.reported_density * 1.000001
+        ),
+        "wall_seconds": float(summary.get("wall_seconds", 0.0)),
+    }
+    (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def log_run_results(
+    tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path, metrics: dict[str, float]
+) -> None:
+    run_dir = run_dir_for(run.config, work_dir)
+    step = int(metrics["test_checkpoint_samples"])
+    tracker.log_metrics(mlflow_run, metrics, step)
+    tracker.log_artifacts(mlflow_run, run_dir / "evaluation", "evaluation")
+    tracker.log_artifact(mlflow_run, run_dir / "config.json")
+    for ckpt in sorted((run_dir / "checkpoints").glob("density-*")):
+        tracker.log_artifacts(mlflow_run, ckpt, f"checkpoints/{ckpt.name}")
+    tracker.set_tags(mlflow_run, {"sparling.status": "finished"})
+    tracker.set_terminated(mlflow_run, "FINISHED")
+
+
+# -- the driver ----------------------------------------------------------------------------------
+def run_sweep(
+    sweep: Sweep,
+    work_dir: Path = Path("sparling-work"),
+    *,
+    progress: bool = True,
+    track: bool = True,
+) -> SweepSummary:
+    """Run every run of ``sweep`` that is not finished yet; returns the outcome of each."""
+    from pipelines.ray_env import ensure_ray
+
+    t0 = time.monotonic()
+    work_dir = Path(work_dir).resolve()
+    todo: list[PlannedRun] = []
+    outcomes: dict[str, RunOutcome] = {}
+    for run in sweep.runs:
+        if run_is_finished(run.config, work_dir):
+            outcomes[run.key] = RunOutcome(run.key, run.name, "skipped", "already finished")
+        else:
+            todo.append(run)
+
+    # Each distinct dataset once, before any run starts (runs share them by hash).
+    seen: set[str] = set()
+    for run in todo:
+        data_key = json.dumps([run.config.domain.model_dump(), run.config.data.model_dump()])
+        if data_key not in seen:
+            seen.add(data_key)
+            prepare_datasets(run.config, work_dir, progress=progress)
+
+    with contextlib.ExitStack() as stack:
+        tracking: dict[str, Any] | None = None
+        parent: str | None = None
+        if track:
+            tracking, parent = stack.enter_context(_tracking_context(sweep, work_dir, todo))
+        if todo:
+            ensure_ray()
+            _launch_and_watch(todo, work_dir, tracking, outcomes, progress)
+    ordered = [outcomes[r.key] for r in sweep.runs]
+    return SweepSummary(sweep.name, ordered, time.monotonic() - t0, parent)
+
+
+@contextlib.contextmanager
+def _tracking_context(
+    sweep: Sweep, work_dir: Path, todo: list[PlannedRun]
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """The tracking server (started or reused), the sweep's parent run and each run's child."""
+    from pipelines.tracking import Tracker, environment_tags, load_settings, tracking_uri
+
+    settings = load_settings(work_dir)
+    with tracking_uri(settings) as uri:
+        tracker = Tracker(uri)
+        experiment = tracker.experiment(
+            f"{settings.experiment_prefix}-{sweep.name}", settings.artifact_location
+        )
+        parent = tracker.parent_run(
+            experiment,
+            sweep.name,
+            {
+                "sparling.expected_runs": str(len(sweep.runs)),
+                "sparling.swept_fields": json.dumps(sweep.swept_fields),
+                "sparling.sweep_file": sweep.source,
+            },
+        )
+        # Children a killed driver left RUNNING: mark them KILLED; they resume below.
+        tracker.mark_stale(parent, keep=set())
+        env = environment_tags()
+        runs: dict[str, str] = {}
+        for run in todo:
+            config = run.config
+            run_id, _ = tracker.child_run(
+                experiment,
+                parent,
+                run.key,
+                run.name,
+                params=config.flat(),
+                tags={
+                    **env,
+                    "sparling.kind": "run",
+                    "sparling.run_id": run.key,
+                    "sparling.method": run.method,
+                    "sparling.domain": config.domain.name,
+                    "sparling.seed": str(run.seed),
+                    "sparling.swept": json.dumps(run.swept, sort_keys=True),
+                    "sparling.status": "running",
+                },
+            )
+            runs[run.key] = run_id
+        tracker.set_status(parent, "RUNNING")
+        try:
+            yield {"uri": uri, "runs": runs}, parent
+        finally:
+            tracker.set_terminated(parent, "FINISHED")
+
+
+def _launch_and_watch(
+    todo: list[PlannedRun],
+    work_dir: Path,
+    tracking: dict[str, Any] | None,
+    outcomes: dict[str, RunOutcome],
+    progress: bool,
+) -> None:
+    import ray
+
+    remote = ray.remote(num_cpus=DRIVER_TASK_CPUS, max_retries=0)(execute_run)
+    pending = {remote.remote(run, work_dir, tracking): run for run in todo}
+    display = _Display(todo, work_dir, progress)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+            for ref in done:
+                run = pending.pop(ref)
+                try:
+                    outcomes[run.key] = ray.get(ref)
+                except Exception as e:  # the task itself died (worker killed, node lost)
+                    outcomes[run.key] = RunOutcome(run.key, run.name, "failed", _reason(e))
+                display.finished(run, outcomes[run.key])
+            display.refresh()
+    finally:
+        display.close()
+
+
+class _Display:
+    """Live progress: one bar for the sweep (runs done, running, failed) and one per
+    running run (its samples, density and last validation accuracy)."""
+
+    def __init__(self, todo: list[PlannedRun], work_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.todo = {r.key: r for r in todo}
+        self.work_dir = work_dir
+        self.done = 0
+        self.failed = 0
+        self.bars: dict[str, Any] = {}
+        self.overall: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.overall = tqdm(total=len(todo), unit="run", desc="sweep", position=0)
+
+    def _progress(self, run: PlannedRun) -> dict[str, Any] | None:
+        return read_json(run_dir_for(run.config, self.work_dir) / "progress.json")
+
+    def refresh(self) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        running = 0
+        for key, run in self.todo.items():
+            info = self._progress(run)
+            if not info or "samples" not in info:
+                continue
+            running += 1
+            bar = self.bars.get(key)
+            if bar is None:
+                bar = self.bars[key] = tqdm(
+                    total=run.config.budget_samples,
+                    unit="sample",
+                    desc=f"  {run.name}"[:40],
+                    position=len(self.bars) + 1,
+                    leave=False,
+                )
+            bar.n = min(int(info["samples"]), run.config.budget_samples)
+            acc = info.get("val_accuracy")
+            bar.set_postfix(
+                density=f"{info.get('density', float('nan')):.2e}",
+                acc="-" if acc is None else f"{acc:.3f}",
+                refresh=False,
+            )
+            bar.refresh()
+        self.overall.set_postfix(running=running, failed=self.failed, refresh=False)
+        self.overall.refresh()
+
+    def finished(self, run: PlannedRun, outcome: RunOutcome) -> None:
+        self.done += 1
+        self.failed += outcome.status == "failed"
+        self.todo.pop(run.key, None)
+        bar = self.bars.pop(run.key, None)
+        if bar is not None:
+            bar.close()
+        if self.overall is not None:
+            self.overall.update(1)
+            self.overall.write(f"{outcome.status}: {run.name} {outcome.reason}".rstrip())
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        if self.overall is not None:
+            self.overall.close()

@@ -1,0 +1,339 @@
+"""Sweep files: a base run config crossed with methods, seeds and any config field.
+
+A sweep file is YAML::
+
+    name: quickstart                  # names the sweep (its MLflow parent run)
+    base: ../configs/digit-circle-fast.yaml   # a run config file (relative to this file)
+    set:                              # dotted overrides of the base
+      budget_samples: 6000
+    methods:                          # bottleneck names, or mappings with params
+      - sparling
+      - {name: l1, params: {coefficient: 1.0}}
+      - {name: sparling, label: no-ast-1.5x, params: {density: 6.7e-5},
+         set: {schedule.enabled: false}}
+    seeds: [0, 1]
+    axes:                             # crossed with each other, the methods and the seeds
+      - {field: schedule.delta_update, values: [0.5, 0.75, 0.9]}
+      - zip:                          # these advance together
+          - {field: schedule.threshold_decay, values: [1.0e-7, 1.0e-6]}
+          - {field: val_interval, values: [2000, 4000]}
+
+The whole file is validated before anything runs: an unknown key, a wrong type, an empty
+axis or a value the run config refuses is reported with the file, the path in the file
+and what is accepted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
+
+from sparling.bottlenecks import bottleneck_names
+from sparling.config import RunConfig, flatten, load_config, set_path
+from sparling.domains.base import canonical_hash
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot run; the message names the file and the place in it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MethodSpec(_Strict):
+    name: str
+    """A bottleneck name from the registry."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Its parameters."""
+    label: str | None = None
+    """How tables and MLflow name this method (default: name plus params)."""
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Further dotted config overrides that belong to this method (e.g. schedule.enabled)."""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in bottleneck_names():
+            raise ValueError(f"unknown method {v!r}; accepted: {', '.join(bottleneck_names())}")
+        return v
+
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        if not self.params:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}({inner})"
+
+
+class FieldAxis(_Strict):
+    field: str
+    """A dotted run-config path, e.g. ``schedule.delta_update``."""
+    values: list[Any] = Field(min_length=1)
+    """The values it takes (at least one)."""
+
+
+class ZipAxis(_Strict):
+    zip: list[FieldAxis] = Field(min_length=2)
+    """Fields whose values advance together (equal lengths)."""
+
+
+def _axis_kind(v: Any) -> str:
+    """An axis with a ``zip`` key is a zipped group; anything else a single field."""
+    return "zip" if isinstance(v, dict) and "zip" in v or isinstance(v, ZipAxis) else "field"
+
+
+class SweepSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    """The sweep's name (letters, digits, ``._-``)."""
+    description: str = ""
+    base: str | dict[str, Any] = Field(default_factory=dict)
+    """A run config file (relative to the sweep file) or an inline run config."""
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Dotted overrides of the base, applied to every run."""
+    methods: list[MethodSpec] = Field(
+        default_factory=lambda: [MethodSpec(name="sparling")], min_length=1
+    )
+    """The methods (bottlenecks) to compare: names, or mappings with params/label/set."""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """Run seeds."""
+    axes: list[
+        Annotated[
+            Annotated[FieldAxis, Tag("field")] | Annotated[ZipAxis, Tag("zip")],
+            Discriminator(_axis_kind),
+        ]
+    ] = Field(default_factory=list)
+    """Further axes, crossed with each other, the methods and the seeds."""
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_to_specs(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its config and how tables label it."""
+
+    config: RunConfig
+    method: str
+    seed: int
+    swept: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.config.run_id()
+
+    @property
+    def name(self) -> str:
+        extra = " ".join(f"{k.split('.')[-1]}={v}" for k, v in self.swept.items())
+        return " ".join(x for x in (self.method, f"seed={self.seed}", extra) if x)
+
+
+@dataclass
+class Sweep:
+    spec: SweepSpec
+    source: str
+    runs: list[PlannedRun]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def swept_fields(self) -> list[str]:
+        out: list[str] = []
+        for axis in self.spec.axes:
+            out += [a.field for a in axis.zip] if isinstance(axis, ZipAxis) else [axis.field]
+        return out
+
+    def fingerprint(self) -> str:
+        return canonical_hash(sorted(r.key for r in self.runs))[:16]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        # pydantic reports which member of a union failed ("str", "MethodSpec"): not a path
+        if isinstance(part, str) and part in ("field", "zip") and out.endswith("]"):
+            continue  # the discriminator's tag, not a key of the file
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top>"
+
+
+def _check_field(path: str, source: str, where: str) -> None:
+    """An axis or override must name an existing run-config field."""
+    probe = RunConfig().model_dump(mode="json")
+    parts = path.split(".")
+    node: Any = probe
+    for i, p in enumerate(parts):
+        # free-form sections (params dicts, model overrides) accept any key below them
+        if (
+            isinstance(node, dict)
+            and p not in node
+            and i > 0
+            and parts[i - 1]
+            in (
+                "params",
+                "overrides",
+            )
+        ):
+            return
+        if not isinstance(node, dict) or p not in node:
+            accepted = ", ".join(sorted(node)) if isinstance(node, dict) else "(none: a value)"
+            raise SweepError(
+                f"{source}: {where}: unknown config field {'.'.join(parts[: i + 1])!r}; "
+                f"accepted here: {accepted}"
+            )
+        node = node[p]
+        if node is None and i < len(parts) - 1:
+            return
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read, validate and expand a sweep file; raises :class:`SweepError` naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SweepError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"{path}: a sweep file must be a mapping")
+    return build_sweep(data, source=str(path), base_dir=path.parent)
+
+
+def build_sweep(
+    data: dict[str, Any], *, source: str = "<dict>", base_dir: Path = Path(".")
+) -> Sweep:
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{source}: invalid sweep:"]
+        for err in e.errors():
+            lines.append(f"  {_loc(err['loc'])}: {err['msg']}")
+        raise SweepError("\n".join(lines)) from None
+
+    if isinstance(spec.base, str):
+        base_path = (base_dir / spec.base).resolve()
+        if not base_path.is_file():
+            raise SweepError(f"{source}: base: run config file not found: {base_path}")
+        base = yaml.safe_load(base_path.read_text()) or {}
+        base_source = str(base_path)
+    else:
+        base, base_source = dict(spec.base), f"{source}: base"
+    try:
+        base_config = load_config(base, source=base_source)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
+
+    for key in spec.set:
+        _check_field(key, source, f"set.{key}")
+    for i, axis in enumerate(spec.axes):
+        members = axis.zip if isinstance(axis, ZipAxis) else [axis]
+        for j, member in enumerate(members):
+            where = f"axes[{i}]" + (f".zip[{j}]" if isinstance(axis, ZipAxis) else "")
+            _check_field(member.field, source, f"{where}.field")
+            if member.field in ("seed", "bottleneck.name"):
+                raise SweepError(
+                    f"{source}: {where}.field: {member.field!r} has its own key "
+                    f"({'seeds' if member.field == 'seed' else 'methods'})"
+                )
+        if isinstance(axis, ZipAxis) and len({len(m.values) for m in axis.zip}) != 1:
+            lengths = [len(m.values) for m in axis.zip]
+            raise SweepError(f"{source}: axes[{i}].zip: value lists differ in length {lengths}")
+
+    methods = spec.methods
+    for i, m in enumerate(methods):
+        for key in m.set:
+            _check_field(key, source, f"methods[{i}].set.{key}")
+
+    axis_choices: list[list[dict[str, Any]]] = []
+    for axis in spec.axes:
+        if isinstance(axis, ZipAxis):
+            axis_choices.append(
+                [{m.field: m.values[k] for m in axis.zip} for k in range(len(axis.zip[0].values))]
+            )
+        else:
+            axis_choices.append([{axis.field: v} for v in axis.values])
+
+    base_dict = base_config.model_dump(mode="json")
+    for key, value in spec.set.items():
+        set_path(base_dict, key, value)
+
+    runs: list[PlannedRun] = []
+    seen: dict[str, str] = {}
+    for (mi, method), combo, seed in itertools.product(
+        enumerate(methods), itertools.product(*axis_choices), spec.seeds
+    ):
+        d = json.loads(json.dumps(base_dict))
+        d["bottleneck"] = {"name": method.name, "params": dict(method.params)}
+        for key, value in method.set.items():
+            set_path(d, key, value)
+        swept: dict[str, Any] = {}
+        for choice in combo:
+            for key, value in choice.items():
+                set_path(d, key, value)
+                swept[key] = value
+        d["seed"] = seed
+        where = f"methods[{mi}] {method.display()}, seed {seed}" + "".join(
+            f", {k}={v}" for k, v in swept.items()
+        )
+        try:
+            config = load_config(d, source=f"{source}: {where}")
+        except ValueError as e:
+            raise SweepError(str(e)) from None
+        run = PlannedRun(config, method.display(), seed, swept)
+        if run.key in seen:
+            raise SweepError(
+                f"{source}: two entries give the same run ({seen[run.key]} and {run.name}); "
+                "give them different settings or remove one"
+            )
+        seen[run.key] = run.name
+        runs.append(run)
+    return Sweep(spec, source, runs)
+
+
+def describe(sweep: Sweep, done: set[str] | None = None) -> str:
+    """The plan as a table: one line per run with its hash (and whether it already finished)."""
+    done = done or set()
+    lines = [f"sweep {sweep.name!r}: {len(sweep.runs)} runs ({sweep.source})"]
+    width = max(len(r.name) for r in sweep.runs)
+    for r in sweep.runs:
+        state = "done" if r.key in done else "to run"
+        lines.append(f"  {r.key}  {r.name:<{width}}  {state}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "FieldAxis",
+    "MethodSpec",
+    "PlannedRun",
+    "Sweep",
+    "SweepError",
+    "SweepSpec",
+    "ZipAxis",
+    "build_sweep",
+    "describe",
+    "flatten",
+    "load_sweep",
+]

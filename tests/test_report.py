@@ -1,0 +1,501 @@
+"""Sweep reports: a synthetic sweep logged to a real MLflow store, read back and checked.
+
+The store (SQLite plus an artifact folder) is built once per module through
+``MlflowClient`` exactly as the sweep driver logs a sweep: one parent run per sweep,
+one child run per training run, with known test metrics and validation histories.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipelines.report import (
+    BOOTSTRAP_SEED,
+    N_RESAMPLES,
+    Report,
+    build_report,
+    format_main_table,
+    log_report,
+    report_command,
+)
+from sparling.errors import SparlingError
+from sparling.metrics import bootstrap_ci
+
+EXPERIMENT = "sparling-report-test"
+SWEEP = "ast-sensitivity"
+FIELD = "schedule.delta_update"
+METHODS = ("sparling", "sparling-st", "l1(coefficient=1.0)")
+VALUES = (0.75, 0.9)
+SEEDS = (0, 1, 2)
+MISSING = ("sparling-st", 0.9, 2)  # in the sweep file, never logged
+FAILED = ("l1(coefficient=1.0)", 0.75, 1)
+FAILURE = "NaN loss at 12000 training samples"
+RUNNING = ("sparling", 0.9, 2)
+NAN_FPE = ("sparling-st", 0.75, 0)  # FPE undefined (nothing predicted)
+VAL_DENSITY_STEPS = 4
+
+
+def _test_metrics(mi: int, vi: int, seed: int) -> dict[str, float]:
+    """Known, distinct test metrics for method ``mi``, swept value ``vi``, ``seed``."""
+    m = {
+        "test_fpe": 0.01 * (mi + 1) + 0.003 * seed + 0.02 * vi,
+        "test_fne": 0.005 * (mi + 1) + 0.001 * seed**2 + 0.01 * vi,
+        "test_ce": 0.02 * (mi + 1) + 0.011 * seed + 0.05 * vi,
+        "test_e2ee": 0.007 * (mi + 1) + 0.002 * seed + 0.001 * vi,
+        "test_accuracy": 0.99 - 0.01 * seed,
+        "test_density": 5e-5 * (1 + 0.1 * seed) + 1e-5 * vi,
+        "test_checkpoint_density": 5e-5,
+        # l1 never reaches the reported density; sparling-st misses it once
+        "test_reached_reported": 0.0 if mi == 2 or (mi == 1 and seed == 1) else 1.0,
+        "wall_seconds": 3600.0 + 60 * seed + 7,
+    }
+    if (METHODS[mi], VALUES[vi], seed) == NAN_FPE:
+        m["test_fpe"] = math.nan
+    return m
+
+
+def _val(mi: int, vi: int, seed: int, k: int) -> dict[str, float]:
+    """Validation errors at the k-th density step."""
+    return {
+        "val_fpe": 0.5 - 0.1 * k + 0.01 * seed,
+        "val_fne": 0.01 * k + 0.002 * mi,
+        "val_ce": 0.4 - 0.08 * k + 0.01 * mi + 0.003 * seed,
+        "val_e2ee": 0.3 - 0.05 * k + 0.01 * vi,
+    }
+
+
+def _density(vi: int, k: int) -> float:
+    return 0.5 * VALUES[vi] ** k
+
+
+@dataclass
+class Store:
+    uri: str
+    root: Path
+    parent_id: str
+    retry_parent_id: str
+    runs: dict[tuple[str, float, int], str]  # (method, value, seed) -> status
+
+
+def _log_child(
+    client: Any,
+    experiment_id: str,
+    parent_id: str,
+    *,
+    run_id: str,
+    method: str,
+    seed: int,
+    swept: dict[str, Any],
+    status: str,
+    metrics: list[Any],
+    start_time: int,
+    failure: str | None = None,
+) -> None:
+    from mlflow.entities import Param
+
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        "sparling.kind": "run",
+        "sparling.run_id": run_id,
+        "sparling.method": method,
+        "sparling.domain": "digit-circle",
+        "sparling.seed": str(seed),
+        "sparling.swept": json.dumps(swept),
+        "sparling.status": status,
+    }
+    if failure:
+        tags["sparling.failure"] = failure
+    run = client.create_run(experiment_id, start_time=start_time, tags=tags)
+    params = [Param("seed", str(seed)), Param("bottleneck.name", method.split("(")[0])]
+    params += [Param(k, str(v)) for k, v in swept.items()]
+    client.log_batch(run.info.run_id, metrics=metrics, params=params)
+    if status != "running":
+        client.set_terminated(run.info.run_id, "FINISHED" if status == "finished" else "FAILED")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(
+        exp,
+        tags={
+            "sparling.kind": "sweep",
+            "sparling.sweep_name": SWEEP,
+            "sparling.expected_runs": str(len(METHODS) * len(VALUES) * len(SEEDS)),
+            "sparling.swept_fields": json.dumps([FIELD]),
+        },
+    )
+    pid = parent.info.run_id
+    runs: dict[tuple[str, float, int], str] = {}
+    t = 1_700_000_000_000
+    for mi, method in enumerate(METHODS):
+        for vi, value in enumerate(VALUES):
+            for seed in SEEDS:
+                key = (method, value, seed)
+                if key == MISSING:
+                    continue
+                status = {FAILED: "failed", RUNNING: "running"}.get(key, "finished")
+                metrics = []
+                for k in range(VAL_DENSITY_STEPS):
+                    # Two validations per density step; the motif errors are logged at
+                    # the second, which is where the density changes.
+                    for step in (1000 * (2 * k + 1), 1000 * (2 * k + 2)):
+                        metrics += [
+                            Metric("density", _density(vi, k), t, step),
+                            Metric("val_accuracy", 0.5 + 0.1 * k, t, step),
+                            Metric("train_loss", 1.0 / (step + 1), t, step),
+                        ]
+                    if status != "failed" or k < 2:
+                        metrics += [
+                            Metric(name, v, t, step) for name, v in _val(mi, vi, seed, k).items()
+                        ]
+                if status == "finished":
+                    metrics += [
+                        Metric(n, v, t, 0) for n, v in _test_metrics(mi, vi, seed).items()
+                    ]
+                _log_child(
+                    client,
+                    exp,
+                    pid,
+                    run_id=f"cfg{mi}{vi}{seed}",
+                    method=method,
+                    seed=seed,
+                    swept={FIELD: value},
+                    status=status,
+                    metrics=metrics,
+                    start_time=t,
+                    failure=FAILURE if status == "failed" else None,
+                )
+                runs[key] = status
+                t += 1000
+
+    # A second, complete sweep in the same experiment with nothing swept: one run was
+    # retried (a failed attempt, then a finished one under the same config hash).
+    retry = client.create_run(
+        exp,
+        tags={
+            "sparling.kind": "sweep",
+            "sparling.sweep_name": "retry",
+            "sparling.expected_runs": "2",
+            "sparling.swept_fields": "[]",
+        },
+    )
+    rid = retry.info.run_id
+    for i, (method, status, start) in enumerate(
+        [("sparling", "failed", t), ("sparling", "finished", t + 10), ("topk", "finished", t)]
+    ):
+        metrics = (
+            [Metric(n, v, t, 0) for n, v in _test_metrics(i % 2, 0, 0).items()]
+            if status == "finished"
+            else []
+        )
+        _log_child(
+            client,
+            exp,
+            rid,
+            run_id=f"retry-{method}",
+            method=method,
+            seed=0,
+            swept={},
+            status=status,
+            metrics=metrics,
+            start_time=start,
+            failure="worker lost" if status == "failed" else None,
+        )
+    return Store(uri, root, pid, rid, runs)
+
+
+@pytest.fixture(scope="module")
+def report(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Report:
+    return build_report(store.uri, EXPERIMENT, SWEEP, tmp_path_factory.mktemp("report"))
+
+
+def _finished_values(method: str, value: float, metric: str) -> list[float]:
+    mi, vi = METHODS.index(method), VALUES.index(value)
+    out = []
+    for seed in SEEDS:
+        key = (method, value, seed)
+        if key in (MISSING, FAILED, RUNNING):
+            continue
+        v = _test_metrics(mi, vi, seed)[metric]
+        if not math.isnan(v):
+            out.append(v)
+    return out
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def test_groups_are_methods_by_swept_values(report: Report) -> None:
+    assert [(g.method, g.swept[FIELD]) for g in report.groups] == [
+        # natural order of the method labels, then the swept value
+        (m, v)
+        for m in ("l1(coefficient=1.0)", "sparling", "sparling-st")
+        for v in VALUES
+    ]
+
+
+def test_group_means_equal_hand_computed_means(report: Report) -> None:
+    for g in report.groups:
+        value = g.swept[FIELD]
+        for metric in ("fpe", "fne", "ce", "e2ee", "density"):
+            expected = _finished_values(g.method, value, f"test_{metric}")
+            iv = g.stats[metric]
+            assert iv is not None
+            assert iv.n == len(expected)
+            assert iv.mean == pytest.approx(float(np.mean(expected)), rel=1e-12)
+    by_key = {(g.method, g.swept[FIELD]): g for g in report.groups}
+    # failed and running runs are not in the statistics; the NaN FPE is left out
+    assert by_key[("l1(coefficient=1.0)", 0.75)].seeds == [0, 2]
+    assert by_key[("sparling", 0.9)].seeds == [0, 1]
+    nan_group = by_key[("sparling-st", 0.75)]
+    assert nan_group.n_seeds == 3
+    fpe = nan_group.stats["fpe"]
+    assert fpe is not None and (fpe.n, fpe.omitted) == (2, 1)
+    assert any("NaN" in n and "sparling-st" in n for n in report.notes)
+
+
+def test_intervals_contain_the_mean_and_are_seeded(report: Report, store: Store, tmp_path: Path) -> None:
+    again = build_report(store.uri, EXPERIMENT, SWEEP, tmp_path, formats=("csv",))
+    for g, h in zip(report.groups, again.groups, strict=True):
+        for metric, iv in g.stats.items():
+            assert iv is not None
+            assert iv.low <= iv.mean <= iv.high
+            assert h.stats[metric] == iv  # deterministic
+            values = _finished_values(g.method, g.swept[FIELD], f"test_{metric}")
+            assert (iv.mean, iv.low, iv.high) == bootstrap_ci(
+                values, n_resamples=N_RESAMPLES, seed=BOOTSTRAP_SEED
+            )
+    # with 3 distinct seeds the interval is not degenerate
+    ce = report.groups[2].stats["ce"]
+    assert ce is not None and ce.low < ce.mean < ce.high
+
+
+def test_reached_reported_density(report: Report) -> None:
+    by_key = {(g.method, g.swept[FIELD]): g for g in report.groups}
+    assert by_key[("sparling", 0.75)].reached_reported
+    assert not by_key[("l1(coefficient=1.0)", 0.75)].reached_reported
+    assert by_key[("sparling-st", 0.75)].reached == 2  # seed 1 missed it
+    assert "2/3" in format_main_table(report)
+
+
+def test_partial_sweep_counts(report: Report) -> None:
+    c = report.counts
+    assert (c.expected, c.present, c.finished, c.failed, c.running, c.missing) == (
+        18,
+        17,
+        15,
+        1,
+        1,
+        1,
+    )
+    assert report.partial
+    assert c.describe() == (
+        "partial: 15 of 18 expected runs finished (1 failed, 1 running, 1 missing)"
+    )
+    md = (report.out_dir / "report.md").read_text()
+    header = md.split("## Main table")[0]
+    assert "partial: 15 of 18 expected runs finished (1 failed, 1 running, 1 missing)" in header
+
+
+def test_failed_run_listed_with_reason(report: Report) -> None:
+    [failed] = report.failed
+    assert (failed.method, failed.swept[FIELD], failed.seed) == FAILED
+    assert failed.failure == FAILURE
+    md = (report.out_dir / "report.md").read_text()
+    failed_section = md.split("## Failed runs")[1].split("##")[0]
+    assert f"l1(coefficient=1.0) (schedule.delta_update=0.75) seed 1 [run cfg201]: {FAILURE}" in (
+        failed_section
+    )
+
+
+def test_sensitivity_table_rows(report: Report) -> None:
+    assert list(report.sensitivity) == [FIELD]
+    rows = [(g.method, g.swept[FIELD]) for g in report.sensitivity[FIELD]]
+    assert rows == [(g.method, g.swept[FIELD]) for g in report.groups]  # one field: same groups
+    table = report.tables[FIELD]
+    assert table.columns[:3] == ("method", FIELD, "seeds")
+    assert [r[:3] for r in table.rows] == [
+        (m, f"{v:g}", str(len(_finished_values(m, v, "test_ce"))))
+        for m in ("l1(coefficient=1.0)", "sparling", "sparling-st")
+        for v in VALUES
+    ]
+
+
+def test_validation_curves_pair_errors_with_density(report: Report) -> None:
+    curve = report.curves["sparling (delta_update=0.75)"]
+    assert [p.density for p in curve] == pytest.approx(
+        [_density(0, k) for k in range(VAL_DENSITY_STEPS)]
+    )
+    for k, point in enumerate(curve):
+        # finished seeds 0, 1, 2 of (sparling, 0.75)
+        expected = np.mean([_val(1 - 1, 0, s, k)["val_ce"] for s in SEEDS])
+        assert point.n == 3
+        assert point.means["ce"] == pytest.approx(expected)
+
+
+def test_single_seed_and_retried_runs(store: Store, tmp_path: Path) -> None:
+    r = build_report(store.uri, EXPERIMENT, "retry", tmp_path, formats=("md",))
+    assert not r.partial and r.counts.describe() == "complete: 2 of 2 expected runs finished"
+    assert [(x.method, x.status) for x in r.runs] == [("sparling", "finished"), ("topk", "finished")]
+    assert any("2 attempts" in n for n in r.notes)
+    assert r.sensitivity == {}
+    text = format_main_table(r)
+    assert "[" not in text  # one seed: the value, no interval
+    assert "complete" in (tmp_path / "report.md").read_text().split("## Main table")[0]
+
+
+# -- files --------------------------------------------------------------------------------
+
+
+def test_main_table_format(report: Report) -> None:
+    text = format_main_table(report)
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["method", FIELD, "seeds"]
+    row = next(line for line in lines if line.startswith("sparling ") and " 0.75 " in line)
+    iv = report.groups[2].stats["fpe"]
+    assert iv is not None
+    assert f"{100 * iv.mean:.2f} [{100 * iv.low:.2f}-{100 * iv.high:.2f}]" in row
+    assert re.search(r"\d+\.\d\d \[\d+\.\d\d-\d+\.\d\d\]", row)
+
+
+def test_files_in_each_format(report: Report) -> None:
+    out = report.out_dir
+    stem = f"sensitivity-{FIELD}"
+    for name in ("main", "per_seed", stem):
+        assert (out / f"{name}.csv").is_file()
+        assert (out / f"{name}.tex").is_file()
+    assert (out / "report.md").is_file() and (out / "report.tex").is_file()
+    assert set(report.files) >= {out / "report.md", out / "main.csv", out / "main.tex"}
+
+    import csv
+
+    with (out / "main.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    row = next(r for r in rows if r["method"] == "sparling" and r[FIELD] == "0.75")
+    assert float(row["ce_mean_pct"]) == pytest.approx(
+        100 * np.mean(_finished_values("sparling", 0.75, "test_ce"))
+    )
+    with (out / "per_seed.csv").open() as f:
+        per_seed = list(csv.DictReader(f))
+    assert len(per_seed) == 17
+    failed = next(r for r in per_seed if r["status"] == "failed")
+    assert failed["failure"] == FAILURE and failed["ce_pct"] == ""
+
+    md = (out / "report.md").read_text()
+    for heading in ("## Main table", "## Failed runs", f"## Sensitivity: {FIELD}", "## Per-seed"):
+        assert heading in md
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (out / link).is_file(), link
+    assert len(re.findall(r"!\[", md)) == 3
+
+
+def _check_latex(text: str) -> None:
+    """Structural LaTeX checks (no TeX on this machine): environments, braces, cells."""
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("%"))
+    stack = []
+    for kind, env in re.findall(r"\\(begin|end)\{([^}]*)\}", body):
+        if kind == "begin":
+            stack.append(env)
+        else:
+            assert stack and stack.pop() == env, f"unbalanced \\end{{{env}}}"
+    assert not stack, f"unclosed environments {stack}"
+    unescaped = re.sub(r"\\[{}]", "", body)
+    assert unescaped.count("{") == unescaped.count("}")
+    assert not re.search(r"(?<!\\)[%_&#$]", re.sub(r"\\\\|&", "", body)), "unescaped special"
+    for spec, table in re.findall(r"\\begin\{tabular\}\{([lr]+)\}(.*?)\\end\{tabular\}", body, re.S):
+        rows = [r for r in table.split("\\\\") if r.strip() and "rule" not in r.strip()]
+        for r in rows:
+            r = re.sub(r"\\(top|mid|bottom)rule", "", r)
+            if r.strip():
+                assert len(re.findall(r"(?<!\\)&", r)) == len(spec) - 1, r
+        assert "\\toprule" in table and "\\midrule" in table and "\\bottomrule" in table
+
+
+def test_latex_is_well_formed(report: Report) -> None:
+    for path in report.out_dir.glob("*.tex"):
+        _check_latex(path.read_text())
+    main = (report.out_dir / "main.tex").read_text()
+    assert "l1(coefficient=1.0)" in main and "FPE (\\%)" in main
+    assert re.search(r"\d\.\d\d \[\d\.\d\d--\d+\.\d\d\]", main)  # en dash in LaTeX
+    doc = (report.out_dir / "report.tex").read_text()
+    assert "\\input{main.tex}" in doc and "\\usepackage{booktabs}" in doc
+
+
+def test_plots_are_pngs(report: Report) -> None:
+    from matplotlib.image import imread
+
+    plots = sorted((report.out_dir / "plots").glob("*.png"))
+    assert [p.name for p in plots] == [
+        "ce_by_method.png",
+        "error_vs_density.png",
+        f"sensitivity-{FIELD}.png",
+    ]
+    for p in plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = imread(p)
+        assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 500
+        assert image.std() > 0.01  # something was drawn
+
+
+def test_report_command_prints_and_logs(store: Store, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    out = tmp_path / "cli"
+    text = report_command(store.uri, EXPERIMENT, SWEEP, out, ("md", "csv"))
+    first = text.splitlines()[0]
+    assert "PARTIAL: 15 of 18 expected runs finished (1 failed, 1 running, 1 missing)" in first
+    assert FAILURE in text and "Failed runs:" in text
+    assert "method" in text and "E2EE (%)" in text
+    assert not list(out.glob("*.tex"))  # only the formats asked for
+
+    client = MlflowClient(tracking_uri=store.uri)
+    logged = {a.path for a in client.list_artifacts(store.parent_id, "report")}
+    assert {"report/report.md", "report/main.csv", "report/plots"} <= logged
+    plots = {a.path for a in client.list_artifacts(store.parent_id, "report/plots")}
+    assert "report/plots/ce_by_method.png" in plots
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+def test_unknown_sweep_lists_the_sweeps_found(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(SparlingError, match=r"no sweep 'nope'.*'ast-sensitivity', 'retry'"):
+        build_report(store.uri, EXPERIMENT, "nope", tmp_path)
+
+
+def test_missing_experiment_lists_experiments(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(SparlingError, match=rf"no experiment 'nope'.*'{EXPERIMENT}'"):
+        build_report(store.uri, "nope", SWEEP, tmp_path)
+
+
+def test_missing_store_is_not_created(tmp_path: Path) -> None:
+    db = tmp_path / "typo.db"
+    with pytest.raises(SparlingError, match="no MLflow tracking store"):
+        build_report(f"sqlite:///{db}", EXPERIMENT, SWEEP, tmp_path / "out")
+    assert not db.exists()
+
+
+def test_bad_formats_and_log_targets(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="formats must be some of"):
+        build_report(store.uri, EXPERIMENT, SWEEP, tmp_path, formats=("pdf",))
+    with pytest.raises(SparlingError, match="no report to log"):
+        log_report(store.uri, store.parent_id, tmp_path / "empty")
+    (tmp_path / "x.md").write_text("x")
+    with pytest.raises(SparlingError, match="no MLflow run"):
+        log_report(store.uri, "0" * 32, tmp_path)
