@@ -844,6 +844,11 @@ def _tex(text: str) -> str:
     return _TEX_SPECIAL.sub(lambda m: _TEX_ESCAPES[m.group()], text).replace(RANGE_SEP, "--")
 
 
+def _label(text: str) -> str:
+    # Labels end up in .aux files: keep them to characters that never need escaping.
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text)
+
+
 def _tex_table(table: Table, sweep_name: str) -> str:
     spec = "".join("r" if right else "l" for right in table.numeric)
     lines = [
@@ -852,7 +857,7 @@ def _tex_table(table: Table, sweep_name: str) -> str:
         "\\centering",
         "\\small",
         f"\\caption{{{_tex(table.title)}}}",
-        f"\\label{{tab:{_file_stem(sweep_name)}:{table.name}}}",
+        f"\\label{{tab:{_label(sweep_name)}:{_label(table.name)}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",
         " & ".join(_tex(c) for c in table.columns) + " \\\\",

@@ -17,6 +17,9 @@ A sweep file is YAML::
       - zip:                          # these advance together
           - {field: schedule.threshold_decay, values: [1.0e-7, 1.0e-6]}
           - {field: val_interval, values: [2000, 4000]}
+      - vary:                         # one at a time around the base (sensitivity)
+          - {field: bottleneck.params.momentum, values: [0.05, 0.1, 0.2]}
+          - {field: schedule.delta_update, values: [0.5, 0.75, 0.9]}
 
 The whole file is validated before anything runs: an unknown key, a wrong type, an empty
 axis or a value the run config refuses is reported with the file, the path in the file
@@ -94,8 +97,17 @@ class ZipAxis(_Strict):
 
 
 def _axis_kind(v: Any) -> str:
-    """An axis with a ``zip`` key is a zipped group; anything else a single field."""
-    return "zip" if isinstance(v, dict) and "zip" in v or isinstance(v, ZipAxis) else "field"
+    """``zip``/``vary`` keys mark groups; anything else is a single field."""
+    for kind, cls in (("zip", ZipAxis), ("vary", VaryAxis)):
+        if isinstance(v, cls) or (isinstance(v, dict) and kind in v):
+            return kind
+    return "field"
+
+
+class VaryAxis(_Strict):
+    vary: list[FieldAxis] = Field(min_length=1)
+    """Fields varied one at a time around the base (the others keep their base values):
+    a sensitivity study. The base configuration itself is one of the choices."""
 
 
 class SweepSpec(_Strict):
@@ -114,7 +126,9 @@ class SweepSpec(_Strict):
     """Run seeds."""
     axes: list[
         Annotated[
-            Annotated[FieldAxis, Tag("field")] | Annotated[ZipAxis, Tag("zip")],
+            Annotated[FieldAxis, Tag("field")]
+            | Annotated[ZipAxis, Tag("zip")]
+            | Annotated[VaryAxis, Tag("vary")],
             Discriminator(_axis_kind),
         ]
     ] = Field(default_factory=list)
@@ -161,7 +175,7 @@ class Sweep:
     def swept_fields(self) -> list[str]:
         out: list[str] = []
         for axis in self.spec.axes:
-            out += [a.field for a in axis.zip] if isinstance(axis, ZipAxis) else [axis.field]
+            out += [m.field for m in _members(axis)]
         return out
 
     def fingerprint(self) -> str:
@@ -208,6 +222,18 @@ def _check_field(path: str, source: str, where: str) -> None:
             return
 
 
+def _members(axis: FieldAxis | ZipAxis | VaryAxis) -> list[FieldAxis]:
+    if isinstance(axis, ZipAxis):
+        return axis.zip
+    if isinstance(axis, VaryAxis):
+        return axis.vary
+    return [axis]
+
+
+def _kind(axis: FieldAxis | ZipAxis | VaryAxis) -> str:
+    return "zip" if isinstance(axis, ZipAxis) else "vary" if isinstance(axis, VaryAxis) else "field"
+
+
 def load_sweep(path: str | Path) -> Sweep:
     """Read, validate and expand a sweep file; raises :class:`SweepError` naming the problem."""
     path = Path(path)
@@ -249,9 +275,8 @@ def build_sweep(
     for key in spec.set:
         _check_field(key, source, f"set.{key}")
     for i, axis in enumerate(spec.axes):
-        members = axis.zip if isinstance(axis, ZipAxis) else [axis]
-        for j, member in enumerate(members):
-            where = f"axes[{i}]" + (f".zip[{j}]" if isinstance(axis, ZipAxis) else "")
+        for j, member in enumerate(_members(axis)):
+            where = f"axes[{i}]" + ("" if isinstance(axis, FieldAxis) else f".{_kind(axis)}[{j}]")
             _check_field(member.field, source, f"{where}.field")
             if member.field in ("seed", "bottleneck.name"):
                 raise SweepError(
@@ -267,18 +292,25 @@ def build_sweep(
         for key in m.set:
             _check_field(key, source, f"methods[{i}].set.{key}")
 
+    base_dict = base_config.model_dump(mode="json")
+    for key, value in spec.set.items():
+        set_path(base_dict, key, value)
+    base_flat = flatten(base_dict)
+
     axis_choices: list[list[dict[str, Any]]] = []
     for axis in spec.axes:
         if isinstance(axis, ZipAxis):
             axis_choices.append(
                 [{m.field: m.values[k] for m in axis.zip} for k in range(len(axis.zip[0].values))]
             )
+        elif isinstance(axis, VaryAxis):
+            # One at a time around the base: the base once, then each other value alone.
+            choices: list[dict[str, Any]] = [{}]
+            for m in axis.vary:
+                choices += [{m.field: v} for v in m.values if v != base_flat.get(m.field)]
+            axis_choices.append(choices)
         else:
             axis_choices.append([{axis.field: v} for v in axis.values])
-
-    base_dict = base_config.model_dump(mode="json")
-    for key, value in spec.set.items():
-        set_path(base_dict, key, value)
 
     runs: list[PlannedRun] = []
     seen: dict[str, str] = {}
@@ -331,6 +363,7 @@ __all__ = [
     "Sweep",
     "SweepError",
     "SweepSpec",
+    "VaryAxis",
     "ZipAxis",
     "build_sweep",
     "describe",

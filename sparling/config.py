@@ -140,7 +140,8 @@ class RunConfig(_Strict):
                 f"{', '.join(bottleneck_names())}"
             )
         try:
-            bottleneck_params(b.name).model_validate(b.params)
+            # Stored resolved, so that spelling out a default gives the same run (and hash).
+            b.params = bottleneck_params(b.name).model_validate(b.params).model_dump(mode="json")
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
             raise ValueError(f"bottleneck.params for {b.name!r}: {problems}") from None

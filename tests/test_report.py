@@ -164,9 +164,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
                             Metric(name, v, t, step) for name, v in _val(mi, vi, seed, k).items()
                         ]
                 if status == "finished":
-                    metrics += [
-                        Metric(n, v, t, 0) for n, v in _test_metrics(mi, vi, seed).items()
-                    ]
+                    metrics += [Metric(n, v, t, 0) for n, v in _test_metrics(mi, vi, seed).items()]
                 _log_child(
                     client,
                     exp,
@@ -269,7 +267,9 @@ def test_group_means_equal_hand_computed_means(report: Report) -> None:
     assert any("NaN" in n and "sparling-st" in n for n in report.notes)
 
 
-def test_intervals_contain_the_mean_and_are_seeded(report: Report, store: Store, tmp_path: Path) -> None:
+def test_intervals_contain_the_mean_and_are_seeded(
+    report: Report, store: Store, tmp_path: Path
+) -> None:
     again = build_report(store.uri, EXPERIMENT, SWEEP, tmp_path, formats=("csv",))
     for g, h in zip(report.groups, again.groups, strict=True):
         for metric, iv in g.stats.items():
@@ -351,7 +351,10 @@ def test_validation_curves_pair_errors_with_density(report: Report) -> None:
 def test_single_seed_and_retried_runs(store: Store, tmp_path: Path) -> None:
     r = build_report(store.uri, EXPERIMENT, "retry", tmp_path, formats=("md",))
     assert not r.partial and r.counts.describe() == "complete: 2 of 2 expected runs finished"
-    assert [(x.method, x.status) for x in r.runs] == [("sparling", "finished"), ("topk", "finished")]
+    assert [(x.method, x.status) for x in r.runs] == [
+        ("sparling", "finished"),
+        ("topk", "finished"),
+    ]
     assert any("2 attempts" in n for n in r.notes)
     assert r.sensitivity == {}
     text = format_main_table(r)
@@ -418,7 +421,9 @@ def _check_latex(text: str) -> None:
     unescaped = re.sub(r"\\[{}]", "", body)
     assert unescaped.count("{") == unescaped.count("}")
     assert not re.search(r"(?<!\\)[%_&#$]", re.sub(r"\\\\|&", "", body)), "unescaped special"
-    for spec, table in re.findall(r"\\begin\{tabular\}\{([lr]+)\}(.*?)\\end\{tabular\}", body, re.S):
+    for spec, table in re.findall(
+        r"\\begin\{tabular\}\{([lr]+)\}(.*?)\\end\{tabular\}", body, re.S
+    ):
         rows = [r for r in table.split("\\\\") if r.strip() and "rule" not in r.strip()]
         for r in rows:
             r = re.sub(r"\\(top|mid|bottom)rule", "", r)

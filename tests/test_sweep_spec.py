@@ -1,0 +1,137 @@
+"""Sweep files: expansion, validation errors naming file and path, dry run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO, tiny_config
+
+from pipelines import cli
+from pipelines.sweep_spec import SweepError, build_sweep, load_sweep
+
+
+def _sweep(**kw: Any) -> dict[str, Any]:
+    return {"name": "t", "base": tiny_config(), **kw}
+
+
+def test_methods_seeds_and_axes_are_crossed_and_zipped() -> None:
+    sweep = build_sweep(
+        _sweep(
+            methods=["sparling", {"name": "l1", "params": {"coefficient": 2.0}}],
+            seeds=[0, 1, 2],
+            axes=[
+                {"field": "schedule.delta_update", "values": [0.5, 0.9]},
+                {
+                    "zip": [
+                        {"field": "optim.lr", "values": [1e-3, 1e-4]},
+                        {"field": "batch_size", "values": [4, 8]},
+                    ]
+                },
+            ],
+        )
+    )
+    assert len(sweep.runs) == 2 * 3 * 2 * 2
+    assert len({r.key for r in sweep.runs}) == len(sweep.runs)
+    assert sweep.swept_fields == ["schedule.delta_update", "optim.lr", "batch_size"]
+    pairs = {(r.config.optim.lr, r.config.batch_size) for r in sweep.runs}
+    assert pairs == {(1e-3, 4), (1e-4, 8)}  # zipped, not crossed
+    l1 = [r for r in sweep.runs if r.config.bottleneck.name == "l1"]
+    assert len(l1) == 12 and all(r.config.bottleneck.params == {"coefficient": 2.0} for r in l1)
+    assert l1[0].method == "l1(coefficient=2.0)" and "seed=" in l1[0].name
+
+
+def test_method_specific_settings_and_labels() -> None:
+    sweep = build_sweep(
+        _sweep(
+            methods=[
+                "sparling",
+                {
+                    "name": "sparling",
+                    "label": "no-ast",
+                    "params": {"density": 0.01},
+                    "set": {"schedule.enabled": False},
+                },
+            ]
+        )
+    )
+    a, b = sweep.runs
+    assert (a.method, b.method) == ("sparling", "no-ast")
+    assert a.config.schedule.enabled and not b.config.schedule.enabled
+    assert b.config.bottleneck.params["density"] == 0.01
+
+
+def test_adding_seeds_keeps_the_old_keys() -> None:
+    small = {r.key for r in build_sweep(_sweep(seeds=[0, 1])).runs}
+    large = {r.key for r in build_sweep(_sweep(seeds=[0, 1, 2])).runs}
+    assert small < large and len(large - small) == 1
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"methods": []}, "methods: List should have at least 1 item"),
+        ({"methods": ["sparling", "nope"]}, "methods[1].name: Value error, unknown method 'nope'"),
+        ({"seeds": ["a"]}, "seeds[0]: Input should be a valid integer"),
+        ({"bogus": 1}, "bogus: Extra inputs are not permitted"),
+        (
+            {"axes": [{"field": "schedule.delta", "values": [1]}]},
+            "axes[0].field: unknown config field 'schedule.delta'",
+        ),
+        (
+            {"axes": [{"field": "schedule.delta_update", "values": []}]},
+            "axes[0].values: List should have at least 1 item",
+        ),
+        (
+            {"axes": [{"field": "schedule.delta_update", "values": [2]}]},
+            "schedule.delta_update: Input should be less than 1",
+        ),
+        ({"axes": [{"field": "seed", "values": [1]}]}, "'seed' has its own key (seeds)"),
+        (
+            {
+                "axes": [
+                    {
+                        "zip": [
+                            {"field": "batch_size", "values": [1]},
+                            {"field": "optim.lr", "values": [1, 2]},
+                        ]
+                    }
+                ]
+            },
+            "axes[0].zip: value lists differ in length",
+        ),
+        ({"methods": [{"name": "l1", "params": {"coef": 1}}]}, "bottleneck.params for 'l1': coef"),
+        ({"set": {"model.overrides.heads": 3}}, "heads (3) must divide d_model"),
+        ({"methods": ["sparling", "sparling"]}, "two entries give the same run"),
+    ],
+)
+def test_bad_sweep_files_name_file_and_path(
+    patch: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_sweep(**patch)))
+    with pytest.raises(SweepError) as info:
+        load_sweep(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_shipped_sweeps_validate() -> None:
+    files = sorted((REPO / "pipelines" / "sweeps").glob("*.yaml"))
+    assert files
+    for f in files:
+        assert load_sweep(f).runs
+
+
+def test_dry_run_lists_runs_with_hashes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_sweep(seeds=[0, 1])))
+    assert cli.main(["sweep", str(path), "--dry-run", "--work-dir", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    for run in load_sweep(path).runs:
+        assert run.key in out and run.name in out
+    assert out.count("to run") == 2
+    assert cli.main(["sweep", str(tmp_path / "missing.yaml"), "--dry-run"]) == 2
+    assert "shipped sweeps: " in capsys.readouterr().err
