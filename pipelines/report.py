@@ -138,8 +138,9 @@ class RunRecord:
     """One child run of a sweep, as read back from MLflow.
 
     ``metrics`` holds the latest value of every metric the run logged (so ``test_ce``
-    etc. once it finished); ``history`` the validation motif errors paired with the
-    density trained at, one entry per density step, in step order.
+    etc. once it finished); ``history`` (read for finished runs only) the validation
+    motif errors paired with the density trained at, one entry per density step, in
+    step order.
     """
 
     mlflow_run_id: str
@@ -314,7 +315,7 @@ def _client(tracking_uri: str) -> MlflowClient:
         local = Path(tracking_uri)
     if local is not None and not local.exists():
         raise SparlingError(
-            f"no MLflow tracking store at {tracking_uri!r} ({local} does not exist)"
+            f"no MLflow tracking store at {_redact(tracking_uri)!r} ({local} does not exist)"
         )
     return MlflowClient(tracking_uri=tracking_uri)
 
@@ -342,10 +343,12 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> 
             return str(exp.experiment_id)
         names = sorted(e.name for e in client.search_experiments())
     except MlflowException as e:
-        raise SparlingError(f"could not read experiments from {tracking_uri!r}: {e}") from e
+        raise SparlingError(
+            f"could not read experiments from {_redact(tracking_uri)!r}: {e}"
+        ) from e
     deleted = " (it was deleted)" if exp is not None else ""
     raise SparlingError(
-        f"no experiment {experiment!r} at {tracking_uri!r}{deleted}; experiments there: "
+        f"no experiment {experiment!r} at {_redact(tracking_uri)!r}{deleted}; experiments there: "
         f"{', '.join(map(repr, names)) or 'none'}"
     )
 
@@ -443,7 +446,8 @@ def _record(client: MlflowClient, run: Run, fields: Sequence[str], notes: list[s
         status=status,
         failure=tags.get(TAG_FAILURE) or (None if status != "failed" else "(no reason logged)"),
         metrics=dict(run.data.metrics),
-        history=_history(client, run),
+        # Only finished runs enter the curves; skipping the others saves MLflow calls.
+        history=_history(client, run) if status == "finished" else (),
         start_time=run.info.start_time or 0,
     )
 
@@ -597,18 +601,34 @@ def _fmt_interval(iv: Interval | None, metric: str) -> str:
     if iv is None:
         return MISSING
 
+    decimals = _density_decimals(iv.mean) if metric == "density" else 2
+
     def num(x: float) -> str:
-        return f"{100 * x:.3g}" if metric == "density" else f"{100 * x:.2f}"
+        return f"{100 * x:.{decimals}f}"
 
     if iv.n == 1:  # a bootstrap over one value is that value: print no interval
         return num(iv.mean)
     return f"{num(iv.mean)} [{num(iv.low)}{RANGE_SEP}{num(iv.high)}]"
 
 
+def _density_decimals(fraction: float) -> int:
+    """Decimals showing a density in % to 3 significant digits (at least 2 decimals).
+
+    Densities span 50% down to 0.005%, so a fixed number of decimals would print the
+    interesting ones as 0.00; the bounds of an interval use the mean's decimals, so that
+    ``0.00550 [0.00500-0.00600]`` reads as one scale.
+    """
+    pct = 100 * fraction
+    if pct <= 0 or not math.isfinite(pct):
+        return 2
+    return max(2, 2 - math.floor(math.log10(pct)))
+
+
 def _fmt_pct(x: float, metric: str = "") -> str:
     if math.isnan(x):
         return MISSING
-    return f"{100 * x:.3g}" if metric == "density" else f"{100 * x:.2f}"
+    decimals = _density_decimals(x) if metric == "density" else 2
+    return f"{100 * x:.{decimals}f}"
 
 
 def _fmt_seconds(s: float) -> str:
@@ -621,8 +641,11 @@ def _fmt_seconds(s: float) -> str:
 
 
 def _pct(x: float | None) -> float | None:
-    """A fraction as a percentage for the CSV files (empty cell when undefined)."""
-    return None if x is None or math.isnan(x) else 100 * x
+    """A fraction as a percentage for the CSV files (empty cell when undefined).
+
+    Rounded to 12 significant digits so that 0.07 prints as 7.0, not 7.000000000000001.
+    """
+    return None if x is None or math.isnan(x) else float(f"{100 * x:.12g}")
 
 
 def _interval_csv(iv: Interval | None) -> list[float | None]:
@@ -634,6 +657,13 @@ def _interval_csv(iv: Interval | None) -> list[float | None]:
 # --------------------------------------------------------------------------------------
 
 
+def _seeds_cell(g: GroupSummary) -> str:
+    """The finished seeds behind a row, e.g. ``2`` or ``2 (+1 failed)``."""
+    others = Counter(r.status for r in g.runs if r.status != "finished")
+    extra = ", ".join(f"+{n} {status}" for status, n in sorted(others.items()))
+    return f"{g.n_seeds} ({extra})" if extra else str(g.n_seeds)
+
+
 def _summary_table(
     name: str, title: str, groups: Sequence[GroupSummary], fields: Sequence[str]
 ) -> Table:
@@ -642,7 +672,7 @@ def _summary_table(
         *fields,
         "seeds",
         *(f"{LABEL[m]} (%)" for m in SUMMARY),
-        "reached reported",
+        "reached",
     )
     rows = []
     csv_rows = []
@@ -651,7 +681,7 @@ def _summary_table(
             (
                 g.method,
                 *(_fmt_value(g.swept.get(f)) for f in fields),
-                str(g.n_seeds),
+                _seeds_cell(g),
                 *(_fmt_interval(g.stats[m], m) for m in SUMMARY),
                 f"{g.reached}/{g.n_seeds}",
             )
@@ -728,7 +758,6 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
                 None if math.isnan(reached) else int(reached == 1.0),
                 None if math.isnan(r.metric("wall_seconds")) else r.metric("wall_seconds"),
                 r.run_id,
-                r.mlflow_run_id,
                 r.failure or "",
             )
         )
@@ -743,8 +772,9 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
         "checkpoint_density_pct",
         "reached_reported",
         "wall_seconds",
+        # No MLflow run id: the table then depends only on the sweep's results, so a
+        # resumed sweep and a clean one give the same file (apart from wall time).
         "run_id",
-        "mlflow_run_id",
         "failure",
     )
     first_numeric = len(fields) + 3  # method, fields, seed, status: text
@@ -761,7 +791,19 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
 
 
 def _file_stem(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+    # Letters, digits, "_" and "-" only: no spaces or "%" to trip LaTeX's \input and
+    # \includegraphics, and no extra "." (which older graphicx misreads as the extension).
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")
+
+
+def _label(text: str) -> str:
+    # \label keys: letters, digits, ":" and "-" are safe with every package (babel too).
+    return re.sub(r"[^A-Za-z0-9:-]+", "-", text)
+
+
+def _sensitivity_name(field: str) -> str:
+    """The table (and file) name of a swept field's sensitivity table."""
+    return f"sensitivity-{_file_stem(field)}"
 
 
 def _tables(report: Report) -> dict[str, Table]:
@@ -778,13 +820,8 @@ def _tables(report: Report) -> dict[str, Table]:
     }
     for f, groups in report.sensitivity.items():
         # One row per (method, value), each method's values together.
-        table = _summary_table(
-            f"sensitivity-{_file_stem(f)}",
-            f"Sensitivity to {f}",
-            groups,
-            [f],
-        )
-        tables[f] = table
+        name = _sensitivity_name(f)
+        tables[name] = _summary_table(name, f"Sensitivity to {f}", groups, [f])
     return tables
 
 
@@ -810,6 +847,11 @@ def format_main_table(report: Report) -> str:
 # --------------------------------------------------------------------------------------
 # Writers
 # --------------------------------------------------------------------------------------
+
+
+def _redact(uri: str) -> str:
+    """``https://user:secret@host`` -> ``https://user:***@host``: report.md is shared."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", uri)
 
 
 def _md_table(table: Table) -> str:
@@ -842,11 +884,6 @@ _TEX_SPECIAL = re.compile("|".join(re.escape(k) for k in _TEX_ESCAPES))
 
 def _tex(text: str) -> str:
     return _TEX_SPECIAL.sub(lambda m: _TEX_ESCAPES[m.group()], text).replace(RANGE_SEP, "--")
-
-
-def _label(text: str) -> str:
-    # Labels end up in .aux files: keep them to characters that never need escaping.
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", text)
 
 
 def _tex_table(table: Table, sweep_name: str) -> str:
@@ -914,7 +951,7 @@ def _markdown(report: Report, plots: dict[str, Path]) -> str:
         f"- **Status: {c.describe()}**"
         + (" — the tables below cover the finished runs only." if c.partial else ""),
         f"- Experiment `{report.experiment}`, parent run `{report.parent_run_id}`, "
-        f"tracking URI `{report.tracking_uri}`.",
+        f"tracking URI `{_redact(report.tracking_uri)}`.",
         f"- Swept: {swept}.",
         f"- Test metrics in %, mean over the finished seeds with a {CONFIDENCE:.0%} percentile "
         f"bootstrap interval ({N_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); one seed: "
@@ -944,7 +981,7 @@ def _markdown(report: Report, plots: dict[str, Path]) -> str:
         others = [o for o in report.swept_fields if o != f]
         if others:
             out += [f"Pooled over the other swept fields ({', '.join(others)}).", ""]
-        out += [_md_table(report.tables[f]), ""]
+        out += [_md_table(report.tables[_sensitivity_name(f)]), ""]
         if f"sensitivity:{f}" in plots:
             rel = plots[f"sensitivity:{f}"].relative_to(report.out_dir).as_posix()
             out += [f"![Errors against {f}]({rel})", ""]
@@ -995,6 +1032,17 @@ def _method_colours(groups: Sequence[GroupSummary]) -> dict[str, Any]:
     return {m: cmap(i % 10) for i, m in enumerate(methods)}
 
 
+def _percent_ticks(ax: Axes) -> None:
+    """Plain numbers (``0.01``, ``50``) on a log axis instead of ``10^-2``, ``5x10^1``."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    low, high = sorted(ax.get_xlim())
+    # Within one decade there are too few major ticks, so label the minor ones too.
+    ax.xaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
+
+
 def _plot_error_vs_density(report: Report, path: Path) -> bool:
     from matplotlib.figure import Figure
 
@@ -1024,14 +1072,19 @@ def _plot_error_vs_density(report: Report, path: Path) -> bool:
                 label=g.label,
             )
         ax.set_xscale("log")
-        ax.invert_xaxis()  # training goes from dense to sparse: read left to right
+        _percent_ticks(ax)
         ax.set_title(f"validation {LABEL[m]}")
         ax.set_ylabel(f"{LABEL[m]} (%)")
         ax.grid(True, which="both", alpha=0.3)
+    # Once, not per axis: the axes share x, and each inversion would undo the last.
+    # Training goes from dense to sparse, so the curves then read left to right.
+    axes[0, 0].invert_xaxis()
     for ax in axes[1]:
-        ax.set_xlabel("density trained at (%, log scale)")
+        ax.set_xlabel("density trained at (%, log scale; training runs left to right)")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    fig.legend(
+        handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small"
+    )
     fig.suptitle(f"Sweep {report.sweep_name}: validation errors against density (mean over seeds)")
     fig.savefig(path, dpi=110)
     return True
@@ -1044,35 +1097,39 @@ def _plot_ce(report: Report, path: Path) -> bool:
     if not groups:
         return False
     colours = _method_colours(report.groups)
-    fig = Figure(figsize=(max(6.0, 0.8 * len(groups) + 2.5), 5), layout="constrained")
+    # Horizontal: group labels such as "l1(coefficient=1.0) (delta_update=0.75)" stay
+    # readable however many groups there are, in the main table's order top to bottom.
+    fig = Figure(figsize=(9, 1.6 + 0.45 * len(groups)), layout="constrained")
     ax = fig.subplots()
-    for x, g in enumerate(groups):
+    for y, g in enumerate(groups):
         iv = g.stats["ce"]
         assert iv is not None
         ax.errorbar(
-            [x],
             [100 * iv.mean],
-            yerr=[[100 * (iv.mean - iv.low)], [100 * (iv.high - iv.mean)]],
+            [y],
+            xerr=[[100 * (iv.mean - iv.low)], [100 * (iv.high - iv.mean)]],
             fmt="o",
-            capsize=5,
+            capsize=4,
             color=colours[g.method],
         )
         ax.annotate(
-            f"n={iv.n}",
-            (x, 100 * iv.high),
+            f"{100 * iv.mean:.2f} (n={iv.n})",
+            (100 * iv.high, y),
             textcoords="offset points",
-            xytext=(0, 4),
-            ha="center",
+            xytext=(6, 0),
+            va="center",
             fontsize="small",
         )
-    ax.set_xticks(range(len(groups)), [g.label for g in groups], rotation=30, ha="right")
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylabel("test CE (%)")
+    ax.set_yticks(range(len(groups)), [g.label for g in groups])
+    ax.set_ylim(len(groups) - 0.5, -0.5)
+    ax.set_xlim(left=0)
+    ax.margins(x=0.15)
+    ax.set_xlabel("test CE (%)")
     ax.set_title(
-        f"Sweep {report.sweep_name}: classification error by method "
-        f"(mean, {CONFIDENCE:.0%} bootstrap interval)"
+        f"Sweep {report.sweep_name}: classification error (CE) per group\n"
+        f"mean over seeds, {CONFIDENCE:.0%} bootstrap interval"
     )
-    ax.grid(True, axis="y", alpha=0.3)
+    ax.grid(True, axis="x", alpha=0.3)
     fig.savefig(path, dpi=110)
     return True
 
@@ -1130,7 +1187,9 @@ def _plot_sensitivity(report: Report, f: str, path: Path) -> bool:
     if not drew:
         return False
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    fig.legend(
+        handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize="small"
+    )
     fig.suptitle(f"Sweep {report.sweep_name}: sensitivity to {f} (mean, {CONFIDENCE:.0%} interval)")
     fig.savefig(path, dpi=110)
     return True
@@ -1147,7 +1206,7 @@ def _plots(report: Report) -> dict[str, Path]:
     if _plot_error_vs_density(report, path):
         written["error_vs_density"] = path
     for f in report.sensitivity:
-        path = plot_dir / f"sensitivity-{_file_stem(f)}.png"
+        path = plot_dir / f"{_sensitivity_name(f)}.png"
         if _plot_sensitivity(report, f, path):
             written[f"sensitivity:{f}"] = path
     return written
@@ -1289,7 +1348,9 @@ def log_report(tracking_uri: str, parent_run_id: str, out_dir: Path) -> None:
     try:
         client.get_run(parent_run_id)
     except MlflowException as e:
-        raise SparlingError(f"no MLflow run {parent_run_id!r} at {tracking_uri!r}: {e}") from e
+        raise SparlingError(
+            f"no MLflow run {parent_run_id!r} at {_redact(tracking_uri)!r}: {e}"
+        ) from e
     client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
 
 

@@ -32,6 +32,7 @@ from sparling.metrics import bootstrap_ci
 EXPERIMENT = "sparling-report-test"
 SWEEP = "ast-sensitivity"
 FIELD = "schedule.delta_update"
+STEM = "schedule_delta_update"  # FIELD in file names
 METHODS = ("sparling", "sparling-st", "l1(coefficient=1.0)")
 VALUES = (0.75, 0.9)
 SEEDS = (0, 1, 2)
@@ -63,12 +64,12 @@ def _test_metrics(mi: int, vi: int, seed: int) -> dict[str, float]:
 
 
 def _val(mi: int, vi: int, seed: int, k: int) -> dict[str, float]:
-    """Validation errors at the k-th density step."""
+    """Validation errors at the k-th density step (all in [0, 1])."""
     return {
-        "val_fpe": 0.5 - 0.1 * k + 0.01 * seed,
-        "val_fne": 0.01 * k + 0.002 * mi,
-        "val_ce": 0.4 - 0.08 * k + 0.01 * mi + 0.003 * seed,
-        "val_e2ee": 0.3 - 0.05 * k + 0.01 * vi,
+        "val_fpe": 0.5 * 0.8**k + 0.01 * seed,
+        "val_fne": 0.3 * (1 - 0.9**k) + 0.002 * mi,
+        "val_ce": 0.4 * 0.85**k + 0.01 * mi + 0.003 * seed,
+        "val_e2ee": 0.3 * 0.9**k + 0.01 * vi,
     }
 
 
@@ -280,6 +281,9 @@ def test_intervals_contain_the_mean_and_are_seeded(
             assert (iv.mean, iv.low, iv.high) == bootstrap_ci(
                 values, n_resamples=N_RESAMPLES, seed=BOOTSTRAP_SEED
             )
+    # the tables hold no MLflow run ids or times: the same results give the same files
+    for name in ("main.csv", "per_seed.csv"):
+        assert (tmp_path / name).read_text() == (report.out_dir / name).read_text()
     # with 3 distinct seeds the interval is not degenerate
     ce = report.groups[2].stats["ce"]
     assert ce is not None and ce.low < ce.mean < ce.high
@@ -327,10 +331,15 @@ def test_sensitivity_table_rows(report: Report) -> None:
     assert list(report.sensitivity) == [FIELD]
     rows = [(g.method, g.swept[FIELD]) for g in report.sensitivity[FIELD]]
     assert rows == [(g.method, g.swept[FIELD]) for g in report.groups]  # one field: same groups
-    table = report.tables[FIELD]
+    table = report.tables[f"sensitivity-{STEM}"]
     assert table.columns[:3] == ("method", FIELD, "seeds")
+    # the seeds column counts finished seeds and says what else the group holds
+    seeds = {
+        ("l1(coefficient=1.0)", 0.75): "2 (+1 failed)",
+        ("sparling", 0.9): "2 (+1 running)",
+    }
     assert [r[:3] for r in table.rows] == [
-        (m, f"{v:g}", str(len(_finished_values(m, v, "test_ce"))))
+        (m, f"{v:g}", seeds.get((m, v), str(len(_finished_values(m, v, "test_ce")))))
         for m in ("l1(coefficient=1.0)", "sparling", "sparling-st")
         for v in VALUES
     ]
@@ -378,7 +387,7 @@ def test_main_table_format(report: Report) -> None:
 
 def test_files_in_each_format(report: Report) -> None:
     out = report.out_dir
-    stem = f"sensitivity-{FIELD}"
+    stem = f"sensitivity-{STEM}"
     for name in ("main", "per_seed", stem):
         assert (out / f"{name}.csv").is_file()
         assert (out / f"{name}.tex").is_file()
@@ -418,6 +427,8 @@ def _check_latex(text: str) -> None:
         else:
             assert stack and stack.pop() == env, f"unbalanced \\end{{{env}}}"
     assert not stack, f"unclosed environments {stack}"
+    # File names and label keys are not typeset: "_" is fine there.
+    body = re.sub(r"\\(input|label|includegraphics(\[[^]]*\])?)\{[^}]*\}", "", body)
     unescaped = re.sub(r"\\[{}]", "", body)
     assert unescaped.count("{") == unescaped.count("}")
     assert not re.search(r"(?<!\\)[%_&#$]", re.sub(r"\\\\|&", "", body)), "unescaped special"
@@ -449,7 +460,7 @@ def test_plots_are_pngs(report: Report) -> None:
     assert [p.name for p in plots] == [
         "ce_by_method.png",
         "error_vs_density.png",
-        f"sensitivity-{FIELD}.png",
+        f"sensitivity-{STEM}.png",
     ]
     for p in plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -504,3 +515,52 @@ def test_bad_formats_and_log_targets(store: Store, tmp_path: Path) -> None:
     (tmp_path / "x.md").write_text("x")
     with pytest.raises(SparlingError, match="no MLflow run"):
         log_report(store.uri, "0" * 32, tmp_path)
+
+
+def test_sensitivity_pools_over_the_other_swept_fields() -> None:
+    from pipelines.report import RunRecord, _group
+
+    def run(method: str, a: float, b: str, seed: int, ce: float) -> RunRecord:
+        return RunRecord(
+            mlflow_run_id=f"m{method}{a}{b}{seed}",
+            run_id=f"{method}{a}{b}{seed}",
+            method=method,
+            domain="digit-circle",
+            seed=seed,
+            swept={"a": a, "b": b},
+            status="finished",
+            failure=None,
+            metrics={"test_ce": ce},
+        )
+
+    runs = [
+        run(m, a, b, s, ce=0.01 * s + (0.1 if a == 2.0 else 0) + (0.2 if b == "y" else 0))
+        for m in ("topk", "sparling")
+        for a in (10.0, 2.0)
+        for b in ("x", "y")
+        for s in (0, 1)
+    ]
+    by_a = _group(runs, ["a"])
+    assert [(g.method, g.swept) for g in by_a] == [
+        ("sparling", {"a": 2.0}),  # numeric order of the values, not text order
+        ("sparling", {"a": 10.0}),
+        ("topk", {"a": 2.0}),
+        ("topk", {"a": 10.0}),
+    ]
+    ce = by_a[0].stats["ce"]
+    assert by_a[0].n_seeds == 4 and ce is not None  # both values of b pooled
+    assert ce.mean == pytest.approx(np.mean([0.1, 0.11, 0.3, 0.31]))
+    assert by_a[0].stats["fpe"] is None  # never logged: n/a, not an error
+    assert len(_group(runs, ["a", "b"])) == 8
+
+
+def test_passwords_in_the_tracking_uri_are_not_written(report: Report) -> None:
+    from pipelines.report import _redact
+
+    assert (
+        _redact("https://me:s3cret@mlflow.example:5000/x") == "https://me:***@mlflow.example:5000/x"
+    )
+    assert _redact(report.tracking_uri) == report.tracking_uri
+    with pytest.raises(SparlingError) as e:
+        build_report("file://me:s3cret@localhost/nowhere", EXPERIMENT, SWEEP, Path("unused"))
+    assert "s3cret" not in str(e.value)
