@@ -177,7 +177,7 @@ def _report_text(
     out_dir = out or work_dir / "reports" / sweep_name
     with tracking_uri(settings) as uri:
         return report_command(
-            uri, f"{settings.experiment_prefix}-{sweep_name}", sweep_name, out_dir, formats
+            uri, settings.experiment_for(sweep=sweep_name), sweep_name, out_dir, formats
         )
 
 

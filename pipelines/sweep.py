@@ -215,7 +215,7 @@ def _tracking_context(
     with tracking_uri(settings) as uri:
         tracker = Tracker(uri)
         experiment = tracker.experiment(
-            f"{settings.experiment_prefix}-{sweep.name}", settings.artifact_location
+            settings.experiment_for(sweep=sweep.name), settings.experiment_artifact_location
         )
         parent = tracker.parent_run(
             experiment,

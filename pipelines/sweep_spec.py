@@ -306,8 +306,10 @@ def build_sweep(
         elif isinstance(axis, VaryAxis):
             # One at a time around the base: the base once, then each other value alone.
             choices: list[dict[str, Any]] = [{}]
-            for m in axis.vary:
-                choices += [{m.field: v} for v in m.values if v != base_flat.get(m.field)]
+            for member in axis.vary:
+                choices += [
+                    {member.field: v} for v in member.values if v != base_flat.get(member.field)
+                ]
             axis_choices.append(choices)
         else:
             axis_choices.append([{axis.field: v} for v in axis.values])

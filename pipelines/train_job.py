@@ -149,7 +149,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if tracking and rank == 0:
         from pipelines.tracking import MetricLogger
 
-        logger = MetricLogger(tracking["uri"], tracking["run_id"])
+        # The spool keeps unsent points on disk, so a crashed worker's retry sends them.
+        logger = MetricLogger(
+            tracking["uri"], tracking["run_id"], spool=run_dir / "metrics.spool.jsonl"
+        )
 
     def on_validation(record: dict[str, Any], checkpoint: Path | None) -> None:
         metrics = _numeric(record)
@@ -186,7 +189,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     )
     result = trainer.fit()
     if logger is not None:
-        logger.flush()
+        logger.close()
     if rank == 0:
         summary = {
             "status": result.status,
