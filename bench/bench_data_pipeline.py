@@ -83,12 +83,11 @@ def read_rows(path: Path, args: Any) -> list[dict[str, Any]]:
 
     for label, shuffle in (("in order", False), ("shuffled", True)):
         info: dict[str, Any] = {}
-        t = benchlib.time_reps(
-            lambda shuffle=shuffle, info=info: info.update(stream(shuffle)),
-            seconds=args.seconds,
-            min_reps=2,
-            warmup=0,
-        )
+
+        def one_pass(shuffle: bool = shuffle, info: dict[str, Any] = info) -> None:
+            info.update(stream(shuffle))
+
+        t = benchlib.time_reps(one_pass, seconds=args.seconds, min_reps=2, warmup=0)
         rows.append({"read": f"{label}: iter_batches + tensor", "timing": t, **info})
 
     count = len(ShardedDataset(path, verify=False))
@@ -101,7 +100,9 @@ def read_rows(path: Path, args: Any) -> list[dict[str, Any]]:
             collate_inputs([ds[int(i)] for i in idx])
             pos["samples"] += args.batch
 
-        t = benchlib.time_reps(trainer_batch, seconds=args.seconds, min_reps=3, warmup=0)
+        t = benchlib.time_reps(
+            trainer_batch, seconds=args.seconds, min_reps=3, max_reps=1000, warmup=0
+        )
         rows.append(
             {
                 "read": f"trainer order, {label}: dataset[i] + collate_inputs",
@@ -187,7 +188,7 @@ def training_row(train_path: Path, val_path: Path, args: Any) -> dict[str, Any]:
                 times["validation"] += time.perf_counter() - t0
 
         trainer._train_step = timed_step  # type: ignore[method-assign]
-        trainer._validate_and_schedule = timed_validate  # type: ignore[method-assign]
+        trainer._validate_and_schedule = timed_validate  # type: ignore[method-assign,assignment]
         original_collate = train_mod.collate_inputs
         train_mod.collate_inputs = timed_collate  # the name _train_step calls
         c0, t0 = time.process_time(), time.perf_counter()

@@ -83,7 +83,12 @@ def measure(
             out[name] = fn(mem, length)
 
         t = benchlib.time_reps(
-            run, seconds=args.seconds, min_reps=args.min_reps, warmup=1, threads=threads
+            run,
+            seconds=args.seconds,
+            min_reps=args.min_reps,
+            max_reps=500,
+            warmup=1,
+            threads=threads,
         )
         decode_s = t["median_s"]
         rows.append(

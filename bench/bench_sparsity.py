@@ -85,10 +85,20 @@ def time_layer(
             module(x)
 
     both = benchlib.time_reps(
-        fwd_bwd, seconds=args.seconds, min_reps=args.min_reps, warmup=2, threads=threads
+        fwd_bwd,
+        seconds=args.seconds,
+        min_reps=args.min_reps,
+        max_reps=args.max_reps,
+        warmup=2,
+        threads=threads,
     )
     only = benchlib.time_reps(
-        fwd, seconds=args.seconds / 2, min_reps=args.min_reps, warmup=2, threads=threads
+        fwd,
+        seconds=args.seconds / 2,
+        min_reps=args.min_reps,
+        max_reps=args.max_reps,
+        warmup=2,
+        threads=threads,
     )
     return both, only
 
@@ -102,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1])
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per row (s)")
     parser.add_argument("--min-reps", type=int, default=10)
+    parser.add_argument(
+        "--max-reps", type=int, default=500, help="at most (keeps the JSON small for ReLU)"
+    )
     parser.add_argument("--settle", type=int, default=3, help="untimed training calls first")
     parser.add_argument("--out", type=Path, default=RESULTS / "sparsity.json")
     args = parser.parse_args(argv)

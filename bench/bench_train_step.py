@@ -238,6 +238,7 @@ def project_row(
         step, seconds=args.seconds, min_reps=args.min_steps, warmup=args.warmup, threads=threads
     )
     row["peak_rss_mb"] = benchlib.peak_rss_mb()
+    row["load_average"] = benchlib.loadavg()
     return row
 
 
@@ -254,7 +255,8 @@ def reference_row(domain: str, threads: int, args: argparse.Namespace) -> dict[s
     dom, samples = make_samples(cfg, 2 * bs)
     set_seed(0)
     model = build_model(dom, "paper", cfg.bottleneck.name, cfg.bottleneck.params)
-    model.bottleneck.set_density(args.density if args.density is not None else 0.5)
+    bottleneck: Any = model.bottleneck
+    bottleneck.set_density(args.density if args.density is not None else 0.5)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     batches = [
@@ -282,7 +284,7 @@ def reference_row(domain: str, threads: int, args: argparse.Namespace) -> dict[s
         "batch": bs,
         "optimizer": "adam lr=1e-05 clip=None",
         "bottleneck": {"name": cfg.bottleneck.name, **cfg.bottleneck.params},
-        "density": float(model.bottleneck.density),
+        "density": float(bottleneck.density),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     benchlib.reset_peak_rss()
@@ -291,6 +293,7 @@ def reference_row(domain: str, threads: int, args: argparse.Namespace) -> dict[s
         step, seconds=args.seconds, min_reps=args.min_steps, warmup=args.warmup, threads=threads
     )
     row["peak_rss_mb"] = benchlib.peak_rss_mb()
+    row["load_average"] = benchlib.loadavg()
     return row
 
 
@@ -321,7 +324,6 @@ def finish_row(row: dict[str, Any], peak_gflops: float | None) -> dict[str, Any]
         goal = GOAL.get(row["variant"] if row["variant"] != "project" else row["preset"])
         row["goal_fraction"] = goal
         row["meets_goal"] = None if goal is None else row["fraction_of_peak"] >= goal
-    row["load_average"] = benchlib.loadavg()
     return row
 
 

@@ -66,11 +66,13 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def versions(packages: Iterable[str] = ("torch", "numpy", "pyarrow", "ray", "mlflow")) -> dict:
+def versions(
+    packages: Iterable[str] = ("torch", "numpy", "pyarrow", "ray", "mlflow"),
+) -> dict[str, str | None]:
     """Installed versions (read from package metadata: nothing is imported)."""
     from importlib import metadata
 
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for name in packages:
         try:
             out[name] = metadata.version(name)

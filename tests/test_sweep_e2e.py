@@ -102,7 +102,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
         _sweep_cmd(path, work), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert resumed.stdout.count("skipped") == done_before
+    assert resumed.stdout.count("skipped  already finished") == done_before
 
     children = [c for c in _children(work) if c["kind"] == "run"]
     keys = [c["key"] for c in children]
