@@ -119,16 +119,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from importlib import resources
-
-    from sparling.config import load_config
-
-    config_path = Path(str(resources.files("pipelines") / "configs" / "demo.yaml"))
-    print("Sparling demo: DigitCircle, fast preset, one short run through Ray Train.")
-    if code := main(["train", str(config_path), "--work-dir", args.work_dir]):
-        return code
-    run_dir = Path(args.work_dir) / "runs" / load_config(config_path).run_id()
-    return main(["evaluate", str(run_dir)])
+    print(
+        "Sparling demo: the quickstart sweep (DigitCircle, fast preset; Sparling, ST, L1 and "
+        "non-sparse, 2 seeds), run as parallel Ray Train jobs, tracked in MLflow, then the "
+        "comparison table. `sparling ui` opens the runs in the MLflow UI afterwards."
+    )
+    return main(["sweep", "quickstart", "--work-dir", args.work_dir])
 
 
 # -- sweeps ----------------------------------------------------------------------------------
@@ -273,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--work-dir", default="sparling-work")
     ui.set_defaults(func=_cmd_ui)
 
-    demo = sub.add_parser("demo", help="the end-to-end demo (data, one Ray Train run, evaluation)")
+    demo = sub.add_parser("demo", help="the end-to-end demo: the quickstart sweep and its report")
     demo.add_argument("--work-dir", default="sparling-work")
     demo.set_defaults(func=_cmd_demo)
 
