@@ -28,8 +28,10 @@ from typing import Any
 from pipelines.sweep_spec import PlannedRun, Sweep
 from pipelines.train_job import prepare_datasets, read_json, run_dir_for, run_training
 
-#: CPU a run's driver task asks for (its Train workers ask for the real resources).
-DRIVER_TASK_CPUS = 0.01
+#: CPU a run's driver task asks for. Zero: its Train workers ask for the real resources,
+#: and any fraction here would be taken from them (8 tasks x 0.01 CPU on a 2-CPU machine
+#: leave 1.92 CPUs: room for one 1-CPU worker instead of two).
+DRIVER_TASK_CPUS = 0
 
 
 @dataclass
@@ -290,6 +292,7 @@ class _Display:
 
     def __init__(self, todo: list[PlannedRun], work_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
+        self.started = time.time()
         self.todo = {r.key: r for r in todo}
         self.work_dir = work_dir
         self.done = 0
@@ -302,7 +305,13 @@ class _Display:
             self.overall = tqdm(total=len(todo), unit="run", desc="sweep", position=0)
 
     def _progress(self, run: PlannedRun) -> dict[str, Any] | None:
-        return read_json(run_dir_for(run.config, self.work_dir) / "progress.json")
+        path = run_dir_for(run.config, self.work_dir) / "progress.json"
+        try:
+            if path.stat().st_mtime < self.started:
+                return None  # left by an earlier, interrupted sweep: not running now
+        except FileNotFoundError:
+            return None
+        return read_json(path)
 
     def refresh(self) -> None:
         if not self.enabled:
