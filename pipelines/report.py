@@ -42,6 +42,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from pipelines.tracking import (
+    TAG_DOMAIN,
+    TAG_EXPECTED,
+    TAG_FAILURE,
+    TAG_KIND,
+    TAG_METHOD,
+    TAG_PARENT,
+    TAG_RUN_ID,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_SWEPT,
+    TAG_SWEPT_FIELDS,
+    redact_uri,
+)
+from pipelines.tracking import TAG_SWEEP as TAG_SWEEP_NAME
 from sparling.errors import SparlingError
 from sparling.metrics import bootstrap_ci
 
@@ -81,19 +96,7 @@ ERRORS: tuple[str, ...] = ("fpe", "fne", "ce", "e2ee")
 SUMMARY: tuple[str, ...] = (*ERRORS, "density")
 LABEL = {"fpe": "FPE", "fne": "FNE", "ce": "CE", "e2ee": "E2EE", "density": "density"}
 
-# The data contract with the sweep driver (tags on the parent and child runs).
-TAG_KIND = "sparling.kind"
-TAG_SWEEP_NAME = "sparling.sweep_name"
-TAG_EXPECTED = "sparling.expected_runs"
-TAG_SWEPT_FIELDS = "sparling.swept_fields"
-TAG_RUN_ID = "sparling.run_id"
-TAG_METHOD = "sparling.method"
-TAG_DOMAIN = "sparling.domain"
-TAG_SEED = "sparling.seed"
-TAG_SWEPT = "sparling.swept"
-TAG_STATUS = "sparling.status"
-TAG_FAILURE = "sparling.failure"
-TAG_PARENT = "mlflow.parentRunId"
+# The data contract with the sweep driver: the tags are defined in pipelines.tracking.
 STATUSES = ("finished", "failed", "running")
 
 #: The interval separator inside formatted cells: an en dash that the writers turn into
@@ -315,7 +318,7 @@ def _client(tracking_uri: str) -> MlflowClient:
         local = Path(tracking_uri)
     if local is not None and not local.exists():
         raise SparlingError(
-            f"no MLflow tracking store at {_redact(tracking_uri)!r} ({local} does not exist)"
+            f"no MLflow tracking store at {redact_uri(tracking_uri)!r} ({local} does not exist)"
         )
     return MlflowClient(tracking_uri=tracking_uri)
 
@@ -344,11 +347,11 @@ def _experiment_id(client: MlflowClient, tracking_uri: str, experiment: str) -> 
         names = sorted(e.name for e in client.search_experiments())
     except MlflowException as e:
         raise SparlingError(
-            f"could not read experiments from {_redact(tracking_uri)!r}: {e}"
+            f"could not read experiments from {redact_uri(tracking_uri)!r}: {e}"
         ) from e
     deleted = " (it was deleted)" if exp is not None else ""
     raise SparlingError(
-        f"no experiment {experiment!r} at {_redact(tracking_uri)!r}{deleted}; experiments there: "
+        f"no experiment {experiment!r} at {redact_uri(tracking_uri)!r}{deleted}; experiments there: "
         f"{', '.join(map(repr, names)) or 'none'}"
     )
 
@@ -849,11 +852,6 @@ def format_main_table(report: Report) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _redact(uri: str) -> str:
-    """``https://user:secret@host`` -> ``https://user:***@host``: report.md is shared."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", uri)
-
-
 def _md_table(table: Table) -> str:
     def cell(c: str) -> str:
         return c.replace("|", "\\|")
@@ -951,7 +949,7 @@ def _markdown(report: Report, plots: dict[str, Path]) -> str:
         f"- **Status: {c.describe()}**"
         + (" — the tables below cover the finished runs only." if c.partial else ""),
         f"- Experiment `{report.experiment}`, parent run `{report.parent_run_id}`, "
-        f"tracking URI `{_redact(report.tracking_uri)}`.",
+        f"tracking URI `{redact_uri(report.tracking_uri)}`.",
         f"- Swept: {swept}.",
         f"- Test metrics in %, mean over the finished seeds with a {CONFIDENCE:.0%} percentile "
         f"bootstrap interval ({N_RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}); one seed: "
@@ -1349,7 +1347,7 @@ def log_report(tracking_uri: str, parent_run_id: str, out_dir: Path) -> None:
         client.get_run(parent_run_id)
     except MlflowException as e:
         raise SparlingError(
-            f"no MLflow run {parent_run_id!r} at {_redact(tracking_uri)!r}: {e}"
+            f"no MLflow run {parent_run_id!r} at {redact_uri(tracking_uri)!r}: {e}"
         ) from e
     client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
 

@@ -26,6 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.sweep_spec import PlannedRun, Sweep
+from pipelines.tracking import (
+    TAG_DOMAIN,
+    TAG_EXPECTED,
+    TAG_FAILURE,
+    TAG_KIND,
+    TAG_METHOD,
+    TAG_RUN_ID,
+    TAG_SEED,
+    TAG_STATUS,
+    TAG_SWEPT,
+    TAG_SWEPT_FIELDS,
+)
 from pipelines.train_job import prepare_datasets, read_json, run_dir_for, run_training
 
 #: CPU a run's driver task asks for. Zero: its Train workers ask for the real resources,
@@ -101,9 +113,7 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
         reason = _reason(e)
         if tracker is not None and mlflow_run is not None:
             try:
-                tracker.set_tags(
-                    mlflow_run, {"sparling.status": "failed", "sparling.failure": reason}
-                )
+                tracker.set_tags(mlflow_run, {TAG_STATUS: "failed", TAG_FAILURE: reason})
                 tracker.set_terminated(mlflow_run, "FAILED")
             except Exception:  # the tracking server itself may be what failed
                 pass
@@ -161,7 +171,7 @@ def log_run_results(
     tracker.log_artifact(mlflow_run, run_dir / "config.json")
     for ckpt in sorted((run_dir / "checkpoints").glob("density-*")):
         tracker.log_artifacts(mlflow_run, ckpt, f"checkpoints/{ckpt.name}")
-    tracker.set_tags(mlflow_run, {"sparling.status": "finished"})
+    tracker.set_tags(mlflow_run, {TAG_STATUS: "finished"})
     tracker.set_terminated(mlflow_run, "FINISHED")
 
 
@@ -223,8 +233,8 @@ def _tracking_context(
             experiment,
             sweep.name,
             {
-                "sparling.expected_runs": str(len(sweep.runs)),
-                "sparling.swept_fields": json.dumps(sweep.swept_fields),
+                TAG_EXPECTED: str(len(sweep.runs)),
+                TAG_SWEPT_FIELDS: json.dumps(sweep.swept_fields),
                 "sparling.sweep_file": sweep.source,
             },
         )
@@ -242,13 +252,13 @@ def _tracking_context(
                 params=config.flat(),
                 tags={
                     **env,
-                    "sparling.kind": "run",
-                    "sparling.run_id": run.key,
-                    "sparling.method": run.method,
-                    "sparling.domain": config.domain.name,
-                    "sparling.seed": str(run.seed),
-                    "sparling.swept": json.dumps(run.swept, sort_keys=True),
-                    "sparling.status": "running",
+                    TAG_KIND: "run",
+                    TAG_RUN_ID: run.key,
+                    TAG_METHOD: run.method,
+                    TAG_DOMAIN: config.domain.name,
+                    TAG_SEED: str(run.seed),
+                    TAG_SWEPT: json.dumps(run.swept, sort_keys=True),
+                    TAG_STATUS: "running",
                 },
             )
             runs[run.key] = run_id

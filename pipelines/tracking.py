@@ -107,8 +107,15 @@ _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 
 # Tag names.
+# The tags are the contract between the sweep driver (which writes them) and the report
+# (which reads runs back by them): one definition here serves both.
 TAG_KIND = "sparling.kind"
 TAG_SWEEP = "sparling.sweep_name"
+TAG_EXPECTED = "sparling.expected_runs"
+TAG_SWEPT_FIELDS = "sparling.swept_fields"
+TAG_SWEPT = "sparling.swept"
+TAG_STATUS = "sparling.status"
+TAG_FAILURE = "sparling.failure"
 TAG_RUN_ID = "sparling.run_id"
 TAG_METHOD = "sparling.method"
 TAG_DOMAIN = "sparling.domain"
