@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         print(f"... {name} ({args.runs} runs x {args.samples} samples)", flush=True)
         try:
+            paths = ensure_data(sweep.runs[0].config)  # cheap when present; redone if removed
             if name == "loop":
                 res = mode_loop(sweep, paths, work, args.loop_threads)
             elif name in ("sweep", "sweep-tracked"):
