@@ -776,6 +776,12 @@ class ShardedDataset:
     def num_shards(self) -> int:
         return self.manifest.num_shards
 
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """The ``[start, stop)`` index range of each shard: readers that visit one block at
+        a time decode each shard once per pass instead of once per sample."""
+        return [(s.start, s.stop) for s in self.manifest.shards]
+
     def make_domain(self) -> Domain:
         """Rebuild the domain that generated this dataset (for its vocabulary etc.)."""
         from sparling import domains

@@ -11,6 +11,7 @@ state, so a run resumed from any checkpoint continues bitwise as if never stoppe
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -58,18 +59,38 @@ class RunResult:
     wall_seconds: float = 0.0
 
 
-def batch_positions(seed: int, n: int, start: int, size: int) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, blocks: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The order of one epoch: the blocks (shards) in a seeded random order, each block's
+    indices in a seeded random order. Visiting a shard as a whole keeps a sharded
+    dataset's small decode cache useful; the shards hold i.i.d. samples, so mixing within
+    a shard loses nothing."""
+    rng = np.random.default_rng([seed, epoch, 0x5EED])
+    if len(blocks) == 1:
+        start, stop = blocks[0]
+        return start + rng.permutation(stop - start)
+    order = rng.permutation(len(blocks))
+    return np.concatenate(
+        [blocks[b][0] + rng.permutation(blocks[b][1] - blocks[b][0]) for b in order]
+    )
+
+
+def batch_positions(
+    seed: int, n: int, start: int, size: int, blocks: Sequence[tuple[int, int]] | None = None
+) -> np.ndarray:
     """Dataset indices for stream positions ``[start, start + size)``.
 
-    Each epoch is a permutation of ``range(n)`` seeded by (seed, epoch), so the index at
-    any position is known without replaying the stream: that is what makes resumption exact.
+    Each epoch is a permutation of ``range(n)`` seeded by (seed, epoch) (see
+    :func:`epoch_order`), so the index at any position is known without replaying the
+    stream: that is what makes resumption exact.
     """
+    key = tuple(blocks) if blocks else ((0, n),)
     out = np.empty(size, dtype=np.int64)
     pos = start
     filled = 0
     while filled < size:
         epoch, offset = divmod(pos, n)
-        perm = np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+        perm = epoch_order(seed, epoch, key)
         take = min(size - filled, n - offset)
         out[filled : filled + take] = perm[offset : offset + take]
         filled += take
@@ -124,6 +145,8 @@ class Trainer:
             target_density=s.target_density or target_density,
         )
         self.optimizer = self._make_optimizer()
+        #: the training set's shards, visited one at a time (see ``epoch_order``)
+        self._blocks = getattr(train, "blocks", None)
         self.samples = 0
         #: training wall time over every session of this run (resumes included)
         self.elapsed = 0.0
@@ -332,7 +355,9 @@ class Trainer:
         loss = math.nan
         try:
             while (status := self._done()) is None:
-                idx = batch_positions(cfg.seed, len(self.train_data), self.samples, global_batch)
+                idx = batch_positions(
+                    cfg.seed, len(self.train_data), self.samples, global_batch, self._blocks
+                )
                 mine = idx[self.rank * cfg.batch_size : (self.rank + 1) * cfg.batch_size]
                 loss = self._train_step([self.train_data[int(i)] for i in mine])
                 self.samples += global_batch

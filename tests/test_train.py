@@ -189,3 +189,17 @@ def test_retrained_starts_from_frozen_g(data: Any, tmp_path: Path) -> None:
     for k, v in trainer.model.g.state_dict().items():
         if isinstance(v, torch.Tensor) and v.is_floating_point() and "running" not in k:
             assert torch.equal(v, src_state["model"][f"g.{k}"]), k
+
+
+def test_epoch_order_visits_each_shard_whole() -> None:
+    blocks = [(0, 5), (5, 10), (10, 12)]
+    order = batch_positions(7, 12, 0, 12, blocks)
+    assert sorted(order.tolist()) == list(range(12))
+    # consecutive runs stay inside one block: exactly len(blocks) - 1 block changes
+    which = [next(b for b, (lo, hi) in enumerate(blocks) if lo <= i < hi) for i in order]
+    assert sum(a != b for a, b in zip(which, which[1:])) == len(blocks) - 1
+    assert batch_positions(7, 12, 12, 12, blocks).tolist() != order.tolist()  # next epoch differs
+    assert (
+        batch_positions(7, 12, 5, 9, blocks).tolist()
+        == order.tolist()[5:] + batch_positions(7, 12, 12, 2, blocks).tolist()
+    )
