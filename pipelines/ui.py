@@ -80,8 +80,10 @@ def run_ui(
 
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM/SIGHUP behave like Ctrl-C (so ``kill`` or a closed terminal stops the server
-    too); only possible, and only needed, in the main thread."""
+    """SIGINT, SIGTERM and SIGHUP stop the UI (so Ctrl-C, ``kill`` or a closed terminal all
+    stop the server); only possible, and only needed, in the main thread. SIGINT is set
+    explicitly because a process started in the background by a non-interactive shell
+    inherits it as *ignored*, and Ctrl-C would then do nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -89,7 +91,8 @@ def _terminate_as_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, interrupt) for s in signals}
     try:
         yield
     finally:

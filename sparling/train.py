@@ -11,10 +11,12 @@ state, so a run resumed from any checkpoint continues bitwise as if never stoppe
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,7 +338,38 @@ class Trainer:
         return None
 
     # -- the loop ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _exclusive(self, wait_seconds: float = 120.0) -> Iterator[None]:
+        """Hold ``run_dir/train.lock`` while training: a second trainer of the same run (an
+        orphan of a killed driver, a duplicate launch) waits for the first to end, then
+        resumes from its checkpoint, instead of both writing the same checkpoints."""
+        if self.rank != 0:
+            yield
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "train.lock", "a+") as handle:
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TrainingFailed(
+                            f"run {self.config.run_id()} is being trained by another process "
+                            f"(lock {self.run_dir / 'train.lock'} held for {wait_seconds:.0f} s)"
+                        ) from None
+                    time.sleep(1.0)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def fit(self) -> RunResult:
+        with self._exclusive():
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         self.try_resume()
         cfg = self.config
         global_batch = cfg.batch_size * self.world_size

@@ -203,3 +203,18 @@ def test_epoch_order_visits_each_shard_whole() -> None:
         batch_positions(7, 12, 5, 9, blocks).tolist()
         == order.tolist()[5:] + batch_positions(7, 12, 12, 2, blocks).tolist()
     )
+
+
+def test_a_second_trainer_of_the_same_run_waits_for_the_first(
+    data: tuple[list[Sample], list[Sample]], tmp_path: Path
+) -> None:
+    import fcntl
+
+    cfg = load_config(tiny_config())
+    trainer = make_trainer(cfg, data[0], data[1], tmp_path, progress=False)
+    with open(tmp_path / "train.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process is training this run
+        with pytest.raises(TrainingFailed, match="being trained by another process"):
+            with trainer._exclusive(wait_seconds=1.5):
+                pass
+    assert trainer.fit().samples == 48  # once released, training goes ahead
