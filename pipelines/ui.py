@@ -78,6 +78,20 @@ def run_ui(
             server.stop()
 
 
+#: Flags for driving Debian's Chromium headless against the UI on a closed network: no
+#: sandbox (root in CI), and none of the background connections it would make at start.
+HEADLESS_CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP stop the UI (so Ctrl-C, ``kill`` or a closed terminal all

@@ -12,15 +12,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from playwright.sync_api import sync_playwright
 
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from pipelines.ui import HEADLESS_CHROMIUM_ARGS
 
 
 def main(uri: str, sweep: str, out: str) -> None:
@@ -29,7 +21,9 @@ def main(uri: str, sweep: str, out: str) -> None:
         raise SystemExit(f"no experiment sparling-{sweep} at {uri}")
     query = "workflowType=machine_learning&orderByKey=attributes.start_time&orderByAsc=true"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium", args=list(HEADLESS_CHROMIUM_ARGS)
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 700})
         page.set_default_timeout(60_000)
         page.goto(f"{uri}/#/experiments/{exp.experiment_id}/runs?{query}")

@@ -38,22 +38,14 @@ from pipelines.tracking import (
     run_name,
     server_healthy,
 )
+from pipelines.ui import HEADLESS_CHROMIUM_ARGS
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: where the screenshot goes (outside the repository: a test must not edit tracked files)
 SCREENSHOT = Path(os.environ.get("SPARLING_UI_SCREENSHOT", "/tmp/sparling-mlflow-ui.png"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM_ARGS = list(HEADLESS_CHROMIUM_ARGS)
 UI_PROCESS = (  # what `sparling ui` runs
     "import sys; from pathlib import Path; from pipelines.ui import run_ui; "
     "run_ui(Path(sys.argv[1]))"
