@@ -127,6 +127,7 @@ class _ProgressFile:
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: runs the library's training loop on one Ray Train worker."""
+    import ray
     import ray.train
     import torch
 
@@ -199,6 +200,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "validations": len(result.history),
             "wall_seconds": result.wall_seconds,
             "last": result.history[-1] if result.history else None,
+            # where rank 0 ran: on a cluster, which node took the run
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
         }
         (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
         progress({"state": "finished", "status": result.status}, force=True)
