@@ -221,7 +221,13 @@ def _tracking_context(
     sweep: Sweep, work_dir: Path, todo: list[PlannedRun]
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The tracking server (started or reused), the sweep's parent run and each run's child."""
-    from pipelines.tracking import Tracker, environment_tags, load_settings, tracking_uri
+    from pipelines.tracking import (
+        MetricLogger,
+        Tracker,
+        environment_tags,
+        load_settings,
+        tracking_uri,
+    )
 
     settings = load_settings(work_dir)
     with tracking_uri(settings) as uri:
@@ -242,31 +248,50 @@ def _tracking_context(
         tracker.mark_stale(parent, keep=set())
         env = environment_tags()
         runs: dict[str, str] = {}
+        todo_keys = {r.key for r in todo}
+        for run in sweep.runs:
+            if run.key in todo_keys:
+                continue
+            # Finished on disk; if the driver died before MLflow heard of it (the run's
+            # last step is logging its results), log them now from the saved evaluation.
+            child = tracker.find_child(parent, run.key)
+            if child is None or child.info.status != "FINISHED":
+                child_id = _child(tracker, experiment, parent, run, env)
+                run_dir = run_dir_for(run.config, work_dir)
+                # points its worker had not sent yet are in its spool: send them first
+                MetricLogger(uri, child_id, spool=run_dir / "metrics.spool.jsonl").close()
+                saved = read_json(run_dir / "evaluation.json") or {}
+                log_run_results(tracker, child_id, run, work_dir, saved)
         for run in todo:
-            config = run.config
-            run_id, _ = tracker.child_run(
-                experiment,
-                parent,
-                run.key,
-                run.name,
-                params=config.flat(),
-                tags={
-                    **env,
-                    TAG_KIND: "run",
-                    TAG_RUN_ID: run.key,
-                    TAG_METHOD: run.method,
-                    TAG_DOMAIN: config.domain.name,
-                    TAG_SEED: str(run.seed),
-                    TAG_SWEPT: json.dumps(run.swept, sort_keys=True),
-                    TAG_STATUS: "running",
-                },
-            )
-            runs[run.key] = run_id
+            runs[run.key] = _child(tracker, experiment, parent, run, env)
         tracker.set_status(parent, "RUNNING")
         try:
             yield {"uri": uri, "runs": runs}, parent
         finally:
             tracker.set_terminated(parent, "FINISHED")
+
+
+def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dict[str, str]) -> str:
+    """Find or create the run's MLflow child under the sweep's parent."""
+    config = run.config
+    run_id, _ = tracker.child_run(
+        experiment,
+        parent,
+        run.key,
+        run.name,
+        params=config.flat(),
+        tags={
+            **env,
+            TAG_KIND: "run",
+            TAG_RUN_ID: run.key,
+            TAG_METHOD: run.method,
+            TAG_DOMAIN: config.domain.name,
+            TAG_SEED: str(run.seed),
+            TAG_SWEPT: json.dumps(run.swept, sort_keys=True),
+            TAG_STATUS: "running",
+        },
+    )
+    return str(run_id)
 
 
 def _launch_and_watch(
