@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,34 @@ def tiny_config(**updates: Any) -> dict[str, Any]:
     for path, value in updates.items():
         set_path(cfg, path, value)
     return cfg
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a `sparling` subprocess in a test: one BLAS thread per process
+    (2 cores), no Ray usage reporting, plus ``extra``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+def sweep_command(path: Path, work: Path, *extra: str) -> list[str]:
+    """`sparling sweep PATH --work-dir WORK --quiet [extra...]` as a subprocess command."""
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "sweep",
+        str(path),
+        "--work-dir",
+        str(work),
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(autouse=True)

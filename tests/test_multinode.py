@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,27 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from conftest import REPO, free_port, subprocess_env, sweep_command, tiny_config
 
 pytestmark = pytest.mark.integration
 
 RAY = Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(**extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "disabled",
-        **extra,
-    }
 
 
 @pytest.fixture
@@ -45,7 +28,7 @@ def two_node_cluster(tmp_path: Path) -> Iterator[str]:
     # teardown kills only the processes of this cluster (never another Ray on the machine).
     temp = Path("/tmp") / f"rmn{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     subprocess.run(
@@ -58,7 +41,7 @@ def two_node_cluster(tmp_path: Path) -> Iterator[str]:
             f"--temp-dir={temp}",
             *common,
         ],
-        env=_env(),
+        env=subprocess_env(RAY_AUTH_MODE="disabled"),
         check=True,
         capture_output=True,
         timeout=120,
@@ -66,7 +49,7 @@ def two_node_cluster(tmp_path: Path) -> Iterator[str]:
     try:
         subprocess.run(
             [str(RAY), "start", f"--address={address}", *common],
-            env=_env(),
+            env=subprocess_env(RAY_AUTH_MODE="disabled"),
             check=True,
             capture_output=True,
             timeout=120,
@@ -91,19 +74,9 @@ def test_sweep_runs_land_on_both_nodes(two_node_cluster: str, tmp_path: Path) ->
     path.write_text(yaml.safe_dump(sweep))
     work = tmp_path / "work"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "sweep",
-            str(path),
-            "--work-dir",
-            str(work),
-            "--quiet",
-            "--no-tracking",
-        ],
+        sweep_command(path, work, "--no-tracking"),
         cwd=REPO,
-        env=_env(RAY_ADDRESS=two_node_cluster),
+        env=subprocess_env(RAY_AUTH_MODE="disabled", RAY_ADDRESS=two_node_cluster),
         capture_output=True,
         text=True,
         timeout=900,

@@ -6,26 +6,18 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from conftest import REPO, free_port, subprocess_env, sweep_command, tiny_config
 
 pytestmark = pytest.mark.integration
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -44,7 +36,7 @@ def postgres() -> Iterator[str]:
     data = Path(tempfile.mkdtemp(prefix="sparling-pg-"))
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     run = {"check": True, "capture_output": True, "timeout": 120}
     subprocess.run(
         _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
@@ -109,24 +101,9 @@ def test_sweep_logs_to_a_postgres_backed_server(postgres: str, tmp_path: Path) -
         }
         path = tmp_path / "s.yaml"
         path.write_text(yaml.safe_dump(sweep))
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "SPARLING_MLFLOW_PROFILE": "server",
-            "MLFLOW_TRACKING_URI": uri,
-        }
+        env = subprocess_env(SPARLING_MLFLOW_PROFILE="server", MLFLOW_TRACKING_URI=uri)
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipelines.cli",
-                "sweep",
-                str(path),
-                "--work-dir",
-                str(tmp_path / "work"),
-                "--quiet",
-            ],
+            sweep_command(path, tmp_path / "work"),
             cwd=REPO,
             env=env,
             capture_output=True,

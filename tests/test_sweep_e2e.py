@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from conftest import REPO, subprocess_env, sweep_command, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -24,23 +23,6 @@ SWEEP = {
     "methods": ["sparling", "non-sparse"],
     "seeds": [0, 1],
 }
-
-
-def _sweep_cmd(path: Path, work: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "sweep",
-        str(path),
-        "--work-dir",
-        str(work),
-        "--quiet",
-    ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _children(work: Path) -> list[dict[str, str]]:
@@ -76,9 +58,9 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     work = tmp_path / "interrupted"
 
     proc = subprocess.Popen(
-        _sweep_cmd(path, work),
+        sweep_command(path, work),
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -102,7 +84,12 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     assert 1 <= done_before < 4
 
     resumed = subprocess.run(
-        _sweep_cmd(path, work), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900
+        sweep_command(path, work),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert resumed.stdout.count("skipped  already finished") == done_before
@@ -114,7 +101,12 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
 
     clean = tmp_path / "clean"
     once = subprocess.run(
-        _sweep_cmd(path, clean), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900
+        sweep_command(path, clean),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert once.returncode == 0, once.stdout[-3000:] + once.stderr[-3000:]
     assert _per_seed(work) == _per_seed(clean)
