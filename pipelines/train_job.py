@@ -129,6 +129,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker``: runs the library's training loop on one Ray Train worker."""
     import ray
     import ray.train
+    import ray.train.torch
     import torch
 
     from sparling.shards import ShardedDataset
@@ -177,6 +178,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         def wrap(m: torch.nn.Module) -> torch.nn.Module:
             return DistributedDataParallel(m)
 
+    device = ray.train.torch.get_device() if config.compute.gpus_per_worker > 0 else "cpu"
     trainer = make_trainer(
         config,
         train,
@@ -187,6 +189,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         rank=rank,
         world_size=world,
         wrap=wrap,
+        device=device,
     )
     result = trainer.fit()
     if logger is not None:

@@ -93,6 +93,14 @@ class ComputeConfig(_Strict):
     gpus_per_worker: float = Field(0, ge=0)
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads per worker; ``None`` = cpus_per_worker."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16``: forward passes under bfloat16 autocast (for GPUs; weights, optimiser
+    state and the sparsity layer stay float32)."""
+
+    @property
+    def device_type(self) -> str:
+        """``cuda`` when the config asks for GPUs, else ``cpu``."""
+        return "cuda" if self.gpus_per_worker > 0 else "cpu"
 
 
 class RunConfig(_Strict):

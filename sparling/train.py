@@ -127,6 +127,8 @@ class Trainer:
         #: for motif errors at density steps (the symbols and the CE assignment)
         self.domain = domain
         self.model = model
+        #: where the model lives (the caller moves it; inputs follow it)
+        self.device = next(model.parameters()).device
         # ``wrapped`` is what the forward pass goes through (e.g. DistributedDataParallel).
         self.wrapped = wrapped if wrapped is not None else model
         self.train_data = train
@@ -193,6 +195,11 @@ class Trainer:
             "samples": self.samples,
             "elapsed": self.wall_seconds(),
             "torch_rng": torch.get_rng_state(),
+            **(
+                {"cuda_rng": torch.cuda.get_rng_state(self.device)}
+                if self.device.type == "cuda"
+                else {}
+            ),
             "history": [
                 {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
                 for r in self.history
@@ -208,6 +215,8 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
         self._session_start = time.monotonic()
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.history = list(state["history"])
         self.density_checkpoints = dict(state["density_checkpoints"])
         self._apply_density(self.schedule.density)
@@ -239,6 +248,12 @@ class Trainer:
         return True
 
     # -- steps ----------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bfloat16 autocast when the config asks for it, else nothing."""
+        if self.config.compute.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
     def _train_step(self, samples: Sequence[Sample]) -> float:
         self.wrapped.train()
         for group in self.optimizer.param_groups:
@@ -246,7 +261,9 @@ class Trainer:
         x = collate_inputs(samples)
         ids = self.model.token_ids([s.tokens for s in samples])
         # The forward goes through ``wrapped`` (DDP syncs gradients in its hooks).
-        loss = sequence_loss(self.wrapped(x, ids), ids[:, 1:])
+        with self._autocast():
+            logits = self.wrapped(x, ids)
+        loss = sequence_loss(logits.float(), ids[:, 1:])
         penalty = self.bottleneck.penalty()
         total = loss + penalty
         if not torch.isfinite(total):
@@ -272,7 +289,8 @@ class Trainer:
         nonzero = 0.0
         for start in range(0, len(self.val_data), bs):
             batch = [self.val_data[i] for i in range(start, min(start + bs, len(self.val_data)))]
-            predicted += self.model.decode(collate_inputs(batch), self.config.max_output_len)
+            with self._autocast():
+                predicted += self.model.decode(collate_inputs(batch), self.config.max_output_len)
             nonzero += float(self.bottleneck.measured_density) * len(batch)
             truth += [list(s.tokens) for s in batch]
         n = len(self.val_data)
@@ -455,11 +473,22 @@ def make_trainer(
     rank: int = 0,
     world_size: int = 1,
     wrap: Callable[[SparlingModel], torch.nn.Module] | None = None,
+    device: torch.device | str | None = None,
 ) -> Trainer:
-    """Everything a run needs, built from its config (seeded first, so init is reproducible)."""
+    """Everything a run needs, built from its config (seeded first, so init is reproducible).
+
+    ``device``: where to train; by default ``cuda`` when ``compute.gpus_per_worker > 0``
+    (an error if no GPU is visible), else the CPU.
+    """
+    device = torch.device(device if device is not None else config.compute.device_type)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingFailed(
+            "the config asks for a GPU (compute.gpus_per_worker > 0) but torch sees none; "
+            "set compute.gpus_per_worker=0 to train on the CPU"
+        )
     set_seed(config.seed)
     domain = domains.make(config.domain.name, **config.domain.params)
-    model = build_run_model(config, domain)
+    model = build_run_model(config, domain).to(device)
     return Trainer(
         config,
         model,

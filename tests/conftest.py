@@ -36,6 +36,7 @@ def tiny_config(**updates: Any) -> dict[str, Any]:
         "bottleneck": {"name": "sparling"},
         "optim": {"lr": 3e-3},
         "schedule": {},
+        "compute": {},
         "batch_size": 8,
         "val_interval": 16,
         "budget_samples": 48,

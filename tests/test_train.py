@@ -218,3 +218,50 @@ def test_a_second_trainer_of_the_same_run_waits_for_the_first(
             with trainer._exclusive(wait_seconds=1.5):
                 pass
     assert trainer.fit().samples == 48  # once released, training goes ahead
+
+
+def test_bf16_autocast_trains_and_keeps_float32_state(data: Any, tmp_path: Path) -> None:
+    """``compute.precision=bf16`` runs the forward under autocast (on the CPU here, as on a
+    GPU); weights and the sparsity layer's state stay float32 and the loss falls."""
+    cfg = load_config(
+        tiny_config(
+            **{
+                "compute.precision": "bf16",
+                "data.train_size": 8,
+                "budget_samples": 8 * 30,
+                "val_interval": 8 * 30,
+            }
+        )
+    )
+    losses: list[float] = []
+    trainer = make_trainer(
+        cfg,
+        data[0][:8],
+        data[1],
+        tmp_path,
+        callbacks=Callbacks(on_progress=lambda info: losses.append(info["loss"])),
+        progress=False,
+    )
+    result = trainer.fit()
+    assert result.status == "budget-exhausted"
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(b.dtype in (torch.float32, torch.int64) for b in trainer.model.buffers())
+    assert 0.0 < result.history[-1]["val_density"] <= 1.0
+
+
+def test_a_gpu_config_without_a_gpu_is_refused_clearly(data: Any, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg = load_config(tiny_config(**{"compute.gpus_per_worker": 1}))
+    with pytest.raises(TrainingFailed, match="gpus_per_worker"):
+        make_trainer(cfg, data[0], data[1], tmp_path, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_resumes_exactly(data: Any, tmp_path: Path) -> None:
+    cfg = load_config(tiny_config(**{"compute.gpus_per_worker": 1}))
+    trainer, result = _fit(cfg, data, tmp_path / "a")
+    assert trainer.device.type == "cuda" and result.status in ("budget-exhausted", "target-reached")
+    state, _ = load_checkpoint(tmp_path / "a" / "checkpoints" / "last")
+    assert "cuda_rng" in state

@@ -68,7 +68,9 @@ class SparlingModel(nn.Module):
     # -- parts ---------------------------------------------------------------------------
     def motifs(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Post-bottleneck activations (N, C, H, W) or (N, C, frames): what the metrics read."""
-        out: torch.Tensor = self.bottleneck(self.g(self.prepare_input(x)))
+        # float32 into the bottleneck even under autocast: its quantiles and penalties
+        # need the precision (a no-op without autocast).
+        out: torch.Tensor = self.bottleneck(self.g(self.prepare_input(x)).float())
         return out
 
     def encode(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
