@@ -113,7 +113,8 @@ class _ProgressFile:
         self.path = path
         self.interval = interval
         self._last = 0.0
-        self.latest: dict[str, Any] = {}
+        # the worker process writing it: what an operator (or a fault test) kills
+        self.latest: dict[str, Any] = {"pid": os.getpid()}
 
     def __call__(self, info: dict[str, Any], force: bool = False) -> None:
         self.latest.update(info)

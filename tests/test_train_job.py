@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import tiny_config
@@ -63,3 +64,69 @@ def test_train_cli_reports_bad_config(tmp_path: Path, capsys: pytest.CaptureFixt
     good.write_text("seed: 1\n")
     assert cli.main(["train", str(good), "--set", "optim.nope=1"]) == 2
     assert "unknown config field" in capsys.readouterr().err or True
+
+
+def test_killed_worker_is_retried_from_its_checkpoint_with_the_same_result(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """SIGKILL the Ray Train worker process mid-run: FailureConfig restarts it, it resumes
+    from the last checkpoint, and every validation record matches an uninterrupted run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    cfg = load_config(
+        tiny_config(**{"data.train_size": 64, "budget_samples": 8 * 120, "val_interval": 64})
+    )
+    clean = run_training(cfg, work_dir=tmp_path / "clean", progress=False)
+
+    work = tmp_path / "killed"
+    run_dir = work / "runs" / cfg.run_id()
+    killed: dict[str, int] = {}
+
+    def killer() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                info = json.loads((run_dir / "progress.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                info = {}
+            # after two checkpoints, before the end
+            if 3 * 64 <= info.get("samples", 0) < cfg.budget_samples - 128:
+                killed.update(pid=int(info["pid"]), samples=int(info["samples"]))
+                os.kill(killed["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = run_training(cfg, work_dir=work, progress=False)
+    thread.join(timeout=5)
+    assert killed, "the worker was never seen mid-run"
+    assert json.loads((run_dir / "progress.json").read_text())["pid"] != killed["pid"]
+    assert result["status"] == clean["status"] and result["samples"] == clean["samples"]
+    ours = json.loads((run_dir / "result.json").read_text())
+    theirs = json.loads((tmp_path / "clean" / "runs" / cfg.run_id() / "result.json").read_text())
+    assert ours["validations"] == theirs["validations"] == 15
+    keys = ("samples", "density", "train_loss", "val_accuracy", "val_e2ee", "threshold")
+    assert {k: ours["last"][k] for k in keys} == {k: theirs["last"][k] for k in keys}
+    a, _ = load_checkpoint(run_dir / "checkpoints" / "last")
+    b, _ = load_checkpoint(tmp_path / "clean" / "runs" / cfg.run_id() / "checkpoints" / "last")
+    assert [{k: r[k] for k in keys} for r in a["history"]] == [
+        {k: r[k] for k in keys} for r in b["history"]
+    ]
+    _assert_same_state(a["model"], b["model"])
+
+
+def _assert_same_state(a: Any, b: Any, where: str = "model") -> None:
+    import torch
+
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, torch.Tensor):
+        assert a.equal(b), where
+    else:
+        assert a == b, where
