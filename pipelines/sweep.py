@@ -44,6 +44,8 @@ from pipelines.train_job import prepare_datasets, read_json, run_dir_for, run_tr
 #: and any fraction here would be taken from them (8 tasks x 0.01 CPU on a 2-CPU machine
 #: leave 1.92 CPUs: room for one 1-CPU worker instead of two).
 DRIVER_TASK_CPUS = 0
+#: how often a run's job is started again after Ray lost its process or node
+SYSTEM_RETRIES = 3
 
 
 @dataclass
@@ -99,12 +101,25 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
             mlflow_run = tracking["runs"].get(run.key)
         if tracker is not None and mlflow_run is not None:
             tracker.set_status(mlflow_run, "RUNNING")
-        run_training(
-            run.config,
-            work_dir=work_dir,
-            progress=False,
-            tracking={"uri": tracking["uri"], "run_id": mlflow_run} if tracking else None,
-        )
+        for attempt in range(SYSTEM_RETRIES + 1):
+            try:
+                run_training(
+                    run.config,
+                    work_dir=work_dir,
+                    progress=False,
+                    tracking={"uri": tracking["uri"], "run_id": mlflow_run} if tracking else None,
+                )
+                break
+            except Exception as e:
+                # A lost node or actor (not the run's own error): start the job again; it
+                # resumes from the run's last checkpoint.
+                if attempt == SYSTEM_RETRIES or not is_system_failure(e):
+                    raise
+                print(
+                    f"run {run.key}: {_reason(e)}; restarting from its last checkpoint "
+                    f"({attempt + 1}/{SYSTEM_RETRIES})",
+                    file=sys.stderr,
+                )
         metrics = evaluate_run(run, work_dir)
         if tracker is not None and mlflow_run is not None:
             log_run_results(tracker, mlflow_run, run, work_dir, metrics)
@@ -119,6 +134,32 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
                 pass
         traceback.print_exc(file=sys.stderr)
         return RunOutcome(run.key, run.name, "failed", reason=reason)
+
+
+def is_system_failure(e: BaseException) -> bool:
+    """Whether ``e`` comes from Ray losing a process or a node (anywhere in its chain), as
+    opposed to the run failing by itself (bad config, NaN loss, corrupted data)."""
+    import ray.exceptions as rex
+
+    system = (
+        rex.RayActorError,
+        rex.WorkerCrashedError,
+        rex.NodeDiedError,
+        rex.ObjectLostError,
+        rex.RaySystemError,
+        rex.ActorUnavailableError,
+    )
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, system):
+            return True
+        stack += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+    return False
 
 
 def _reason(e: BaseException) -> str:
@@ -303,7 +344,8 @@ def _launch_and_watch(
 ) -> None:
     import ray
 
-    remote = ray.remote(num_cpus=DRIVER_TASK_CPUS, max_retries=0)(execute_run)
+    # Retried by Ray if the process running it dies (its node lost): the run resumes.
+    remote = ray.remote(num_cpus=DRIVER_TASK_CPUS, max_retries=SYSTEM_RETRIES)(execute_run)
     pending = {remote.remote(run, work_dir, tracking): run for run in todo}
     display = _Display(todo, work_dir, progress)
     try:

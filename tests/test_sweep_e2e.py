@@ -113,3 +113,89 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     main_table = (work / "reports" / "e2e" / "report.md").read_text()
     assert "partial" not in main_table.lower()
     assert json.loads((work / "runs").joinpath(keys[0], "evaluation.json").read_text())
+
+
+def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> None:
+    """SIGKILL the sweep's MLflow server while two runs log to it, start it again on the
+    same store and port a few seconds later: every validation point of every run is in
+    MLflow at the end, once, and the runs are FINISHED."""
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import SERVER_FILE, load_settings
+
+    sweep = {
+        "name": "restart",
+        "base": tiny_config(
+            **{"data.train_size": 64, "budget_samples": 8 * 120, "val_interval": 64}
+        ),
+        "methods": ["sparling", "l1"],
+        "seeds": [0],
+    }
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    work = tmp_path / "work"
+    proc = subprocess.Popen(
+        sweep_command(path, work),
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server_file = load_settings(work).state_dir / SERVER_FILE
+    restarted = None
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            samples = [
+                json.loads(p.read_text()).get("samples", 0)
+                for p in (work / "runs").glob("*/progress.json")
+            ]
+            if len(samples) == 2 and min(samples) >= 2 * 64:
+                break
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the runs never started logging")
+        info = json.loads(server_file.read_text())
+        pid = int(info["pid"])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        os.kill(pid, signal.SIGKILL)
+        killed_at = [
+            json.loads(p.read_text()).get("samples", 0)
+            for p in (work / "runs").glob("*/progress.json")
+        ]
+        time.sleep(8)  # the runs go on training and validating meanwhile
+        restarted = subprocess.Popen(
+            [c.decode() for c in command],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-4000:]
+
+        client = MlflowClient(f"http://127.0.0.1:{info['port']}")
+        exp = client.get_experiment_by_name(load_settings(work).experiment_for(sweep="restart"))
+        assert exp is not None
+        children = [
+            r
+            for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("sparling.kind") == "run"
+        ]
+        assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+        for child in children:
+            result = json.loads(
+                (work / "runs" / child.data.tags["sparling.run_id"] / "result.json").read_text()
+            )
+            history = client.get_metric_history(child.info.run_id, "val_accuracy")
+            steps = [m.step for m in history]
+            # every validation once, including those made while the server was down
+            assert len(steps) == len(set(steps)) == result["validations"] == 15, steps
+            assert "test_ce" in child.data.metrics
+        assert max(killed_at) < 8 * 120  # the kill happened mid-run
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if restarted is not None:
+            restarted.kill()
