@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 import traceback
@@ -162,10 +163,20 @@ def is_system_failure(e: BaseException) -> bool:
     return False
 
 
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failed|Interrupt)\b.*")
+
+
 def _reason(e: BaseException) -> str:
     while e.__cause__ is not None:
         e = e.__cause__
     text = f"{type(e).__name__}: {e}"
+    if "Traceback (most recent call last)" in text:
+        # A worker's error as Ray reports it (a traceback snippet): its last error line is
+        # what went wrong, e.g. "CheckpointError: <path>: ...".
+        lines = [line.strip() for line in text.splitlines()]
+        errors = [line for line in lines[1:] if _ERROR_LINE.match(line)]
+        if errors:
+            text = f"{type(e).__name__}: {errors[-1]}"
     return text if len(text) < 500 else text[:497] + "..."
 
 

@@ -10,6 +10,7 @@ corrupted file is refused with its path instead of being trained on.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -46,7 +47,16 @@ def save_checkpoint(
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        torch.save(state, tmp / STATE_FILE)
+        # Serialised in memory, then written by Python: a full disk or a failing device
+        # then raises OSError with its errno (torch's own file writer reports only an
+        # opaque RuntimeError), and a checkpoint is never half-written in place.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with open(tmp / STATE_FILE, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        del buffer
         meta = {**meta, "sha256": sha256_file(tmp / STATE_FILE)}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         (tmp / CONFIG_FILE).write_text(config_json)

@@ -230,9 +230,23 @@ class Trainer:
             "density": self.schedule.density,
             "name": name,
         }
-        return save_checkpoint(
-            self.run_dir / "checkpoints" / name, self.state(), meta, self.config.to_json()
-        )
+        folder = self.run_dir / "checkpoints" / name
+        try:
+            return save_checkpoint(folder, self.state(), meta, self.config.to_json())
+        except OSError as e:
+            # Disk full, quota, read-only or missing folder: say where, and that what was
+            # written before is intact (checkpoints are replaced atomically).
+            last = self.run_dir / "checkpoints" / "last"
+            kept = (
+                f"the last complete checkpoint ({last}) is intact"
+                if (last / "meta.json").exists()
+                else "no earlier checkpoint exists"
+            )
+            raise TrainingFailed(
+                f"cannot write checkpoint {folder} at sample {self.samples}: "
+                f"{e.strerror or e}; {kept}. Free space (or fix the folder) and run again "
+                "to resume from it."
+            ) from e
 
     def try_resume(self) -> bool:
         last = self.run_dir / "checkpoints" / "last"

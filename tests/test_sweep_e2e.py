@@ -199,3 +199,59 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
             proc.kill()
         if restarted is not None:
             restarted.kill()
+
+
+def test_corrupted_shard_and_checkpoint_at_sweep_level(tmp_path: Path) -> None:
+    """A flipped byte in a dataset shard is caught by its checksum and the shard rebuilt
+    before any run reads it; a truncated checkpoint is refused with its path (that run
+    fails, the sweep goes on and the other run finishes on verified data)."""
+    import hashlib
+
+    sweep = {"name": "corrupt", "base": tiny_config(), "methods": ["sparling"], "seeds": [0]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    work = tmp_path / "work"
+    first = subprocess.run(
+        sweep_command(path, work, "--no-tracking"),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (run_dir,) = (work / "runs").glob("*/")
+    # corrupt one training shard (a byte flipped in place, same size) ...
+    (train,) = [d for d in (work / "data").glob("digit-circle-*") if "train" in d.name]
+    shard = sorted(train.glob("*.parquet"))[0]
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    manifest = json.loads((train / "manifest.json").read_text())
+    expected = {s["file"]: s["sha256"] for s in manifest["shards"]}
+    assert hashlib.sha256(shard.read_bytes()).hexdigest() != expected[shard.name]
+    # ... and the first run's checkpoint, with its evaluation gone so the sweep resumes it
+    state = run_dir / "checkpoints" / "last" / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    (run_dir / "evaluation.json").unlink()
+
+    sweep["seeds"] = [0, 1]
+    path.write_text(yaml.safe_dump(sweep))
+    second = subprocess.run(
+        sweep_command(path, work, "--no-tracking"),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = second.stdout + second.stderr
+    assert second.returncode == 1, out[-4000:]  # one run failed, and says so
+    assert f"regenerating shard 0: {shard}" in out or str(shard) in out, out[-4000:]
+    assert hashlib.sha256(shard.read_bytes()).hexdigest() == expected[shard.name]
+    assert str(state) in out, out[-4000:]  # the refused checkpoint, by path
+    results = {p.parent.name: json.loads(p.read_text()) for p in work.glob("runs/*/result.json")}
+    assert len(results) == 2
+    new = [k for k in results if k != run_dir.name]
+    assert (work / "runs" / new[0] / "evaluation.json").is_file()  # seed 1 finished
+    assert not (run_dir / "evaluation.json").exists()  # seed 0 was not evaluated

@@ -265,3 +265,69 @@ def test_gpu_training_resumes_exactly(data: Any, tmp_path: Path) -> None:
     assert trainer.device.type == "cuda" and result.status in ("budget-exhausted", "target-reached")
     state, _ = load_checkpoint(tmp_path / "a" / "checkpoints" / "last")
     assert "cuda_rng" in state
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Any:
+    """A 64 MiB tmpfs (a real filesystem that can fill up); skipped where mounting is not
+    permitted (CI runs as root on a machine that allows it)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into ``folder`` until its filesystem is full."""
+    filler = folder / "filler"
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_stops_with_a_clear_error_and_resumes_exactly(
+    data: Any, tmp_path: Path, small_filesystem: Path
+) -> None:
+    """The disk fills up mid-run (a real ENOSPC on a small tmpfs): the run stops with an
+    error naming the checkpoint it could not write, the last complete checkpoint is
+    intact, and once space is freed the run resumes to the uninterrupted result."""
+    cfg = load_config(tiny_config(budget_samples=96))
+    _, clean = _fit(cfg, data, tmp_path / "clean")
+
+    run_dir = small_filesystem / "run"
+    filled: list[Path] = []
+
+    def on_validation(record: dict[str, Any], checkpoint: Any) -> None:
+        if record["samples"] == 32 and not filled:  # after the second checkpoint
+            filled.append(_fill(small_filesystem))
+
+    with pytest.raises(TrainingFailed) as err:
+        _fit(cfg, data, run_dir, Callbacks(on_validation=on_validation))
+    message = str(err.value)
+    assert "No space left on device" in message
+    assert str(run_dir / "checkpoints") in message and "is intact" in message
+    state, meta = load_checkpoint(run_dir / "checkpoints" / "last")  # checksum verified
+    assert meta["samples"] == 32
+    assert not list((run_dir / "checkpoints").glob(".*"))  # no half-written temp folder
+
+    filled[0].unlink()
+    _, resumed = _fit(cfg, data, run_dir)
+    assert resumed.samples == clean.samples
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in clean.history]
