@@ -1366,7 +1366,16 @@ def report_command(
     reasons, and where the report was written and logged.
     """
     report = build_report(tracking_uri, experiment, sweep_name, out_dir, formats)
-    log_report(tracking_uri, report.parent_run_id, report.out_dir)
+    logged = (
+        f"logged to MLflow run {report.parent_run_id} under artifacts 'report/'"
+    )
+    try:
+        log_report(tracking_uri, report.parent_run_id, report.out_dir)
+    except Exception as e:  # the files are written: say why MLflow did not get them
+        logged = (
+            f"NOT logged to MLflow (the artifact store refused it: {str(e)[:300]}); run "
+            f"`sparling report {sweep_name}` again once it is writable"
+        )
     status = report.status_line()
     lines = [status.replace(": partial", ": PARTIAL", 1), "", format_main_table(report), ""]
     lines.append(_reached_sentence(report.groups))
@@ -1375,6 +1384,6 @@ def report_command(
     lines += [
         "",
         f"Report written to {report.out_dir} ({', '.join(_check_formats(formats))}, plots); "
-        f"logged to MLflow run {report.parent_run_id} under artifacts 'report/'.",
+        f"{logged}.",
     ]
     return "\n".join(lines)

@@ -140,6 +140,28 @@ class TrackingConfigError(TrackingError, ValueError):
     """A bad settings file, key or environment variable (named in the message)."""
 
 
+def ensure_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and check a file can be written in it; otherwise a
+    :class:`TrackingError` naming it and why (read-only, full, not a folder), raised
+    before anything is run, so nothing already there is touched."""
+    probe = Path(folder) / f".write-check-{os.getpid()}"
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise TrackingError(
+            f"{what} {folder} is not writable ({e.strerror or e}): artifacts could not be "
+            "stored. Fix it (or point artifact_location in mlflow.yaml elsewhere) and run "
+            "again; nothing was started."
+        ) from e
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 class TrackingServerError(TrackingError):
     """The local tracking server did not start, or a live one could not be used."""
 
@@ -719,6 +741,7 @@ class LocalTrackingServer:
         if self._lease is not None:
             return self.uri
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable(self.artifact_location, "the local MLflow artifact folder")
         with _file_lock(self.state_dir / _LOCK_FILE, self.start_timeout + 30):
             info = self._live_server()
             if info is not None:

@@ -134,10 +134,17 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(sweep))
     work = tmp_path / "work"
+    # Credentials in the environment (as a user of a shared server would have them): none
+    # may end up in MLflow (params, tags, artifacts) or in any file or log of the work dir.
+    secret = "s3cr3t-" + os.urandom(8).hex()
     proc = subprocess.Popen(
         sweep_command(path, work),
         cwd=REPO,
-        env=subprocess_env(),
+        env=subprocess_env(
+            MLFLOW_TRACKING_USERNAME="sweep-user",
+            MLFLOW_TRACKING_PASSWORD=secret,
+            AWS_SECRET_ACCESS_KEY=secret + "-aws",
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -194,6 +201,23 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
             assert len(steps) == len(set(steps)) == result["validations"] == 15, steps
             assert "test_ce" in child.data.metrics
         assert max(killed_at) < 8 * 120  # the kill happened mid-run
+
+        # -- no credential anywhere -----------------------------------------------------
+        every = client.search_runs([exp.experiment_id])
+        assert len(every) == 3  # the parent and its two children
+        for r in every:
+            text = json.dumps([r.data.params, r.data.tags, list(r.data.metrics)])
+            assert secret not in text, r.info.run_id
+            dst = tmp_path / "dl" / r.info.run_id
+            dst.mkdir(parents=True)
+            local = Path(client.download_artifacts(r.info.run_id, "", str(dst)))
+            for f in local.rglob("*"):
+                if f.is_file():
+                    assert secret.encode() not in f.read_bytes(), f
+        assert secret not in out
+        for f in work.rglob("*"):
+            if f.is_file() and f.stat().st_size < 50_000_000:
+                assert secret.encode() not in f.read_bytes(), f
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -255,3 +279,74 @@ def test_corrupted_shard_and_checkpoint_at_sweep_level(tmp_path: Path) -> None:
     new = [k for k in results if k != run_dir.name]
     assert (work / "runs" / new[0] / "evaluation.json").is_file()  # seed 1 finished
     assert not (run_dir / "evaluation.json").exists()  # seed 0 was not evaluated
+
+
+def test_unwritable_artifact_location_fails_clearly_and_keeps_earlier_results(
+    tmp_path: Path,
+) -> None:
+    """The artifact store turns read-only between two sweeps (a read-only bind mount: a
+    real EROFS): the sweep is refused before anything runs, naming the folder and why;
+    the earlier run's artifacts are untouched; once writable again the rerun completes."""
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import load_settings, tracking_uri
+
+    sweep = {"name": "ro", "base": tiny_config(), "methods": ["sparling"], "seeds": [0]}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    work = tmp_path / "work"
+
+    def run_sweep() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            sweep_command(path, work),
+            cwd=REPO,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    first = run_sweep()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    artifacts = work / "mlflow" / "artifacts"
+    before = sorted(str(p.relative_to(artifacts)) for p in artifacts.rglob("*") if p.is_file())
+    assert any("activations.png" in p for p in before)
+
+    bind = subprocess.run(["mount", "--bind", str(artifacts), str(artifacts)], capture_output=True)
+    if bind.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({bind.stderr.decode().strip()}): needs root")
+    try:
+        subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(artifacts)], check=True, capture_output=True
+        )
+        sweep["seeds"] = [0, 1]
+        path.write_text(yaml.safe_dump(sweep))
+        second = run_sweep()
+    finally:
+        subprocess.run(["umount", "-l", str(artifacts)], check=False)
+    out = second.stdout + second.stderr
+    assert second.returncode != 0, out[-4000:]
+    # refused before anything ran, naming the folder and the reason
+    assert f"artifact folder {artifacts} is not writable" in out, out[-4000:]
+    assert "Read-only file system" in out, out[-4000:]
+    assert len(list((work / "runs").glob("*/"))) == 1  # the new run was not started
+    after = sorted(str(p.relative_to(artifacts)) for p in artifacts.rglob("*") if p.is_file())
+    assert after == before  # nothing of the earlier run lost or changed
+    # writable again: the rerun skips the finished run and runs the new one
+    third = run_sweep()
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert third.stdout.count("skipped  already finished") == 1, third.stdout[-3000:]
+    settings = load_settings(work)
+    with tracking_uri(settings) as uri:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(settings.experiment_for(sweep="ro"))
+        assert exp is not None
+        children = [
+            r
+            for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("sparling.kind") == "run"
+        ]
+        assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+        for c in children:
+            names = [a.path for a in client.list_artifacts(c.info.run_id, "evaluation")]
+            assert names, c.info.run_id
