@@ -1366,9 +1366,7 @@ def report_command(
     reasons, and where the report was written and logged.
     """
     report = build_report(tracking_uri, experiment, sweep_name, out_dir, formats)
-    logged = (
-        f"logged to MLflow run {report.parent_run_id} under artifacts 'report/'"
-    )
+    logged = f"logged to MLflow run {report.parent_run_id} under artifacts 'report/'"
     try:
         log_report(tracking_uri, report.parent_run_id, report.out_dir)
     except Exception as e:  # the files are written: say why MLflow did not get them

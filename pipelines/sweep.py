@@ -357,9 +357,31 @@ def _launch_and_watch(
 
     # Retried by Ray if the process running it dies (its node lost): the run resumes.
     remote = ray.remote(num_cpus=DRIVER_TASK_CPUS, max_retries=SYSTEM_RETRIES)(execute_run)
-    pending = {remote.remote(run, work_dir, tracking): run for run in todo}
+    waiting = list(todo)
+    pending: dict[Any, PlannedRun] = {}
     display = _Display(todo, work_dir, progress)
+
+    def submit() -> None:
+        # Only as many runs as the cluster can train at once are started: a run started
+        # early would only wait for resources, holding a Train controller and its helper
+        # actors (~0.8 GB of memory per run here). Re-read every time, so a cluster that
+        # grows (autoscaler) or shrinks (lost node) is followed.
+        total = ray.cluster_resources()
+        used = [_needs(r) for r in pending.values()]
+        while waiting:
+            need = _needs(waiting[0])
+            fits = all(
+                sum(u.get(k, 0.0) for u in used) + v <= total.get(k, 0.0) + 1e-9
+                for k, v in need.items()
+            )
+            if pending and not fits:
+                return
+            run = waiting.pop(0)
+            pending[remote.remote(run, work_dir, tracking)] = run
+            used.append(need)
+
     try:
+        submit()
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
             for ref in done:
@@ -369,9 +391,19 @@ def _launch_and_watch(
                 except Exception as e:  # the task itself died (worker killed, node lost)
                     outcomes[run.key] = RunOutcome(run.key, run.name, "failed", _reason(e))
                 display.finished(run, outcomes[run.key])
+            submit()
             display.refresh()
     finally:
         display.close()
+
+
+def _needs(run: PlannedRun) -> dict[str, float]:
+    """The Ray resources a run's training job holds (all its workers)."""
+    c = run.config.compute
+    need = {"CPU": c.workers * c.cpus_per_worker}
+    if c.gpus_per_worker:
+        need["GPU"] = c.workers * c.gpus_per_worker
+    return need
 
 
 class _Display:
