@@ -21,17 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
+from bench_sweep import TINY_MODEL
 from benchlib import REPO, RESULTS
-
-TINY_MODEL = {  # the tests' tiny model: the point is the pipeline, not the learning
-    "d_model": 32,
-    "ff": 64,
-    "encoder_layers": 1,
-    "decoder_layers": 1,
-    "heads": 2,
-    "width": 8,
-    "cr": 2,
-}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,31 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The environment for a `sparling` subprocess in a test: one BLAS thread per process
     (2 cores), no Ray usage reporting, plus ``extra``."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+def run_sweep_cli(
+    path: Path, work: Path, *extra: str, timeout: float = 900, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `sparling sweep` to the end in a subprocess (output captured as text)."""
+    return subprocess.run(
+        sweep_command(path, work, *extra),
+        cwd=REPO,
+        env=subprocess_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def progress_samples(work: Path) -> list[int]:
+    """Samples each run of a sweep in ``work`` has trained, from its ``progress.json``."""
+    out = []
+    for p in (work / "runs").glob("*/progress.json"):
+        try:
+            out.append(int(json.loads(p.read_text()).get("samples", 0)))
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def sweep_command(path: Path, work: Path, *extra: str) -> list[str]:

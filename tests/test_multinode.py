@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, free_port, subprocess_env, sweep_command, tiny_config
+from conftest import (
+    REPO,
+    free_port,
+    progress_samples,
+    subprocess_env,
+    sweep_command,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,10 +132,7 @@ def test_sweep_survives_losing_a_worker_node(tmp_path: Path) -> None:
         try:
             deadline = time.monotonic() + 400
             while time.monotonic() < deadline:
-                running = [
-                    json.loads(p.read_text()).get("samples", 0)
-                    for p in (work / "runs").glob("*/progress.json")
-                ]
+                running = progress_samples(work)
                 if len(running) == 2 and min(running) >= 64:
                     break
                 assert proc.poll() is None, proc.communicate()[0][-3000:]

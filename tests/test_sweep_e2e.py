@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, subprocess_env, sweep_command, tiny_config
+from conftest import (
+    REPO,
+    progress_samples,
+    run_sweep_cli,
+    subprocess_env,
+    sweep_command,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -83,14 +90,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     done_before = len(list(runs.glob("*/evaluation.json")))
     assert 1 <= done_before < 4
 
-    resumed = subprocess.run(
-        sweep_command(path, work),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    resumed = run_sweep_cli(path, work, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert resumed.stdout.count("skipped  already finished") == done_before
 
@@ -100,14 +100,7 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path: Path) -> None:
     assert all(c["status"] == "FINISHED" for c in children), children  # none left RUNNING
 
     clean = tmp_path / "clean"
-    once = subprocess.run(
-        sweep_command(path, clean),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    once = run_sweep_cli(path, clean, timeout=900)
     assert once.returncode == 0, once.stdout[-3000:] + once.stderr[-3000:]
     assert _per_seed(work) == _per_seed(clean)
     main_table = (work / "reports" / "e2e" / "report.md").read_text()
@@ -154,10 +147,7 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
-            samples = [
-                json.loads(p.read_text()).get("samples", 0)
-                for p in (work / "runs").glob("*/progress.json")
-            ]
+            samples = progress_samples(work)
             if len(samples) == 2 and min(samples) >= 2 * 64:
                 break
             assert proc.poll() is None, proc.communicate()[0][-3000:]
@@ -168,10 +158,7 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
         pid = int(info["pid"])
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
         os.kill(pid, signal.SIGKILL)
-        killed_at = [
-            json.loads(p.read_text()).get("samples", 0)
-            for p in (work / "runs").glob("*/progress.json")
-        ]
+        killed_at = progress_samples(work)
         time.sleep(8)  # the runs go on training and validating meanwhile
         restarted = subprocess.Popen(
             [c.decode() for c in command],
@@ -235,14 +222,7 @@ def test_corrupted_shard_and_checkpoint_at_sweep_level(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(sweep))
     work = tmp_path / "work"
-    first = subprocess.run(
-        sweep_command(path, work, "--no-tracking"),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    first = run_sweep_cli(path, work, "--no-tracking", timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     (run_dir,) = (work / "runs").glob("*/")
     # corrupt one training shard (a byte flipped in place, same size) ...
@@ -261,14 +241,7 @@ def test_corrupted_shard_and_checkpoint_at_sweep_level(tmp_path: Path) -> None:
 
     sweep["seeds"] = [0, 1]
     path.write_text(yaml.safe_dump(sweep))
-    second = subprocess.run(
-        sweep_command(path, work, "--no-tracking"),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    second = run_sweep_cli(path, work, "--no-tracking", timeout=600)
     out = second.stdout + second.stderr
     assert second.returncode == 1, out[-4000:]  # one run failed, and says so
     assert f"regenerating shard 0: {shard}" in out or str(shard) in out, out[-4000:]
@@ -296,17 +269,7 @@ def test_unwritable_artifact_location_fails_clearly_and_keeps_earlier_results(
     path.write_text(yaml.safe_dump(sweep))
     work = tmp_path / "work"
 
-    def run_sweep() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            sweep_command(path, work),
-            cwd=REPO,
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-
-    first = run_sweep()
+    first = run_sweep_cli(path, work, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     artifacts = work / "mlflow" / "artifacts"
     before = sorted(str(p.relative_to(artifacts)) for p in artifacts.rglob("*") if p.is_file())
@@ -321,7 +284,7 @@ def test_unwritable_artifact_location_fails_clearly_and_keeps_earlier_results(
         )
         sweep["seeds"] = [0, 1]
         path.write_text(yaml.safe_dump(sweep))
-        second = run_sweep()
+        second = run_sweep_cli(path, work, timeout=600)
     finally:
         subprocess.run(["umount", "-l", str(artifacts)], check=False)
     out = second.stdout + second.stderr
@@ -333,7 +296,7 @@ def test_unwritable_artifact_location_fails_clearly_and_keeps_earlier_results(
     after = sorted(str(p.relative_to(artifacts)) for p in artifacts.rglob("*") if p.is_file())
     assert after == before  # nothing of the earlier run lost or changed
     # writable again: the rerun skips the finished run and runs the new one
-    third = run_sweep()
+    third = run_sweep_cli(path, work, timeout=600)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert third.stdout.count("skipped  already finished") == 1, third.stdout[-3000:]
     settings = load_settings(work)
