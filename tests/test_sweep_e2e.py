@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -52,6 +53,14 @@ def _children(work: Path) -> list[dict[str, str]]:
             }
             for r in runs
         ]
+
+
+def _child_runs(client: Any, experiment: str) -> tuple[Any, list[Any]]:
+    """The experiment and its training runs (the sweep's children) as MLflow runs."""
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, experiment
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return exp, [r for r in runs if r.data.tags.get("sparling.kind") == "run"]
 
 
 def _per_seed(work: Path) -> list[dict[str, str]]:
@@ -170,13 +179,7 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
         assert proc.returncode == 0, out[-4000:]
 
         client = MlflowClient(f"http://127.0.0.1:{info['port']}")
-        exp = client.get_experiment_by_name(load_settings(work).experiment_for(sweep="restart"))
-        assert exp is not None
-        children = [
-            r
-            for r in client.search_runs([exp.experiment_id])
-            if r.data.tags.get("sparling.kind") == "run"
-        ]
+        exp, children = _child_runs(client, load_settings(work).experiment_for(sweep="restart"))
         assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
         for child in children:
             result = json.loads(
@@ -302,13 +305,7 @@ def test_unwritable_artifact_location_fails_clearly_and_keeps_earlier_results(
     settings = load_settings(work)
     with tracking_uri(settings) as uri:
         client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(settings.experiment_for(sweep="ro"))
-        assert exp is not None
-        children = [
-            r
-            for r in client.search_runs([exp.experiment_id])
-            if r.data.tags.get("sparling.kind") == "run"
-        ]
+        _, children = _child_runs(client, settings.experiment_for(sweep="ro"))
         assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
         for c in children:
             names = [a.path for a in client.list_artifacts(c.info.run_id, "evaluation")]
