@@ -52,7 +52,6 @@ class _TimeUp(Exception):
 def probe(
     cfg: Any, *, seconds: float, device: str, eval_samples: int, log: Any = print
 ) -> dict[str, Any]:
-    import torch
 
     from sparling import domains
     from sparling.evaluate import evaluate_model
@@ -95,11 +94,7 @@ def probe(
         except _TimeUp:
             pass
         train_seconds = time.monotonic() - start
-        with torch.autocast(
-            trainer.device.type,
-            dtype=torch.bfloat16,
-            enabled=cfg.compute.precision == "bf16",
-        ):
+        with trainer.autocast():
             domain = domains.make(cfg.domain.name, split="test", **cfg.domain.params)
             ev = evaluate_model(
                 trainer.model, domain, test, max_len=cfg.max_output_len, samples=len(test)

@@ -262,7 +262,7 @@ class Trainer:
         return True
 
     # -- steps ----------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bfloat16 autocast when the config asks for it, else nothing."""
         if self.config.compute.precision != "bf16":
             return contextlib.nullcontext()
@@ -275,7 +275,7 @@ class Trainer:
         x = collate_inputs(samples)
         ids = self.model.token_ids([s.tokens for s in samples])
         # The forward goes through ``wrapped`` (DDP syncs gradients in its hooks).
-        with self._autocast():
+        with self.autocast():
             logits = self.wrapped(x, ids)
         loss = sequence_loss(logits.float(), ids[:, 1:])
         penalty = self.bottleneck.penalty()
@@ -303,7 +303,7 @@ class Trainer:
         nonzero = 0.0
         for start in range(0, len(self.val_data), bs):
             batch = [self.val_data[i] for i in range(start, min(start + bs, len(self.val_data)))]
-            with self._autocast():
+            with self.autocast():
                 predicted += self.model.decode(collate_inputs(batch), self.config.max_output_len)
             nonzero += float(self.bottleneck.measured_density) * len(batch)
             truth += [list(s.tokens) for s in batch]

@@ -39,31 +39,38 @@ def test_batch_positions_are_epoch_permutations() -> None:
 def test_every_bottleneck_trains_and_loss_falls(
     name: str, data: tuple[list[Sample], list[Sample]], tmp_path: Path
 ) -> None:
-    train, val = data
+    trainer, result, losses = _overfit_eight(data, tmp_path, steps=40, **{"bottleneck.name": name})
+    assert result.status == "budget-exhausted" and result.samples == 320
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.8 * first, f"{name}: loss {first:.3f} -> {last:.3f}"
+    assert 0.0 <= float(trainer.bottleneck.measured_density) <= 1.0
+
+
+def _overfit_eight(
+    data: tuple[list[Sample], list[Sample]], run_dir: Path, steps: int, **updates: Any
+) -> tuple[Trainer, Any, list[float]]:
+    """Train a tiny config on the first 8 training samples for ``steps`` batches of 8
+    (validated once, at the end); returns the trainer, its result and every step's loss."""
     cfg = load_config(
         tiny_config(
             **{
-                "bottleneck.name": name,
                 "data.train_size": 8,
-                "budget_samples": 8 * 40,
-                "val_interval": 8 * 40,
+                "budget_samples": 8 * steps,
+                "val_interval": 8 * steps,
+                **updates,
             }
         )
     )
     losses: list[float] = []
     trainer = make_trainer(
         cfg,
-        train[:8],
-        val,
-        tmp_path,
+        data[0][:8],
+        data[1],
+        run_dir,
         callbacks=Callbacks(on_progress=lambda info: losses.append(info["loss"])),
         progress=False,
     )
-    result = trainer.fit()
-    assert result.status == "budget-exhausted" and result.samples == 320
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.8 * first, f"{name}: loss {first:.3f} -> {last:.3f}"
-    assert 0.0 <= float(trainer.bottleneck.measured_density) <= 1.0
+    return trainer, trainer.fit(), losses
 
 
 def _fit(cfg: Any, data: Any, run_dir: Path, callbacks: Callbacks | None = None) -> Any:
@@ -223,26 +230,9 @@ def test_a_second_trainer_of_the_same_run_waits_for_the_first(
 def test_bf16_autocast_trains_and_keeps_float32_state(data: Any, tmp_path: Path) -> None:
     """``compute.precision=bf16`` runs the forward under autocast (on the CPU here, as on a
     GPU); weights and the sparsity layer's state stay float32 and the loss falls."""
-    cfg = load_config(
-        tiny_config(
-            **{
-                "compute.precision": "bf16",
-                "data.train_size": 8,
-                "budget_samples": 8 * 30,
-                "val_interval": 8 * 30,
-            }
-        )
+    trainer, result, losses = _overfit_eight(
+        data, tmp_path, steps=30, **{"compute.precision": "bf16"}
     )
-    losses: list[float] = []
-    trainer = make_trainer(
-        cfg,
-        data[0][:8],
-        data[1],
-        tmp_path,
-        callbacks=Callbacks(on_progress=lambda info: losses.append(info["loss"])),
-        progress=False,
-    )
-    result = trainer.fit()
     assert result.status == "budget-exhausted"
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
