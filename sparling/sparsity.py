@@ -17,8 +17,10 @@ Efficiency notes (the layer should cost a small multiple of a ReLU of the same s
 * The quantile needs only the largest ``count * density + 1`` values of a channel. At low
   density these are found from per-block maxima (see :func:`top_values`): one cheap pass
   over the data plus a ``topk`` over a few thousand block maxima, instead of a ``topk`` or
-  ``kthvalue`` over every value. At high density (roughly above 1/8) an exact
-  ``kthvalue`` over each channel is used, which dominates the cost there.
+  ``kthvalue`` over every value. At high density (roughly above 1/8) the quantile is
+  bracketed between two values of a fixed sample, one counting pass checks the bracket,
+  and only the few percent of values inside it go to an exact ``kthvalue``
+  (:func:`_kth_largest_bracketed`; 3-4x cheaper than ``kthvalue`` over each channel).
 * The measured density (fraction of nonzero outputs) is computed lazily, only when asked.
 """
 
@@ -142,12 +144,76 @@ def kth_largest(y: Tensor, m: int) -> Tensor:
     count = n * s
     if not 1 <= m <= count:
         raise ValueError(f"m must be in [1, {count}], got {m}")
-    if 4 * m * _block_size(s, m, count) <= count or 8 * m <= count:
-        # small m: top-m (fast block path when it applies), then its minimum
+    if 4 * m * _block_size(s, m, count) <= count:
+        # small m: top-m by the block path, then its minimum
         return top_values(y, m).amin(dim=1)
-    # large m (high density): linear-time selection beats topk here
+    if count >= _BRACKET_MIN_COUNT:
+        return _kth_largest_bracketed(y, m)
+    if 8 * m <= count:
+        return top_values(y, m).amin(dim=1)
+    # large m (high density), small input: linear-time selection beats topk here
     flat_values = y.transpose(0, 1).reshape(g, count)
     return flat_values.kthvalue(count - m + 1, dim=1).values
+
+
+# Bracketed selection (Floyd-Rivest style) pays off from about this many values per group.
+_BRACKET_MIN_COUNT = 16384
+_BRACKET_SAMPLE = 2048
+_sample_columns: dict[tuple[int, int, str], Tensor] = {}
+
+
+def _fixed_sample(s: int, size: int, device: torch.device) -> Tensor:
+    """A fixed pseudo-random subset of ``range(s)`` (sorted), the same on every call."""
+    key = (s, size, str(device))
+    cols = _sample_columns.get(key)
+    if cols is None:
+        gen = torch.Generator().manual_seed(s * 1_000_003 + size)
+        cols = torch.randperm(s, generator=gen)[:size].sort().values.to(device)
+        _sample_columns[key] = cols
+    return cols
+
+
+def _kth_largest_bracketed(y: Tensor, m: int) -> Tensor:
+    """Exact ``m``-th largest of each group of ``y`` (N, G, S) without a full ``kthvalue``.
+
+    A fixed sample of the values brackets the answer between two sample values ``lo <= hi``
+    (a few standard deviations of the sample rank either side of the target rank); one
+    counting pass checks the bracket (``#(y > hi) < m <= #(y >= lo)``) and only the values
+    inside it, a few percent of the group, go to ``kthvalue``. A group whose bracket misses
+    (unlikely; adversarial data) falls back to ``kthvalue`` over all its values, so the
+    result is always exact and does not depend on the sample.
+    """
+    n, g, s = y.shape
+    count = n * s
+    per_row = min(s, max(1, _BRACKET_SAMPLE // n))
+    cols = _fixed_sample(s, per_row, y.device)
+    sample = y.index_select(2, cols).transpose(0, 1).reshape(g, -1)  # (G, k)
+    k = sample.shape[1]
+    q = m / count
+    spread = 3.0 * math.sqrt(k * q * (1.0 - q)) + 2.0
+    # sample ranks from the top (1 = largest) of hi and lo
+    hi_rank = math.floor(q * k - spread)
+    lo_rank = math.ceil(q * k + spread)
+    inf = torch.full((g,), math.inf, dtype=y.dtype, device=y.device)
+    hi = sample.kthvalue(k - hi_rank + 1, dim=1).values if hi_rank >= 1 else inf
+    lo = sample.kthvalue(k - lo_rank + 1, dim=1).values if lo_rank <= k else -inf
+    above_mask = y > hi.view(1, g, 1)
+    band_mask = y >= lo.view(1, g, 1)
+    # lo <= hi, so above_mask implies band_mask: the xor keeps lo <= y <= hi
+    band_mask.logical_xor_(above_mask)
+    # (bool -> uint8 is a free view; an int32 sum along the rows, then over the batch, is
+    # several times cheaper than count_nonzero or a sum over both dimensions at once)
+    above = above_mask.view(torch.uint8).sum(dim=2, dtype=torch.int32).sum(dim=0)
+    in_band = band_mask.view(torch.uint8).sum(dim=2, dtype=torch.int32).sum(dim=0)
+    out = torch.empty(g, dtype=y.dtype, device=y.device)
+    for gi, (a, b) in enumerate(zip(above.tolist(), in_band.tolist(), strict=True)):
+        if a < m <= a + b:
+            band = y[:, gi, :].masked_select(band_mask[:, gi, :])
+            # the answer is the (m - a)-th largest value of the band
+            out[gi] = band.kthvalue(b - (m - a) + 1).values
+        else:
+            out[gi] = y[:, gi, :].reshape(-1).kthvalue(count - m + 1).values
+    return out
 
 
 def _quantile_rank(count: int, density: float) -> int:

@@ -65,6 +65,30 @@ def test_kth_largest_high_rank_uses_exact_selection() -> None:
         kth_largest(y, 2001)
 
 
+@pytest.mark.parametrize("data", ["normal", "ties", "sample-misleading"])
+def test_bracketed_selection_is_exact(data: str) -> None:
+    # 20,000 values per group: kth_largest brackets the answer with a fixed sample
+    from sparling.sparsity import _BRACKET_MIN_COUNT, _fixed_sample, _kth_largest_bracketed
+
+    n, g, s = 4, 3, 5000
+    assert n * s >= _BRACKET_MIN_COUNT
+    gen = torch.Generator().manual_seed(1)
+    if data == "ties":
+        y = torch.randint(-3, 3, (n, g, s), generator=gen).float()
+    else:
+        y = torch.randn(n, g, s, generator=gen)
+    if data == "sample-misleading":
+        # the sampled columns hold the largest values: every bracket misses, and the
+        # fallback must still give the exact answer
+        cols = _fixed_sample(s, 2048 // n, y.device)
+        y[:, :, cols] += 100.0
+    flat = y.transpose(0, 1).reshape(g, -1)
+    for m in (1, 700, 2500, 10000, 19999, 20000):
+        expected = flat.topk(m, dim=1).values[:, -1]
+        assert torch.equal(_kth_largest_bracketed(y, m), expected), m
+        assert torch.equal(kth_largest(y, m), expected), m
+
+
 # --------------------------------------------------------------------------- exact behaviour
 
 
