@@ -192,15 +192,18 @@ def test_layers_match_torch_transformer_layers(norm_first: bool) -> None:
 
 
 # -- decoding --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("capacity", [None, 4, 7])
 @pytest.mark.parametrize("norm_first", [True, False])
-def test_cached_steps_match_full_decoder(norm_first: bool) -> None:
+def test_cached_steps_match_full_decoder(norm_first: bool, capacity: int | None) -> None:
+    # capacity: preallocated self-attention cache (None: grown by concatenation; 4: runs
+    # out after 4 of the 7 steps and continues by concatenation)
     h = DownstreamModel(4, 13, tiny_h_config(2, norm_first, dropout=0.1), 2).eval()
     with torch.no_grad():
         memory = h.encode(torch.randn(3, 4, 8, 8))
         ids = torch.randint(3, 13, (3, 7))
         ids[:, 0] = BOS_ID
         full = h.decode_logits(memory, ids)
-        cache = h.init_cache(memory)
+        cache = h.init_cache(memory, capacity)
         steps = torch.stack([h.step(ids[:, t], t, cache) for t in range(ids.shape[1])], dim=1)
     torch.testing.assert_close(steps, full)
 

@@ -171,9 +171,10 @@ class DownstreamModel(nn.Module):
         # ModuleList items are typed as Module; the decoder only ever holds DecoderLayers.
         return cast(list[DecoderLayer], list(self.decoder))
 
-    def init_cache(self, memory: torch.Tensor) -> list[LayerCache]:
-        """Per-layer caches holding the memory's keys/values, projected once."""
-        return [layer.precompute_memory(memory) for layer in self._decoder_layers]
+    def init_cache(self, memory: torch.Tensor, max_len: int | None = None) -> list[LayerCache]:
+        """Per-layer caches holding the memory's keys/values, projected once (and room for
+        ``max_len`` decoded positions when given)."""
+        return [layer.precompute_memory(memory, max_len) for layer in self._decoder_layers]
 
     def step(self, ids: torch.Tensor, position: int, cache: list[LayerCache]) -> torch.Tensor:
         """Logits (N, vocab) for one new input id per row (N,) at ``position``; updates cache."""
@@ -182,17 +183,17 @@ class DownstreamModel(nn.Module):
             x = layer.step(x, layer_cache)
         return self.out(self.decoder_norm(x))[:, 0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def greedy_decode(self, memory: torch.Tensor, max_len: int) -> torch.Tensor:
         """Greedy decoding with cached keys/values: (N, T) ids, T <= ``max_len``.
 
         Row i holds the generated ids (EOS included when emitted), then PAD. Stops once
         every row has emitted EOS, or after ``max_len`` ids. Call in eval mode.
         """
-        cache = self.init_cache(memory)
+        cache = self.init_cache(memory, max_len)
         return self._greedy(memory, max_len, lambda ids, t: self.step(ids[:, -1], t, cache))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def greedy_decode_naive(self, memory: torch.Tensor, max_len: int) -> torch.Tensor:
         """Reference for :meth:`greedy_decode`: re-runs the full decoder on the prefix per id."""
         return self._greedy(memory, max_len, lambda ids, t: self.decode_logits(memory, ids)[:, -1])

@@ -134,12 +134,41 @@ class EncoderLayer(nn.Module):
 
 @dataclass
 class LayerCache:
-    """What one decoder layer keeps between greedy steps (each (N, heads, len, d/heads))."""
+    """What one decoder layer keeps between greedy steps (each (N, heads, len, d/heads)).
+
+    ``qkv_weight``/``qkv_bias`` are the self-attention's q/k/v projections stacked into one
+    (3d, d) matrix, so each step projects its new position with one matrix product instead
+    of three. With ``capacity`` set, ``self_k``/``self_v`` are preallocated to that many
+    positions and ``length`` of them are filled (no concatenation per step).
+    """
 
     memory_k: torch.Tensor
     memory_v: torch.Tensor
+    qkv_weight: torch.Tensor | None = None
+    qkv_bias: torch.Tensor | None = None
     self_k: torch.Tensor | None = None
     self_v: torch.Tensor | None = None
+    length: int = 0
+    capacity: int | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one position's keys/values (N, heads, 1, dh); return all cached so far."""
+        if self.capacity is not None and self.length < self.capacity:
+            if self.self_k is None or self.self_v is None:
+                shape = (*k.shape[:2], self.capacity, k.shape[3])
+                self.self_k = k.new_empty(shape)
+                self.self_v = v.new_empty(shape)
+            self.self_k[:, :, self.length] = k[:, :, 0]
+            self.self_v[:, :, self.length] = v[:, :, 0]
+            self.length += 1
+            return self.self_k[:, :, : self.length], self.self_v[:, :, : self.length]
+        if self.self_k is not None and self.self_v is not None:
+            k = torch.cat([self.self_k[:, :, : self.length], k], dim=2)
+            v = torch.cat([self.self_v[:, :, : self.length], v], dim=2)
+        self.self_k, self.self_v = k, v
+        self.length = k.shape[2]
+        self.capacity = None
+        return k, v
 
 
 class DecoderLayer(nn.Module):
@@ -159,10 +188,14 @@ class DecoderLayer(nn.Module):
         x = self.sub.post(1, x, self.cross_attn(self.sub.pre(1, x), memory))
         return self.sub.post(2, x, self.ff(self.sub.pre(2, x)))
 
-    def precompute_memory(self, memory: torch.Tensor) -> LayerCache:
-        """Project the memory's keys/values once per decoded batch."""
+    def precompute_memory(self, memory: torch.Tensor, capacity: int | None = None) -> LayerCache:
+        """Project the memory's keys/values once per decoded batch; stack the self-attention
+        projections; preallocate ``capacity`` self-attention positions when given."""
         k, v = self.cross_attn.project_kv(memory)
-        return LayerCache(memory_k=k, memory_v=v)
+        sa = self.self_attn
+        weight = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
+        bias = torch.cat([sa.q_proj.bias, sa.k_proj.bias, sa.v_proj.bias])
+        return LayerCache(k, v, qkv_weight=weight, qkv_bias=bias, capacity=capacity)
 
     def step(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One new position ``x`` (N, 1, d); appends its self-attention keys/values to ``cache``.
@@ -171,12 +204,15 @@ class DecoderLayer(nn.Module):
         full path, because the cache only holds positions up to this one.
         """
         h = self.sub.pre(0, x)
-        k, v = self.self_attn.project_kv(h)
-        if cache.self_k is not None and cache.self_v is not None:
-            k = torch.cat([cache.self_k, k], dim=2)
-            v = torch.cat([cache.self_v, v], dim=2)
-        cache.self_k, cache.self_v = k, v
-        x = self.sub.post(0, x, self.self_attn.attend(h, k, v))
+        sa = self.self_attn
+        if cache.qkv_weight is not None and cache.qkv_bias is not None:
+            q, k, v = F.linear(h, cache.qkv_weight, cache.qkv_bias).chunk(3, dim=-1)
+            k, v = cache.append(sa._split(k), sa._split(v))
+            out = F.scaled_dot_product_attention(sa._split(q), k, v)
+            x = self.sub.post(0, x, sa.out_proj(out.transpose(1, 2).reshape(x.shape)))
+        else:
+            k, v = cache.append(*sa.project_kv(h))
+            x = self.sub.post(0, x, sa.attend(h, k, v))
         h = self.sub.pre(1, x)
         x = self.sub.post(1, x, self.cross_attn.attend(h, cache.memory_k, cache.memory_v))
         return self.sub.post(2, x, self.ff(self.sub.pre(2, x)))
