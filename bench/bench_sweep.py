@@ -284,6 +284,9 @@ def mode_sweep(sweep: Any, work: Path, track: bool) -> dict[str, Any]:
                     else round(stamp["task_end"] - task_start, 3)
                 ),
                 "progress_points": len(pts),
+                "startup_breakdown_s": startup_breakdown(
+                    task_start, _read(run_dirs[run.key] / "progress.json").get("startup"), first, step
+                ),
             }
         )
     return {
@@ -293,6 +296,24 @@ def mode_sweep(sweep: Any, work: Path, track: bool) -> dict[str, Any]:
         "counts": summary.counts(),
         "per_run": per_run,
     }
+
+
+def startup_breakdown(
+    task_start: float | None, stamps: dict[str, float] | None, first: float | None, step: float | None
+) -> dict[str, float] | None:
+    """Seconds spent in each stage of a run's start-up, from the Ray task's start to the
+    first training step: ``task_to_fit`` (driver task: datasets checked, Ray Train job
+    built), ``fit_to_worker`` (Train controller and worker processes started, process
+    group set up), ``worker_imports``, ``worker_data`` (datasets opened),
+    ``worker_trainer`` (model, optimiser, checkpoint restore), ``trainer_to_first_step``
+    (less one step). From the stamps ``train_worker`` writes into ``progress.json``."""
+    keys = ("fit_call", "worker_start", "imports", "data", "trainer")
+    if task_start is None or not stamps or any(k not in stamps for k in keys) or first is None:
+        return None
+    points = [task_start, *(stamps[k] for k in keys), first - (step or 0.0)]
+    names = ("task_to_fit", "fit_to_worker", "worker_imports", "worker_data", "worker_trainer",
+             "trainer_to_first_step")
+    return {n: round(b - a, 3) for n, a, b in zip(names, points[:-1], points[1:], strict=True)}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -475,6 +496,12 @@ def main(argv: list[str] | None = None) -> int:
             ("task_to_first_step_s_median", "task->step s (med)", ".1f"),
         ],
     )
+    for name, r in modes.items():
+        for p in r.get("per_run", []) if r.get("status") == "ok" else []:
+            parts = p.get("startup_breakdown_s") if isinstance(p, dict) else None
+            if parts:
+                print(f"{name} {p['name']} start-up (s): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     par = modes.get("parallel")
     if par and par.get("status") == "ok":
         a, b = par["1 run x 2 threads"], par["2 runs x 1 thread"]

@@ -127,7 +127,14 @@ class _ProgressFile:
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: runs the library's training loop on one Ray Train worker."""
+    """``train_loop_per_worker``: runs the library's training loop on one Ray Train worker.
+
+    ``progress.json`` gets a ``startup`` record of wall-clock stamps (``time.time()``) of
+    this worker's set-up: ``worker_start`` (entered), ``imports``, ``data`` (datasets
+    opened), ``trainer`` (model and optimiser built; the first step follows), beside the
+    driver's ``fit_call`` (``TorchTrainer.fit()`` called): where a run's start-up goes.
+    """
+    startup = {"worker_start": time.time(), **loop_config.get("startup", {})}
     import ray
     import ray.train
     import ray.train.torch
@@ -136,6 +143,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     from sparling.shards import ShardedDataset
     from sparling.train import Callbacks, make_trainer
 
+    startup["imports"] = time.time()
     config = RunConfig.model_validate(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     ctx = ray.train.get_context()
@@ -146,6 +154,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     train = ShardedDataset(loop_config["train"])
     val = ShardedDataset(loop_config["val"])
+    startup["data"] = time.time()
     progress = _ProgressFile(run_dir / "progress.json")
     tracking = loop_config.get("tracking")
     logger = None
@@ -192,6 +201,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         wrap=wrap,
         device=device,
     )
+    startup["trainer"] = time.time()
+    progress.latest["startup"] = startup
     result = trainer.fit()
     if logger is not None:
         logger.close()
@@ -236,6 +247,7 @@ def build_trainer(
             "train": str(paths.train),
             "val": str(paths.val),
             "tracking": tracking,
+            "startup": {"fit_call": time.time()},
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=c.workers, use_gpu=c.gpus_per_worker > 0, resources_per_worker=resources
