@@ -12,9 +12,10 @@ Ray, under ``sparling-work/bench/data/`` and reused):
 * ``in order`` / ``shuffled``: ``iter_batches(batch, shuffle=...)`` over a fresh reader
   (shards decoded on first use) plus the conversion to a torch tensor;
 * ``trainer order``: what ``Trainer.fit`` does: random access ``dataset[i]`` for the
-  indices ``batch_positions`` gives (a seeded permutation of the whole set per epoch)
-  plus ``collate_inputs``, with the reader's default cache of 2 decoded shards and
-  with every shard cached. ``shard_loads`` counts Parquet reads.
+  indices ``batch_positions`` gives (each epoch: the shards in a seeded order, a seeded
+  order inside each, ``sparling.train.epoch_order``) plus ``collate_inputs``, with the
+  reader's default cache of 2 decoded shards and with every shard cached.
+  ``shard_loads`` counts Parquet reads.
 
 Part 2, a short real training run (fast preset, ``Trainer.fit`` on the same dataset,
 ``--train-samples`` samples, one validation at the end) with the loop's pieces timed
@@ -96,7 +97,7 @@ def read_rows(path: Path, args: Any) -> list[dict[str, Any]]:
         pos = {"samples": 0}
 
         def trainer_batch(ds: Any = ds, pos: dict[str, int] = pos) -> None:
-            idx = batch_positions(0, count, pos["samples"], args.batch)
+            idx = batch_positions(0, count, pos["samples"], args.batch, ds.blocks)
             collate_inputs([ds[int(i)] for i in idx])
             pos["samples"] += args.batch
 
@@ -148,6 +149,12 @@ def training_row(train_path: Path, val_path: Path, args: Any) -> dict[str, Any]:
 
         def __len__(self) -> int:
             return len(self.ds)
+
+        @property
+        def blocks(self) -> Any:
+            # the shard boundaries the training loop orders its epochs by: a wrapper that
+            # hid them would measure a loop that decodes a shard for nearly every sample
+            return self.ds.blocks
 
         def __getitem__(self, i: int) -> Any:
             t0 = time.perf_counter()

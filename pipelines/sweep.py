@@ -358,31 +358,60 @@ def _launch_and_watch(
     # Retried by Ray if the process running it dies (its node lost): the run resumes.
     remote = ray.remote(num_cpus=DRIVER_TASK_CPUS, max_retries=SYSTEM_RETRIES)(execute_run)
     waiting = list(todo)
+    todo_keys = {r.key for r in todo}
     pending: dict[Any, PlannedRun] = {}
     display = _Display(todo, work_dir, progress)
+
+    def blocked(run: PlannedRun) -> bool:
+        """Whether ``run`` waits for another run (a Retrained run for its source of g);
+        a run whose source failed fails at once, saying so."""
+        if run.after is None or run.after not in todo_keys:
+            return False  # no dependency, or it had finished before this sweep started
+        source = outcomes.get(run.after)
+        if source is None:
+            return True
+        if source.status == "failed":
+            waiting.remove(run)
+            outcomes[run.key] = RunOutcome(
+                run.key, run.name, "failed",
+                f"run {source.name} ({run.after}), whose g it retrains, failed",
+            )
+            display.finished(run, outcomes[run.key])
+        return False
 
     def submit() -> None:
         # Only as many runs as the cluster can train at once are started: a run started
         # early would only wait for resources, holding a Train controller and its helper
         # actors (~0.8 GB of memory per run here). Re-read every time, so a cluster that
-        # grows (autoscaler) or shrinks (lost node) is followed.
+        # grows (autoscaler) or shrinks (lost node) is followed. Runs waiting for another
+        # run are passed over until it has finished.
         total = ray.cluster_resources()
         used = [_needs(r) for r in pending.values()]
-        while waiting:
-            need = _needs(waiting[0])
+        for run in list(waiting):
+            if run not in waiting or blocked(run) or run.key in outcomes:
+                continue
+            need = _needs(run)
             fits = all(
                 sum(u.get(k, 0.0) for u in used) + v <= total.get(k, 0.0) + 1e-9
                 for k, v in need.items()
             )
             if pending and not fits:
                 return
-            run = waiting.pop(0)
+            waiting.remove(run)
             pending[remote.remote(run, work_dir, tracking)] = run
             used.append(need)
 
     try:
         submit()
-        while pending:
+        while pending or waiting:
+            if not pending:  # only blocked runs left, and nothing running that they wait for
+                for run in list(waiting):
+                    waiting.remove(run)
+                    outcomes[run.key] = RunOutcome(
+                        run.key, run.name, "failed", f"waits for run {run.after}, which is not in this sweep's plan"
+                    )
+                    display.finished(run, outcomes[run.key])
+                break
             done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
             for ref in done:
                 run = pending.pop(ref)

@@ -9,6 +9,8 @@ A sweep file is YAML::
     methods:                          # bottleneck names, or mappings with params
       - sparling
       - {name: l1, params: {coefficient: 1.0}}
+      - {name: retrained, from: sparling, density: 5.0e-5}  # g of the sparling run
+                                      # (same seed and swept values), frozen; h retrained
       - {name: sparling, label: no-ast-1.5x, params: {density: 6.7e-5},
          set: {schedule.enabled: false}}
     seeds: [0, 1]
@@ -43,6 +45,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from sparling.bottlenecks import bottleneck_names
@@ -58,9 +61,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+RETRAINED = "retrained"
+"""The Retrained method: g frozen from another method's run, bottleneck removed, h retrained."""
+
+
 class MethodSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     name: str
-    """A bottleneck name from the registry."""
+    """A bottleneck name from the registry, or ``retrained``."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Its parameters."""
     label: str | None = None
@@ -68,16 +77,39 @@ class MethodSpec(_Strict):
     set: dict[str, Any] = Field(default_factory=dict)
     """Further dotted config overrides that belong to this method (e.g. schedule.enabled)."""
 
+    from_: str | None = Field(None, alias="from")
+    """``retrained`` only: the method (its label) whose run, with the same seed and swept
+    values, gives g. That run trains first."""
+    density: float | None = Field(None, gt=0.0, le=1.0)
+    """``retrained`` only: take g at the lowest density >= this that the run kept
+    (default: the domain's reported density if the run got there, else its lowest)."""
+
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in bottleneck_names():
-            raise ValueError(f"unknown method {v!r}; accepted: {', '.join(bottleneck_names())}")
+        if v not in bottleneck_names() and v != RETRAINED:
+            accepted = ", ".join([*bottleneck_names(), RETRAINED])
+            raise ValueError(f"unknown method {v!r}; accepted: {accepted}")
         return v
+
+    @model_validator(mode="after")
+    def _retrained_fields(self) -> MethodSpec:
+        if self.name == RETRAINED:
+            if not self.from_:
+                raise ValueError("retrained needs 'from': the label of the method whose g it takes")
+            if self.params:
+                raise ValueError("retrained takes no params (its bottleneck is removed)")
+        elif self.from_ is not None or self.density is not None:
+            raise ValueError(f"'from' and 'density' belong to {RETRAINED!r} methods, not {self.name!r}")
+        return self
 
     def display(self) -> str:
         if self.label:
             return self.label
+        if self.name == RETRAINED:
+            parts = [] if self.from_ == "sparling" else [f"from={self.from_}"]
+            parts += [] if self.density is None else [f"density={self.density:g}"]
+            return f"{RETRAINED}({','.join(parts)})" if parts else RETRAINED
         if not self.params:
             return self.name
         inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
@@ -150,6 +182,8 @@ class PlannedRun:
     method: str
     seed: int
     swept: dict[str, Any] = field(default_factory=dict)
+    after: str | None = None
+    """Key of the run that must finish first (a Retrained run's source of g)."""
 
     @property
     def key(self) -> str:
@@ -314,13 +348,39 @@ def build_sweep(
         else:
             axis_choices.append([{axis.field: v} for v in axis.values])
 
+    labels = [m.display() for m in methods]
+    for i, m in enumerate(methods):
+        if m.name == RETRAINED:
+            sources = [lab for lab, mm in zip(labels, methods, strict=True) if mm.name != RETRAINED]
+            if m.from_ not in sources:
+                raise SweepError(
+                    f"{source}: methods[{i}].from: no method labelled {m.from_!r} in this sweep "
+                    f"to take g from; accepted: {', '.join(sources) or '(none)'}"
+                )
+            if sources.count(str(m.from_)) > 1:
+                raise SweepError(
+                    f"{source}: methods[{i}].from: {m.from_!r} labels several methods; "
+                    "give them distinct labels"
+                )
+
     runs: list[PlannedRun] = []
     seen: dict[str, str] = {}
-    for (mi, method), combo, seed in itertools.product(
-        enumerate(methods), itertools.product(*axis_choices), spec.seeds
+    source_keys: dict[tuple[str, int, int], str] = {}  # (label, combo, seed) -> run key
+    # Retrained methods last: they refer to the runs of the methods they take g from.
+    order = sorted(enumerate(methods), key=lambda im: im[1].name == RETRAINED)
+    for (mi, method), (ci, combo), seed in itertools.product(
+        order, enumerate(itertools.product(*axis_choices)), spec.seeds
     ):
         d = json.loads(json.dumps(base_dict))
-        d["bottleneck"] = {"name": method.name, "params": dict(method.params)}
+        after: str | None = None
+        if method.name == RETRAINED:
+            after = source_keys[(str(method.from_), ci, seed)]
+            ref = f"run:{after}" + ("" if method.density is None else f"@density={method.density!r}")
+            d["bottleneck"] = {"name": "non-sparse", "params": {}}
+            d["init_from"] = ref
+            d["freeze_motif_model"] = True
+        else:
+            d["bottleneck"] = {"name": method.name, "params": dict(method.params)}
         for key, value in method.set.items():
             set_path(d, key, value)
         swept: dict[str, Any] = {}
@@ -336,7 +396,8 @@ def build_sweep(
             config = load_config(d, source=f"{source}: {where}")
         except ValueError as e:
             raise SweepError(str(e)) from None
-        run = PlannedRun(config, method.display(), seed, swept)
+        run = PlannedRun(config, method.display(), seed, swept, after)
+        source_keys[(method.display(), ci, seed)] = run.key
         if run.key in seen:
             raise SweepError(
                 f"{source}: two entries give the same run ({seen[run.key]} and {run.name}); "
@@ -362,6 +423,7 @@ __all__ = [
     "FieldAxis",
     "MethodSpec",
     "PlannedRun",
+    "RETRAINED",
     "Sweep",
     "SweepError",
     "SweepSpec",

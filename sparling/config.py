@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,6 +104,30 @@ class ComputeConfig(_Strict):
         return "cuda" if self.gpus_per_worker > 0 else "cpu"
 
 
+RUN_REF_PREFIX = "run:"
+
+
+def parse_run_ref(ref: str) -> tuple[str, float | None]:
+    """``run:<run id>[@density=<d>]`` -> (run id, density or None)."""
+    body = ref[len(RUN_REF_PREFIX) :]
+    key, _, rest = body.partition("@")
+    density: float | None = None
+    ok = bool(re.fullmatch(r"[0-9a-f]{16}", key))
+    if ok and rest:
+        name, _, value = rest.partition("=")
+        try:
+            density = float(value)
+        except ValueError:
+            ok = False
+        ok = ok and name == "density" and density is not None and 0.0 < density <= 1.0
+    if not ok:
+        raise ValueError(
+            f"init_from: {ref!r} is not a run reference; accepted: run:<16 hex digits of a "
+            "run id>, optionally followed by @density=<d> with 0 < d <= 1"
+        )
+    return key, density
+
+
 class RunConfig(_Strict):
     """Everything a training run depends on. ``run_id()`` is its canonical hash."""
 
@@ -123,7 +148,10 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0)
     """Seed of the run: model initialisation, data order, dropout."""
     init_from: str | None = None
-    """Checkpoint to start from (e.g. for the Retrained method: a Sparling run's g)."""
+    """Where to take g from (the Retrained method): a checkpoint folder; a run folder (its
+    checkpoint at the domain's reported density if it got there, else its lowest); or
+    ``run:<run id>`` / ``run:<run id>@density=<d>``, a run folder beside this run's own
+    (how sweeps refer to another of their runs), at the lowest density >= d it kept."""
     freeze_motif_model: bool = False
     """Freeze g (Retrained method)."""
 
@@ -133,6 +161,8 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"val_interval ({self.val_interval}) must not exceed budget_samples ({self.budget_samples})"
             )
+        if self.init_from and self.init_from.startswith(RUN_REF_PREFIX):
+            parse_run_ref(self.init_from)  # raises with what is accepted
         if self.freeze_motif_model and not self.init_from:
             raise ValueError(
                 "freeze_motif_model needs init_from (the checkpoint whose g to freeze)"

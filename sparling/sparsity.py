@@ -660,6 +660,12 @@ class SpatialSparsity(nn.Module):
         # The pool closes at the first batch where pooled * d >= motifs, so when it closes
         # pooled * d < motifs + count * d and the quantile is among the top
         # pooled * d + 2 <= ceil(motifs + count * d) + 2 pooled values.
+        if self._pool is None and count * d >= motifs:
+            # The pool would close at this batch with this batch alone in it: its quantile
+            # is this batch's, which kth_largest selects without collecting the top values
+            # (the same value; much cheaper at high density).
+            self._clear_pool()
+            return to_space(kth_largest(groups, _quantile_rank(count, d)))
         r = min(count, math.ceil(motifs + count * d) + 2)
         top = to_space(top_values(groups, r))
         if self._pool is not None:

@@ -26,7 +26,7 @@ import torch
 
 from . import domains
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
-from .config import RunConfig
+from .config import RUN_REF_PREFIX, RunConfig, parse_run_ref
 from .domains import Domain, Sample
 from .errors import SparlingError
 from .metrics import combine_motif_errors, end_to_end_error
@@ -456,8 +456,39 @@ class Trainer:
         )
 
 
-def build_run_model(config: RunConfig, domain: Domain) -> SparlingModel:
-    """The model a config describes, with ``init_from``/``freeze_motif_model`` applied."""
+def resolve_init_from(init_from: str, run_dir: Path | None = None) -> Path:
+    """The checkpoint folder ``init_from`` names (see :attr:`RunConfig.init_from`).
+
+    ``run:<id>`` references are looked up beside ``run_dir`` (the run being built).
+    Raises :class:`TrainingFailed` saying what is missing.
+    """
+    from .evaluate import select_checkpoint  # evaluate imports this module
+
+    density: float | None = None
+    if init_from.startswith(RUN_REF_PREFIX):
+        key, density = parse_run_ref(init_from)
+        if run_dir is None:
+            raise TrainingFailed(f"init_from {init_from!r} refers to a run beside this one: "
+                                 "the run's own folder is needed to find it")
+        folder = Path(run_dir).parent / key
+        if not (folder / "checkpoints").is_dir():
+            raise TrainingFailed(
+                f"init_from {init_from!r}: run {key} has no checkpoints in {folder} "
+                "(has it trained yet?)"
+            )
+    else:
+        folder = Path(init_from)
+    try:
+        return select_checkpoint(folder, density)
+    except (FileNotFoundError, ValueError) as e:
+        raise TrainingFailed(f"init_from {init_from!r}: {e}") from None
+
+
+def build_run_model(
+    config: RunConfig, domain: Domain, run_dir: Path | None = None
+) -> SparlingModel:
+    """The model a config describes, with ``init_from``/``freeze_motif_model`` applied
+    (``run_dir``: the run's folder, for ``run:`` references in ``init_from``)."""
     overrides = dict(config.model.overrides)
     if config.model.channels is not None:
         overrides["channels"] = config.model.channels
@@ -467,7 +498,7 @@ def build_run_model(config: RunConfig, domain: Domain) -> SparlingModel:
     if config.init_from:
         # The Retrained method: take g from another run's checkpoint (at the density it
         # was saved at); the rest of the model starts fresh.
-        state, _ = load_checkpoint(Path(config.init_from))
+        state, _ = load_checkpoint(resolve_init_from(config.init_from, run_dir))
         g_state = {k[2:]: v for k, v in state["model"].items() if k.startswith("g.")}
         model.g.load_state_dict(g_state)
     if config.freeze_motif_model:
@@ -502,7 +533,7 @@ def make_trainer(
         )
     set_seed(config.seed)
     domain = domains.make(config.domain.name, **config.domain.params)
-    model = build_run_model(config, domain).to(device)
+    model = build_run_model(config, domain, run_dir).to(device)
     return Trainer(
         config,
         model,

@@ -314,6 +314,21 @@ def test_accumulated_quantile_is_exact_over_the_pool() -> None:
     assert torch.equal(layer.thresholds, _quantile(torch.cat(batches), density))
 
 
+@pytest.mark.parametrize("density", [0.5, 0.05, 5e-3])
+def test_accumulation_at_high_density_updates_from_each_batch(density: float) -> None:
+    # 20,000 values per channel: at these densities one batch holds >= 10 expected
+    # survivors, so every batch closes the pool: the quantile is that batch's own.
+    gen = torch.Generator().manual_seed(11)
+    layer = SpatialSparsity(
+        channels=4, density=density, momentum=1.0, batch_norm=None, accumulate_motifs=10
+    )
+    for i in range(3):
+        batch = _data((4, 4, 5000), gen)
+        layer(batch)
+        assert int(layer.num_threshold_updates) == i + 1 and layer.pooled_count == 0
+        assert torch.equal(layer.thresholds, _quantile(batch, density))
+
+
 # --------------------------------------------------------------------------- state
 
 

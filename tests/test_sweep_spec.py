@@ -135,3 +135,54 @@ def test_dry_run_lists_runs_with_hashes(tmp_path: Path, capsys: pytest.CaptureFi
     assert out.count("to run") == 2
     assert cli.main(["sweep", str(tmp_path / "missing.yaml"), "--dry-run"]) == 2
     assert "shipped sweeps: " in capsys.readouterr().err
+
+
+def test_retrained_runs_take_g_from_their_source_run() -> None:
+    sweep = build_sweep(
+        _sweep(
+            methods=[
+                {"name": "retrained", "from": "sparling", "density": 0.01},
+                "sparling",
+                {"name": "retrained", "from": "l1", "label": "rt-l1"},
+                "l1",
+            ],
+            seeds=[0, 1],
+            axes=[{"field": "schedule.delta_update", "values": [0.5, 0.9]}],
+        )
+    )
+    by_key = {r.key: r for r in sweep.runs}
+    retrained = [r for r in sweep.runs if r.after]
+    assert len(sweep.runs) == 16 and len(retrained) == 8
+    # sources come first in the plan, so a scheduler can take runs in order
+    assert all(sweep.runs.index(by_key[r.after]) < sweep.runs.index(r) for r in retrained)
+    for r in retrained:
+        src = by_key[r.after]
+        assert (src.seed, src.swept) == (r.seed, r.swept)
+        assert src.method == ("sparling" if r.method == "retrained(density=0.01)" else "l1")
+        assert r.config.bottleneck.name == "non-sparse" and r.config.freeze_motif_model
+        suffix = "@density=0.01" if src.method == "sparling" else ""
+        assert r.config.init_from == f"run:{src.key}{suffix}"
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        (["sparling", {"name": "retrained"}], "retrained needs 'from'"),
+        (["sparling", {"name": "retrained", "from": "l1"}], "no method labelled 'l1'"),
+        (
+            ["sparling", {"name": "retrained", "from": "sparling", "params": {"a": 1}}],
+            "retrained takes no params",
+        ),
+        ([{"name": "sparling", "from": "l1"}], "'from' and 'density' belong to 'retrained'"),
+        (
+            ["sparling", {"name": "retrained", "from": "sparling", "density": 2}],
+            "density: Input should be less than or equal to 1",
+        ),
+    ],
+)
+def test_bad_retrained_methods(methods: list[Any], message: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_sweep(methods=methods)))
+    with pytest.raises(SweepError) as info:
+        load_sweep(path)
+    assert message in str(info.value)

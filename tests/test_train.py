@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -179,14 +180,32 @@ def test_checkpoint_of_another_run_is_refused(data: Any, tmp_path: Path) -> None
         _fit(load_config(tiny_config(seed=1)), data, tmp_path)
 
 
-def test_retrained_starts_from_frozen_g(data: Any, tmp_path: Path) -> None:
-    _fit(load_config(tiny_config()), data, tmp_path / "src")
-    src = tmp_path / "src" / "checkpoints" / "last"
+@pytest.mark.parametrize("ref", ["path", "run"])
+def test_retrained_starts_from_frozen_g(
+    data: Any, tmp_path: Path, ref: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = load_config(tiny_config())
+    # "run": the sweep's form, a run id resolved beside the new run's folder
+    src_dir = tmp_path / (base.run_id() if ref == "run" else "src")
+    with monkeypatch.context() as m:
+        # a perfect accuracy: the density steps, keeping checkpoints to choose from
+        real_validate = Trainer.validate
+        m.setattr(Trainer, "validate", lambda self: {**real_validate(self), "val_accuracy": 1.0})
+        _fit(base, data, src_dir)
+    src = src_dir / "checkpoints" / "last"
+    kept = sorted(src_dir.glob("checkpoints/density-*"))
+    if ref == "run":
+        assert kept, "the tiny run should have kept a checkpoint at a density step"
+        src = kept[0]  # the only one: run:<id>@density=<its density> must pick it
+        density = float(json.loads((src / "meta.json").read_text())["density"])
+        init_from = f"run:{base.run_id()}@density={density!r}"
+    else:
+        init_from = str(src)
     cfg = load_config(
         tiny_config(
             **{
                 "bottleneck.name": "non-sparse",
-                "init_from": str(src),
+                "init_from": init_from,
                 "freeze_motif_model": True,
             }
         )
@@ -196,6 +215,14 @@ def test_retrained_starts_from_frozen_g(data: Any, tmp_path: Path) -> None:
     for k, v in trainer.model.g.state_dict().items():
         if isinstance(v, torch.Tensor) and v.is_floating_point() and "running" not in k:
             assert torch.equal(v, src_state["model"][f"g.{k}"]), k
+
+
+def test_run_reference_errors(data: Any, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a run reference"):
+        load_config(tiny_config(init_from="run:nothex@density=2"))
+    cfg = load_config(tiny_config(**{"init_from": "run:0123456789abcdef", "freeze_motif_model": True}))
+    with pytest.raises(TrainingFailed, match="run 0123456789abcdef has no checkpoints"):
+        _fit(cfg, data, tmp_path / "retrained")
 
 
 def test_epoch_order_visits_each_shard_whole() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import tiny_config
 
 from pipelines import cli
@@ -145,3 +146,35 @@ def _assert_same_state(a: Any, b: Any, where: str = "model") -> None:
         assert a.equal(b), where
     else:
         assert a == b, where
+
+
+def test_sweep_trains_retrained_after_its_source(local_ray: None, tmp_path: Path) -> None:
+    # Two runs, two CPUs: without the dependency both would start at once and the
+    # Retrained run would find no checkpoint to take g from.
+    from pipelines.sweep import run_sweep
+    from pipelines.sweep_spec import build_sweep
+
+    sweep = build_sweep(
+        {
+            "name": "retrained",
+            "base": tiny_config(),
+            "methods": ["sparling", {"name": "retrained", "from": "sparling"}],
+        }
+    )
+    source, retrained = sweep.runs
+    assert retrained.after == source.key
+    summary = run_sweep(sweep, tmp_path, progress=False, track=False)
+    assert [o.status for o in summary.outcomes] == ["finished", "finished"], summary.outcomes
+    src_dir, rt_dir = (tmp_path / "runs" / r.key for r in (source, retrained))
+    started = json.loads((rt_dir / "progress.json").read_text())["startup"]["worker_start"]
+    assert (src_dir / "result.json").stat().st_mtime <= started
+    # g is the source's (at the checkpoint init_from selects), frozen
+    from sparling.evaluate import select_checkpoint
+
+    src_state, _ = load_checkpoint(select_checkpoint(src_dir))
+    rt_state, _ = load_checkpoint(rt_dir / "checkpoints" / "last")
+    g_keys = [k for k in rt_state["model"] if k.startswith("g.") and "running" not in k]
+    assert g_keys
+    for k in g_keys:
+        if rt_state["model"][k].is_floating_point():
+            assert torch.equal(rt_state["model"][k], src_state["model"][k]), k

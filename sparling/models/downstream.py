@@ -176,9 +176,20 @@ class DownstreamModel(nn.Module):
         ``max_len`` decoded positions when given)."""
         return [layer.precompute_memory(memory, max_len) for layer in self._decoder_layers]
 
-    def step(self, ids: torch.Tensor, position: int, cache: list[LayerCache]) -> torch.Tensor:
-        """Logits (N, vocab) for one new input id per row (N,) at ``position``; updates cache."""
-        x = self._embed(ids[:, None], position)
+    def step(
+        self,
+        ids: torch.Tensor,
+        position: int,
+        cache: list[LayerCache],
+        encoding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (N, vocab) for one new input id per row (N,) at ``position``; updates cache.
+
+        ``encoding``: the position's sinusoidal encoding (d_model,), if already computed."""
+        if encoding is None:
+            x = self._embed(ids[:, None], position)
+        else:
+            x = self.drop(self.embed(ids[:, None]) + encoding.to(self.embed.weight.dtype))
         for layer, layer_cache in zip(self._decoder_layers, cache, strict=True):
             x = layer.step(x, layer_cache)
         return self.out(self.decoder_norm(x))[:, 0]
@@ -191,7 +202,13 @@ class DownstreamModel(nn.Module):
         every row has emitted EOS, or after ``max_len`` ids. Call in eval mode.
         """
         cache = self.init_cache(memory, max_len)
-        return self._greedy(memory, max_len, lambda ids, t: self.step(ids[:, -1], t, cache))
+        # every position's encoding at once, not one small computation per step
+        table = sinusoidal_encoding(
+            torch.arange(max_len, device=memory.device), self.config.d_model
+        )
+        return self._greedy(
+            memory, max_len, lambda ids, t: self.step(ids[:, -1], t, cache, table[t])
+        )
 
     @torch.inference_mode()
     def greedy_decode_naive(self, memory: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -191,7 +191,8 @@ class DecoderLayer(nn.Module):
     def precompute_memory(self, memory: torch.Tensor, capacity: int | None = None) -> LayerCache:
         """Project the memory's keys/values once per decoded batch; stack the self-attention
         projections; preallocate ``capacity`` self-attention positions when given."""
-        k, v = self.cross_attn.project_kv(memory)
+        # contiguous in the (N, heads, S, dh) layout every step's attention reads
+        k, v = (t.contiguous() for t in self.cross_attn.project_kv(memory))
         sa = self.self_attn
         weight = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
         bias = torch.cat([sa.q_proj.bias, sa.k_proj.bias, sa.v_proj.bias])
