@@ -285,7 +285,10 @@ def mode_sweep(sweep: Any, work: Path, track: bool) -> dict[str, Any]:
                 ),
                 "progress_points": len(pts),
                 "startup_breakdown_s": startup_breakdown(
-                    task_start, _read(run_dirs[run.key] / "progress.json").get("startup"), first, step
+                    task_start,
+                    _read(run_dirs[run.key] / "progress.json").get("startup"),
+                    first,
+                    step,
                 ),
             }
         )
@@ -299,7 +302,10 @@ def mode_sweep(sweep: Any, work: Path, track: bool) -> dict[str, Any]:
 
 
 def startup_breakdown(
-    task_start: float | None, stamps: dict[str, float] | None, first: float | None, step: float | None
+    task_start: float | None,
+    stamps: dict[str, float] | None,
+    first: float | None,
+    step: float | None,
 ) -> dict[str, float] | None:
     """Seconds spent in each stage of a run's start-up, from the Ray task's start to the
     first training step: ``task_to_fit`` (driver task: datasets checked, Ray Train job
@@ -311,8 +317,14 @@ def startup_breakdown(
     if task_start is None or not stamps or any(k not in stamps for k in keys) or first is None:
         return None
     points = [task_start, *(stamps[k] for k in keys), first - (step or 0.0)]
-    names = ("task_to_fit", "fit_to_worker", "worker_imports", "worker_data", "worker_trainer",
-             "trainer_to_first_step")
+    names = (
+        "task_to_fit",
+        "fit_to_worker",
+        "worker_imports",
+        "worker_data",
+        "worker_trainer",
+        "trainer_to_first_step",
+    )
     return {n: round(b - a, 3) for n, a, b in zip(names, points[:-1], points[1:], strict=True)}
 
 
@@ -500,8 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in r.get("per_run", []) if r.get("status") == "ok" else []:
             parts = p.get("startup_breakdown_s") if isinstance(p, dict) else None
             if parts:
-                print(f"{name} {p['name']} start-up (s): "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+                print(
+                    f"{name} {p['name']} start-up (s): "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+                )
     par = modes.get("parallel")
     if par and par.get("status") == "ok":
         a, b = par["1 run x 2 threads"], par["2 runs x 1 thread"]

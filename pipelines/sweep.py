@@ -373,7 +373,9 @@ def _launch_and_watch(
         if source.status == "failed":
             waiting.remove(run)
             outcomes[run.key] = RunOutcome(
-                run.key, run.name, "failed",
+                run.key,
+                run.name,
+                "failed",
                 f"run {source.name} ({run.after}), whose g it retrains, failed",
             )
             display.finished(run, outcomes[run.key])
@@ -408,7 +410,10 @@ def _launch_and_watch(
                 for run in list(waiting):
                     waiting.remove(run)
                     outcomes[run.key] = RunOutcome(
-                        run.key, run.name, "failed", f"waits for run {run.after}, which is not in this sweep's plan"
+                        run.key,
+                        run.name,
+                        "failed",
+                        f"waits for run {run.after}, which is not in this sweep's plan",
                     )
                     display.finished(run, outcomes[run.key])
                 break

@@ -100,7 +100,9 @@ class MethodSpec(_Strict):
             if self.params:
                 raise ValueError("retrained takes no params (its bottleneck is removed)")
         elif self.from_ is not None or self.density is not None:
-            raise ValueError(f"'from' and 'density' belong to {RETRAINED!r} methods, not {self.name!r}")
+            raise ValueError(
+                f"'from' and 'density' belong to {RETRAINED!r} methods, not {self.name!r}"
+            )
         return self
 
     def display(self) -> str:
@@ -375,7 +377,9 @@ def build_sweep(
         after: str | None = None
         if method.name == RETRAINED:
             after = source_keys[(str(method.from_), ci, seed)]
-            ref = f"run:{after}" + ("" if method.density is None else f"@density={method.density!r}")
+            ref = f"run:{after}" + (
+                "" if method.density is None else f"@density={method.density!r}"
+            )
             d["bottleneck"] = {"name": "non-sparse", "params": {}}
             d["init_from"] = ref
             d["freeze_motif_model"] = True

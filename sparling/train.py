@@ -468,8 +468,10 @@ def resolve_init_from(init_from: str, run_dir: Path | None = None) -> Path:
     if init_from.startswith(RUN_REF_PREFIX):
         key, density = parse_run_ref(init_from)
         if run_dir is None:
-            raise TrainingFailed(f"init_from {init_from!r} refers to a run beside this one: "
-                                 "the run's own folder is needed to find it")
+            raise TrainingFailed(
+                f"init_from {init_from!r} refers to a run beside this one: "
+                "the run's own folder is needed to find it"
+            )
         folder = Path(run_dir).parent / key
         if not (folder / "checkpoints").is_dir():
             raise TrainingFailed(

@@ -220,7 +220,9 @@ def test_retrained_starts_from_frozen_g(
 def test_run_reference_errors(data: Any, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a run reference"):
         load_config(tiny_config(init_from="run:nothex@density=2"))
-    cfg = load_config(tiny_config(**{"init_from": "run:0123456789abcdef", "freeze_motif_model": True}))
+    cfg = load_config(
+        tiny_config(**{"init_from": "run:0123456789abcdef", "freeze_motif_model": True})
+    )
     with pytest.raises(TrainingFailed, match="run 0123456789abcdef has no checkpoints"):
         _fit(cfg, data, tmp_path / "retrained")
 
