@@ -362,6 +362,12 @@ def _launch_and_watch(
     pending: dict[Any, PlannedRun] = {}
     display = _Display(todo, work_dir, progress)
 
+    def give_up(run: PlannedRun, reason: str) -> None:
+        """A run that will not start: reported failed, with the reason."""
+        waiting.remove(run)
+        outcomes[run.key] = RunOutcome(run.key, run.name, "failed", reason)
+        display.finished(run, outcomes[run.key])
+
     def blocked(run: PlannedRun) -> bool:
         """Whether ``run`` waits for another run (a Retrained run for its source of g);
         a run whose source failed fails at once, saying so."""
@@ -371,14 +377,7 @@ def _launch_and_watch(
         if source is None:
             return True
         if source.status == "failed":
-            waiting.remove(run)
-            outcomes[run.key] = RunOutcome(
-                run.key,
-                run.name,
-                "failed",
-                f"run {source.name} ({run.after}), whose g it retrains, failed",
-            )
-            display.finished(run, outcomes[run.key])
+            give_up(run, f"run {source.name} ({run.after}), whose g it retrains, failed")
         return False
 
     def submit() -> None:
@@ -408,14 +407,7 @@ def _launch_and_watch(
         while pending or waiting:
             if not pending:  # only blocked runs left, and nothing running that they wait for
                 for run in list(waiting):
-                    waiting.remove(run)
-                    outcomes[run.key] = RunOutcome(
-                        run.key,
-                        run.name,
-                        "failed",
-                        f"waits for run {run.after}, which is not in this sweep's plan",
-                    )
-                    display.finished(run, outcomes[run.key])
+                    give_up(run, f"waits for run {run.after}, which is not in this sweep's plan")
                 break
             done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
             for ref in done:

@@ -178,3 +178,26 @@ def test_sweep_trains_retrained_after_its_source(local_ray: None, tmp_path: Path
     for k in g_keys:
         if rt_state["model"][k].is_floating_point():
             assert torch.equal(rt_state["model"][k], src_state["model"][k]), k
+
+
+def test_retrained_run_fails_when_its_source_fails(local_ray: None, tmp_path: Path) -> None:
+    from pipelines.sweep import run_sweep
+    from pipelines.sweep_spec import build_sweep
+
+    missing = "run:0123456789abcdef"  # the source run refers to a run that does not exist
+    sweep = build_sweep(
+        {
+            "name": "retrained-failing",
+            "base": tiny_config(),
+            "methods": [
+                {"name": "sparling", "set": {"init_from": missing}},
+                {"name": "retrained", "from": "sparling"},
+            ],
+        }
+    )
+    summary = run_sweep(sweep, tmp_path, progress=False, track=False)
+    source, retrained = summary.outcomes
+    assert source.status == "failed" and "0123456789abcdef has no checkpoints" in source.reason
+    assert retrained.status == "failed"
+    assert f"({sweep.runs[0].key}), whose g it retrains, failed" in retrained.reason
+    assert not (tmp_path / "runs" / sweep.runs[1].key).exists()  # never started
