@@ -283,9 +283,14 @@ def run_training(
     checkpoint; a run that already finished returns at once with its result.
     """
     from pipelines.ray_env import ensure_ray
+    from sparling.train import resolve_init_from
 
     work_dir = Path(work_dir).resolve()
     run_dir = run_dir_for(config, work_dir)
+    if config.init_from:
+        # A missing source of g is the config's error, not the worker's: refuse it here,
+        # before Ray Train would start (and retry) a job that cannot succeed.
+        resolve_init_from(config.init_from, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.to_json())
     datasets = prepare_datasets(config, work_dir, progress=progress)
