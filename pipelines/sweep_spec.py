@@ -419,7 +419,8 @@ def describe(sweep: Sweep, done: set[str] | None = None) -> str:
     width = max(len(r.name) for r in sweep.runs)
     for r in sweep.runs:
         state = "done" if r.key in done else "to run"
-        lines.append(f"  {r.key}  {r.name:<{width}}  {state}")
+        after = f"  (after {r.after})" if r.after else ""
+        lines.append(f"  {r.key}  {r.name:<{width}}  {state}{after}")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO, tiny_config
 
 from pipelines import cli
-from pipelines.sweep_spec import SweepError, build_sweep, load_sweep
+from pipelines.sweep_spec import SweepError, build_sweep, describe, load_sweep
 
 
 def _sweep(**kw: Any) -> dict[str, Any]:
@@ -152,6 +152,8 @@ def test_retrained_runs_take_g_from_their_source_run() -> None:
     )
     by_key = {r.key: r for r in sweep.runs}
     retrained = [r for r in sweep.runs if r.after]
+    plan = describe(sweep)
+    assert all(f"(after {r.after})" in plan for r in retrained)
     assert len(sweep.runs) == 16 and len(retrained) == 8
     # sources come first in the plan, so a scheduler can take runs in order
     assert all(sweep.runs.index(by_key[r.after]) < sweep.runs.index(r) for r in retrained)
