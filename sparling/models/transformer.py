@@ -144,8 +144,8 @@ class LayerCache:
 
     memory_k: torch.Tensor
     memory_v: torch.Tensor
-    qkv_weight: torch.Tensor | None = None
-    qkv_bias: torch.Tensor | None = None
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor
     self_k: torch.Tensor | None = None
     self_v: torch.Tensor | None = None
     length: int = 0
@@ -196,7 +196,7 @@ class DecoderLayer(nn.Module):
         sa = self.self_attn
         weight = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
         bias = torch.cat([sa.q_proj.bias, sa.k_proj.bias, sa.v_proj.bias])
-        return LayerCache(k, v, qkv_weight=weight, qkv_bias=bias, capacity=capacity)
+        return LayerCache(k, v, weight, bias, capacity=capacity)
 
     def step(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One new position ``x`` (N, 1, d); appends its self-attention keys/values to ``cache``.
@@ -206,14 +206,10 @@ class DecoderLayer(nn.Module):
         """
         h = self.sub.pre(0, x)
         sa = self.self_attn
-        if cache.qkv_weight is not None and cache.qkv_bias is not None:
-            q, k, v = F.linear(h, cache.qkv_weight, cache.qkv_bias).chunk(3, dim=-1)
-            k, v = cache.append(sa._split(k), sa._split(v))
-            out = F.scaled_dot_product_attention(sa._split(q), k, v)
-            x = self.sub.post(0, x, sa.out_proj(out.transpose(1, 2).reshape(x.shape)))
-        else:
-            k, v = cache.append(*sa.project_kv(h))
-            x = self.sub.post(0, x, sa.attend(h, k, v))
+        q, k, v = F.linear(h, cache.qkv_weight, cache.qkv_bias).chunk(3, dim=-1)
+        k, v = cache.append(sa._split(k), sa._split(v))
+        out = F.scaled_dot_product_attention(sa._split(q), k, v)
+        x = self.sub.post(0, x, sa.out_proj(out.transpose(1, 2).reshape(x.shape)))
         h = self.sub.pre(1, x)
         x = self.sub.post(1, x, self.cross_attn.attend(h, cache.memory_k, cache.memory_v))
         return self.sub.post(2, x, self.ff(self.sub.pre(2, x)))
