@@ -101,7 +101,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         prepare_datasets(config, work_dir, splits=("test",), progress=False)["test"]
     )
     out = Path(args.out) if args.out else checkpoint.parent.parent / "evaluation" / checkpoint.name
-    result = evaluate_checkpoint(checkpoint, test, samples=args.samples, out_dir=out)
+    result = evaluate_checkpoint(
+        checkpoint, test, samples=args.samples, out_dir=out, device=args.device
+    )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -244,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=int, help="test samples to use (default: the whole split)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--out", help="folder for evaluation.json and the figures")
+    ev.add_argument(
+        "--device", default="cpu", help="where to run the model: cpu (default), cuda, cuda:N"
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     sw = sub.add_parser("sweep", help="run a sweep: methods x seeds x fields, tracked in MLflow")

@@ -180,18 +180,26 @@ def _reason(e: BaseException) -> str:
     return text if len(text) < 500 else text[:497] + "..."
 
 
-def evaluate_run(run: PlannedRun, work_dir: Path) -> dict[str, float]:
-    """Evaluate the run's checkpoint at the reported density (or the lowest reached)."""
+def evaluate_run(
+    run: PlannedRun,
+    work_dir: Path,
+    *,
+    test_dir: Path | None = None,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Evaluate the run's checkpoint at the reported density (or the lowest reached) on the
+    test split (``test_dir``: its dataset folder, already generated; by default prepared
+    here), the model on ``device``; writes ``evaluation.json`` and the figures."""
     from sparling import domains
     from sparling.evaluate import evaluate_checkpoint, select_checkpoint
     from sparling.shards import ShardedDataset
 
     run_dir = run_dir_for(run.config, work_dir)
     checkpoint = select_checkpoint(run_dir)
-    test = ShardedDataset(
-        prepare_datasets(run.config, work_dir, splits=("test",), progress=False)["test"]
-    )
-    result = evaluate_checkpoint(checkpoint, test, out_dir=run_dir / "evaluation")
+    if test_dir is None:
+        test_dir = prepare_datasets(run.config, work_dir, splits=("test",), progress=False)["test"]
+    test = ShardedDataset(test_dir)
+    result = evaluate_checkpoint(checkpoint, test, out_dir=run_dir / "evaluation", device=device)
     domain = domains.make(run.config.domain.name, **run.config.domain.params)
     m = result.metrics
     summary = read_json(run_dir / "result.json") or {}

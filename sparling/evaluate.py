@@ -91,14 +91,17 @@ def select_checkpoint(path: Path, density: float | None = None) -> Path:
     return min(above.items())[1]
 
 
-def load_model(checkpoint: Path) -> tuple[SparlingModel, RunConfig, dict[str, Any]]:
-    """The model of a checkpoint, in eval mode, at the density it was saved at."""
+def load_model(
+    checkpoint: Path, device: torch.device | str = "cpu"
+) -> tuple[SparlingModel, RunConfig, dict[str, Any]]:
+    """The model of a checkpoint, in eval mode, at the density it was saved at, on ``device``."""
     config = load_config(Path(checkpoint) / CONFIG_FILE)
     state, meta = load_checkpoint(checkpoint)
     domain = domains.make(config.domain.name, **config.domain.params)
     # The weights come from the checkpoint itself: no need to fetch init_from again.
     model = build_run_model(config.model_copy(update={"init_from": None}), domain)
     model.load_state_dict(state["model"])
+    model.to(device)
     bottleneck: Any = model.bottleneck
     if getattr(bottleneck, "adaptive", False):
         bottleneck.set_density(float(meta["density"]))
@@ -159,9 +162,11 @@ def evaluate_checkpoint(
     samples: int | None = None,
     out_dir: Path | None = None,
     batch_size: int = 64,
+    device: torch.device | str = "cpu",
 ) -> Evaluation:
-    """Evaluate one checkpoint on ``test``; with ``out_dir``, also write the report files."""
-    model, config, meta = load_model(checkpoint)
+    """Evaluate one checkpoint on ``test`` (the model on ``device``); with ``out_dir``, also
+    write the report files."""
+    model, config, meta = load_model(checkpoint, device)
     domain = domains.make(config.domain.name, split="test", **config.domain.params)
     result = evaluate_model(
         model,

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The sweeps this project runs on a GPU lease (no Ray or MLflow there), in one call:
+#
+#   OUT=/some/dir bash bench/gpu_lease.sh        # on the GPU machine, .whl/ carried
+#
+# contrast-gpu (Sparling, ST, L1 at the CPU run's 120,000-sample budget) and
+# sensitivity-gpu (21 runs), --parallel runs at once on the one GPU, stopped at DEADLINE
+# seconds; the finished run folders come back packed as $OUT/runs-<n>.tgz. Then, here:
+#   for f in runs-*.tgz; do tar xzf $f -C sparling-work; done
+#   sparling sweep pipelines/sweeps/sensitivity-gpu.yaml && sparling report sensitivity-gpu
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+{ date -u; nvidia-smi 2>&1 | head -15; nproc; python3 -c "import torch; print(torch.__version__)"; } \
+    >"$OUT/log.txt" 2>&1
+python3 bench/gpu_sweep.py pipelines/sweeps/contrast-gpu.yaml pipelines/sweeps/sensitivity-gpu.yaml \
+    --work-dir /tmp/work --parallel "${PARALLEL:-10}" --threads "${THREADS:-1}" \
+    --deadline "${DEADLINE:-440}" --tar "$OUT/runs" 2>&1 | tee -a "$OUT/log.txt"
+date -u >>"$OUT/log.txt"

@@ -1,0 +1,262 @@
+"""Run a sweep's runs on a machine that has a GPU but neither Ray nor MLflow (the GPU lease).
+
+    python bench/gpu_sweep.py SWEEP.yaml [SWEEP.yaml ...] [--work-dir DIR] [--parallel N]
+        [--threads T] [--device cuda] [--deadline S] [--tar FILE]
+
+The GPU machine lent to a session has PyTorch but no Ray or MLflow, and nothing can be
+installed there beyond a few small wheels. This script does, without Ray, what
+``sparling sweep`` does for each run, and leaves the same files in the same layout:
+
+- the datasets, generated once through the library's shard writer (a process pool
+  instead of Ray tasks; the same files, hashes and manifests);
+- each run trained by the library's :class:`~sparling.train.Trainer` (``--parallel``
+  processes at once sharing the GPU, ``--threads`` torch threads each), its validation
+  metrics spooled to ``metrics.spool.jsonl`` exactly as the Ray Train worker spools them
+  for MLflow, and ``result.json`` written as the worker writes it;
+- each finished run evaluated on its test split (``evaluation.json`` and figures), on
+  the GPU.
+
+Back on a machine with the project installed, unpack the runs into the work dir and run
+``sparling sweep SWEEP.yaml``: every run is found finished on disk, so the sweep only
+creates the MLflow parent and children, sends the spooled metrics and logs the
+evaluations; then ``sparling report`` builds the tables from MLflow as for any sweep.
+
+``--deadline``: seconds after which no run is started and running ones are stopped (they
+keep their last checkpoint; run the script again to resume them), so that a time-limited
+lease always ends with the finished runs evaluated and packed. ``--tar PREFIX``: pack each run's
+folder (without checkpoints, which are 9 MB each for the ``fast`` preset) into
+``PREFIX-1.tgz``, ``PREFIX-2.tgz``, ... of about 12 MB each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _write_shard(args: tuple[Any, ...]) -> Any:
+    from sparling.shards import write_shard
+
+    domain, seed, start, stop, folder, k, n, ds_hash = args
+    return write_shard(domain, seed, start, stop, folder, shard=k, num_shards=n, ds_hash=ds_hash)
+
+
+def generate(config: Any, root: Path, pool: Any) -> dict[str, Path]:
+    """The run's three datasets under ``root`` (as ``prepare_datasets`` names them)."""
+    from sparling.shards import plan_dataset, read_manifest, write_manifest
+
+    d = config.data
+    out = {}
+    for split, count in (("train", d.train_size), ("val", d.val_size), ("test", d.test_size)):
+        shards = max(1, min(d.shards, count))
+        plan = plan_dataset(config.domain.name, config.domain.params, split, d.seed, count, shards)
+        folder = root / plan.folder_name
+        manifest = read_manifest(folder) if folder.is_dir() else None
+        if manifest is None or not manifest.complete:
+            folder.mkdir(parents=True, exist_ok=True)
+            jobs = [
+                (plan.domain, plan.seed, a, b, str(folder), k, plan.shards, plan.dataset_hash)
+                for k, (a, b) in enumerate(plan.ranges)
+            ]
+            infos = pool.map(_write_shard, jobs)
+            write_manifest(folder, plan.manifest(infos))
+        out[split] = folder
+    return out
+
+
+def train_and_evaluate(job: dict[str, Any]) -> None:
+    """One run, in its own process: train (or resume), write result.json, evaluate."""
+    import torch
+
+    from pipelines.sweep import evaluate_run
+    from pipelines.sweep_spec import PlannedRun
+    from sparling.config import RunConfig
+    from sparling.shards import ShardedDataset
+    from sparling.train import Callbacks, make_trainer
+
+    torch.set_num_threads(job["threads"])
+    config = RunConfig.model_validate(job["config"])
+    run_dir = Path(job["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.to_json())
+    spool = run_dir / "metrics.spool.jsonl"
+    progress_path = run_dir / "progress.json"
+    t0 = time.time()
+
+    def on_validation(record: dict[str, Any], _checkpoint: Any) -> None:
+        now = int(time.time() * 1000)
+        numeric = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        step = int(record["samples"])
+        with open(spool, "a") as f:
+            for k, v in numeric.items():
+                if k != "samples":
+                    f.write(json.dumps({"k": k, "v": v, "t": now, "s": step}) + "\n")
+        progress_path.write_text(json.dumps({**numeric, "state": "running"}))
+
+    trainer = make_trainer(
+        config,
+        ShardedDataset(job["train"]),
+        ShardedDataset(job["val"]),
+        run_dir,
+        callbacks=Callbacks(on_validation=on_validation),
+        progress=False,
+        device=job["device"],
+    )
+    result = trainer.fit()
+    summary = {
+        "status": result.status,
+        "samples": result.samples,
+        "density": result.density,
+        "density_checkpoints": result.density_checkpoints,
+        "validations": len(result.history),
+        "wall_seconds": result.wall_seconds,
+        "last": result.history[-1] if result.history else None,
+        "node_id": None,
+        "node_ip": socket.gethostname(),
+        "device": torch.cuda.get_device_name() if job["device"] == "cuda" else "cpu",
+        "process_seconds": time.time() - t0,
+    }
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
+    progress_path.write_text(json.dumps({"state": "finished", "status": result.status}))
+    run = PlannedRun(config=config, method=job["name"], seed=config.seed)
+    evaluate_run(run, Path(job["work_dir"]), test_dir=Path(job["test"]), device=job["device"])
+
+
+def pack(prefix: str, run_dirs: list[Path], part_bytes: int = 12_000_000) -> list[Path]:
+    """Each run folder (no checkpoints) into ``PREFIX-1.tgz``, ``PREFIX-2.tgz``, ...: a new
+    part once one passes ``part_bytes`` (what comes back from the lease is limited per
+    file); unpack them all into the work dir."""
+    parts: list[Path] = []
+    tar = None
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            continue
+        if tar is None or parts[-1].stat().st_size > part_bytes:
+            if tar is not None:
+                tar.close()
+            parts.append(Path(f"{prefix}-{len(parts) + 1}.tgz"))
+            tar = tarfile.open(parts[-1], "w:gz")
+        for f in sorted(run_dir.rglob("*")):
+            rel = f.relative_to(run_dir)
+            if f.is_file() and rel.parts[0] != "checkpoints" and f.suffix != ".lock":
+                tar.add(f, arcname=str(Path("runs") / run_dir.name / rel))
+        tar.fileobj.flush()  # type: ignore[union-attr]
+    if tar is not None:
+        tar.close()
+    for p in parts:
+        print(f"packed {p} ({p.stat().st_size / 1e6:.1f} MB)", flush=True)
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.sweep import run_is_finished
+    from pipelines.sweep_spec import load_sweep
+    from pipelines.train_job import run_dir_for
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweeps", nargs="+", help="sweep YAML files")
+    ap.add_argument("--work-dir", default="sparling-work")
+    ap.add_argument("--parallel", type=int, default=8, help="runs at once")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--deadline", type=float, default=None, help="seconds; see the docstring")
+    ap.add_argument(
+        "--tar", default=None, help="pack the run folders (no checkpoints) into TAR-<n>.tgz"
+    )
+    args = ap.parse_args(argv)
+    start = time.monotonic()
+    work_dir = Path(args.work_dir).resolve()
+    runs = []
+    for path in args.sweeps:
+        sweep = load_sweep(path)
+        for run in sweep.runs:
+            if run.after:
+                raise SystemExit(f"{path}: run {run.name} depends on another run; not supported")
+            runs.append((sweep.spec.name, run))
+    todo = [(s, r) for s, r in runs if not run_is_finished(r.config, work_dir)]
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
+
+    ctx = mp.get_context("spawn")
+    jobs = []
+    with ctx.Pool(os.cpu_count() or 1) as pool:
+        data: dict[str, dict[str, Path]] = {}
+        for _, run in todo:
+            c = run.config
+            key = json.dumps([c.domain.model_dump(mode="json"), c.data.model_dump(mode="json")])
+            if key not in data:
+                root = Path(c.data.root) if c.data.root else work_dir / "data"
+                data[key] = generate(c, root.resolve(), pool)
+            paths = data[key]
+            jobs.append(
+                {
+                    "name": f"{run.key[:8]} {run.name}",
+                    "config": c.model_dump(mode="json"),
+                    "run_dir": str(run_dir_for(c, work_dir)),
+                    "work_dir": str(work_dir),
+                    "train": str(paths["train"]),
+                    "val": str(paths["val"]),
+                    "test": str(paths["test"]),
+                    "threads": args.threads,
+                    "device": args.device,
+                }
+            )
+    print(f"datasets ready at {time.monotonic() - start:.0f} s", flush=True)
+
+    pending = list(jobs)
+    running: dict[str, tuple[Any, dict[str, Any], float]] = {}
+    outcome: dict[str, str] = {}
+    while pending or running:
+        late = args.deadline is not None and time.monotonic() - start > args.deadline
+        while pending and len(running) < args.parallel and not late:
+            job = pending.pop(0)
+            p = ctx.Process(target=train_and_evaluate, args=(job,), name=job["name"])
+            p.start()
+            running[job["name"]] = (p, job, time.monotonic())
+        for name, (p, _job, t) in list(running.items()):
+            if not p.is_alive():
+                p.join()
+                ok = p.exitcode == 0
+                outcome[name] = "finished" if ok else f"failed (exit {p.exitcode})"
+                print(f"{name}: {outcome[name]} in {time.monotonic() - t:.0f} s", flush=True)
+                del running[name]
+            elif late:
+                p.terminate()
+                p.join()
+                outcome[name] = "stopped at the deadline"
+                print(f"{name}: {outcome[name]}", flush=True)
+                del running[name]
+        if late:
+            for job in pending:
+                outcome[job["name"]] = "not started (deadline)"
+            pending = []
+        if running:
+            progress = []
+            for name, (_p, job, _t) in running.items():
+                try:
+                    info = json.loads((Path(job["run_dir"]) / "progress.json").read_text())
+                    progress.append(f"{name[:8]}@{int(info.get('samples', 0))}")
+                except (OSError, ValueError):
+                    progress.append(f"{name[:8]}@start")
+            print(f"[{time.monotonic() - start:.0f} s] " + " ".join(progress), flush=True)
+            time.sleep(10)
+    done = sum(v == "finished" for v in outcome.values())
+    print(f"{done}/{len(jobs)} runs finished in {time.monotonic() - start:.0f} s", flush=True)
+
+    if args.tar:
+        pack(args.tar, [run_dir_for(r.config, work_dir) for _, r in runs])
+    return 0 if done == len(jobs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
