@@ -31,6 +31,7 @@ folder (without checkpoints, which are 9 MB each for the ``fast`` preset) into
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mp.get_context("spawn")
     jobs = []
-    with ctx.Pool(os.cpu_count() or 1) as pool:
+    with ctx.Pool(min(os.cpu_count() or 1, 16)) if todo else contextlib.nullcontext() as pool:
         data: dict[str, dict[str, Path]] = {}
         for _, run in todo:
             c = run.config

@@ -444,8 +444,10 @@ def _record(client: MlflowClient, run: Run, fields: Sequence[str], notes: list[s
         method=tags.get(TAG_METHOD, "?"),
         domain=tags.get(TAG_DOMAIN, "?"),
         seed=seed,
-        # Only the parent's swept fields, in its order; a field a run lacks stays None.
-        swept={f: swept.get(f) for f in fields},
+        # Only the parent's swept fields, in its order. A field a run does not vary (the
+        # other fields of a one-at-a-time ``vary`` axis) has its config's value, read from
+        # the run's params (the resolved config); without one it stays None.
+        swept={f: swept[f] if f in swept else _param(run.data.params, f) for f in fields},
         status=status,
         failure=tags.get(TAG_FAILURE) or (None if status != "failed" else "(no reason logged)"),
         metrics=dict(run.data.metrics),
@@ -453,6 +455,16 @@ def _record(client: MlflowClient, run: Run, fields: Sequence[str], notes: list[s
         history=_history(client, run) if status == "finished" else (),
         start_time=run.info.start_time or 0,
     )
+
+
+def _param(params: dict[str, str] | None, key: str) -> Any:
+    """A logged param as the value it was (params are JSON text, strings as they are)."""
+    if not params or key not in params:
+        return None
+    try:
+        return json.loads(params[key])
+    except ValueError:
+        return params[key]
 
 
 def _deduplicate(records: list[RunRecord], notes: list[str]) -> list[RunRecord]:
@@ -555,6 +567,30 @@ def _group(runs: Iterable[RunRecord], fields: Sequence[str]) -> list[GroupSummar
         )
     out.sort(key=lambda g: (_natural(g.method), tuple(_value_key(v) for v in g.swept.values())))
     return out
+
+
+def _balanced(runs: Sequence[RunRecord], f: str, fields: Sequence[str]) -> list[RunRecord]:
+    """The runs that compare values of ``f`` fairly: those whose method and other swept
+    fields take values that occur with every value of ``f``.
+
+    For crossed axes that is every run (pooled over the others); for a one-at-a-time
+    ``vary`` axis it is the runs varying ``f`` and the base runs, not the runs that vary
+    another field (whose ``f`` is the base value). If no combination of the others occurs
+    with every value, all runs are pooled.
+    """
+    others = [o for o in fields if o != f]
+
+    def rest(r: RunRecord) -> str:
+        return json.dumps([r.method] + [r.swept.get(o) for o in others], sort_keys=True)
+
+    values_of = defaultdict(set)
+    every: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        v = json.dumps(r.swept.get(f), sort_keys=True)
+        every[r.method].add(v)
+        values_of[rest(r)].add(v)
+    keep = [r for r in runs if values_of[rest(r)] == every[r.method]]
+    return keep or list(runs)
 
 
 def _curve(group: GroupSummary) -> list[CurvePoint]:
@@ -978,7 +1014,12 @@ def _markdown(report: Report, plots: dict[str, Path]) -> str:
         out += [f"## Sensitivity: {f}", ""]
         others = [o for o in report.swept_fields if o != f]
         if others:
-            out += [f"Pooled over the other swept fields ({', '.join(others)}).", ""]
+            out += [
+                f"Other swept fields ({', '.join(others)}): the runs whose values of them "
+                f"occur with every value of {f} (pooled over them when the axes are crossed; "
+                "the base runs when each field is varied alone).",
+                "",
+            ]
         out += [_md_table(report.tables[_sensitivity_name(f)]), ""]
         if f"sensitivity:{f}" in plots:
             rel = plots[f"sensitivity:{f}"].relative_to(report.out_dir).as_posix()
@@ -1289,7 +1330,7 @@ def build_report(
         swept_fields=fields,
         runs=runs,
         groups=groups,
-        sensitivity={f: _group(runs, [f]) for f in fields},
+        sensitivity={f: _group(_balanced(runs, f, fields), [f]) for f in fields},
         curves={g.label: _curve(g) for g in groups},
         counts=counts,
         out_dir=out_dir,

@@ -564,3 +564,38 @@ def test_passwords_in_the_tracking_uri_are_not_written(report: Report) -> None:
     with pytest.raises(SparlingError) as e:
         build_report("file://me:s3cret@localhost/nowhere", EXPERIMENT, SWEEP, Path("unused"))
     assert "s3cret" not in str(e.value)
+
+
+def test_one_at_a_time_sensitivity_compares_each_value_with_the_base_runs() -> None:
+    """A ``vary`` axis: runs that vary another field are left out of a field's table."""
+    from pipelines.report import RunRecord, _balanced, _group, _param
+
+    def run(m: float, d: float, seed: int) -> RunRecord:
+        return RunRecord(
+            mlflow_run_id=f"r{m}{d}{seed}",
+            run_id=f"{m}{d}{seed}",
+            method="sparling",
+            domain="digit-circle",
+            seed=seed,
+            swept={"m": m, "d": d},
+            status="finished",
+            failure=None,
+            metrics={"test_ce": m + d},
+        )
+
+    base = [run(0.1, 0.75, s) for s in (0, 1)]
+    vary_m = [run(m, 0.75, s) for m in (0.03, 0.3) for s in (0, 1)]
+    vary_d = [run(0.1, d, s) for d in (0.5, 0.9) for s in (0, 1)]
+    runs = base + vary_m + vary_d
+    by_m = _group(_balanced(runs, "m", ["m", "d"]), ["m"])
+    assert [(g.swept["m"], g.n_seeds) for g in by_m] == [(0.03, 2), (0.1, 2), (0.3, 2)]
+    mid = by_m[1].stats["ce"]
+    assert mid is not None and mid.mean == pytest.approx(0.85)  # the base runs only
+    by_d = _group(_balanced(runs, "d", ["m", "d"]), ["d"])
+    assert [(g.swept["d"], g.n_seeds) for g in by_d] == [(0.5, 2), (0.75, 2), (0.9, 2)]
+    # pooling everything would have put 6 runs at m=0.1
+    assert [g.n_seeds for g in _group(runs, ["m"])] == [2, 6, 2]
+    # params are JSON text (strings as they are); a run's unvaried field is read from them
+    assert _param({"schedule.delta_update": "0.75"}, "schedule.delta_update") == 0.75
+    assert _param({"bottleneck.name": "sparling"}, "bottleneck.name") == "sparling"
+    assert _param({}, "x") is None and _param(None, "x") is None
