@@ -129,7 +129,9 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         "process_seconds": time.time() - t0,
     }
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
-    progress_path.write_text(json.dumps({"state": "finished", "status": result.status}))
+    progress_path.write_text(
+        json.dumps({"samples": result.samples, "state": "finished", "status": result.status})
+    )
     run = PlannedRun(config=config, method=job["name"], seed=config.seed)
     evaluate_run(run, Path(job["work_dir"]), test_dir=Path(job["test"]), device=job["device"])
 
