@@ -82,6 +82,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
 
     from pipelines.sweep import evaluate_run
     from pipelines.sweep_spec import PlannedRun
+    from pipelines.train_job import write_result
     from sparling.config import RunConfig
     from sparling.shards import ShardedDataset
     from sparling.train import Callbacks, make_trainer
@@ -115,20 +116,14 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         device=job["device"],
     )
     result = trainer.fit()
-    summary = {
-        "status": result.status,
-        "samples": result.samples,
-        "density": result.density,
-        "density_checkpoints": result.density_checkpoints,
-        "validations": len(result.history),
-        "wall_seconds": result.wall_seconds,
-        "last": result.history[-1] if result.history else None,
-        "node_id": None,
-        "node_ip": socket.gethostname(),
-        "device": torch.cuda.get_device_name() if job["device"] == "cuda" else "cpu",
-        "process_seconds": time.time() - t0,
-    }
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_result(
+        run_dir,
+        result,
+        node_id=None,
+        node_ip=socket.gethostname(),
+        device=torch.cuda.get_device_name() if job["device"] == "cuda" else "cpu",
+        process_seconds=time.time() - t0,
+    )
     progress_path.write_text(
         json.dumps({"samples": result.samples, "state": "finished", "status": result.status})
     )

@@ -207,20 +207,29 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if logger is not None:
         logger.close()
     if rank == 0:
-        summary = {
-            "status": result.status,
-            "samples": result.samples,
-            "density": result.density,
-            "density_checkpoints": result.density_checkpoints,
-            "validations": len(result.history),
-            "wall_seconds": result.wall_seconds,
-            "last": result.history[-1] if result.history else None,
-            # where rank 0 ran: on a cluster, which node took the run
+        # where rank 0 ran: on a cluster, which node took the run
+        where = {
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),
         }
-        (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
+        write_result(run_dir, result, **where)
         progress({"state": "finished", "status": result.status}, force=True)
+
+
+def write_result(run_dir: Path, result: Any, **extra: Any) -> dict[str, Any]:
+    """``result.json``: how a run ended (a :class:`sparling.train.RunResult`) plus ``extra``."""
+    summary = {
+        "status": result.status,
+        "samples": result.samples,
+        "density": result.density,
+        "density_checkpoints": result.density_checkpoints,
+        "validations": len(result.history),
+        "wall_seconds": result.wall_seconds,
+        "last": result.history[-1] if result.history else None,
+        **extra,
+    }
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
 
 
 # -- the driver side -------------------------------------------------------------------------
