@@ -1138,7 +1138,9 @@ def _plot_ce(report: Report, path: Path) -> bool:
     colours = _method_colours(report.groups)
     # Horizontal: group labels such as "l1(coefficient=1.0) (delta_update=0.75)" stay
     # readable however many groups there are, in the main table's order top to bottom.
-    fig = Figure(figsize=(9, 1.6 + 0.45 * len(groups)), layout="constrained")
+    # Wide enough for the longest label beside a readable axis.
+    width = max(9.0, 5.0 + 0.075 * max(len(g.label) for g in groups))
+    fig = Figure(figsize=(width, 1.6 + 0.45 * len(groups)), layout="constrained")
     ax = fig.subplots()
     for y, g in enumerate(groups):
         iv = g.stats["ce"]
@@ -1164,7 +1166,9 @@ def _plot_ce(report: Report, path: Path) -> bool:
     ax.set_xlim(left=0)
     ax.margins(x=0.15)
     ax.set_xlabel("test CE (%)")
-    ax.set_title(
+    # On the figure, not the axes: a title over the axes alone is cut off when the
+    # labels take most of the width.
+    fig.suptitle(
         f"Sweep {report.sweep_name}: classification error (CE) per group\n"
         f"mean over seeds, {CONFIDENCE:.0%} bootstrap interval"
     )
