@@ -39,6 +39,7 @@ import socket
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +54,34 @@ def _write_shard(args: tuple[Any, ...]) -> Any:
     return write_shard(domain, seed, start, stop, folder, shard=k, num_shards=n, ds_hash=ds_hash)
 
 
-def generate(config: Any, root: Path, pool: Any) -> dict[str, Path]:
-    """The run's three datasets under ``root`` (as ``prepare_datasets`` names them)."""
+def local_generator(pool: Any) -> Callable[..., Path]:
+    """A dataset generator for ``prepare_datasets`` that writes the shards in ``pool``
+    (processes) instead of Ray tasks: the same files, hashes and manifest."""
     from sparling.shards import plan_dataset, read_manifest, write_manifest
 
-    d = config.data
-    out = {}
-    for split, count in (("train", d.train_size), ("val", d.val_size), ("test", d.test_size)):
-        shards = max(1, min(d.shards, count))
-        plan = plan_dataset(config.domain.name, config.domain.params, split, d.seed, count, shards)
-        folder = root / plan.folder_name
-        manifest = read_manifest(folder) if folder.is_dir() else None
+    def generate(
+        domain: str,
+        params: dict[str, Any],
+        split: str,
+        seed: int,
+        count: int,
+        shards: int,
+        out: Path,
+        *,
+        progress: bool = True,
+    ) -> Path:
+        plan = plan_dataset(domain, params, split, seed, count, shards)
+        manifest = read_manifest(out) if out.is_dir() else None
         if manifest is None or not manifest.complete:
-            folder.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
             jobs = [
-                (plan.domain, plan.seed, a, b, str(folder), k, plan.shards, plan.dataset_hash)
+                (plan.domain, plan.seed, a, b, str(out), k, plan.shards, plan.dataset_hash)
                 for k, (a, b) in enumerate(plan.ranges)
             ]
-            infos = pool.map(_write_shard, jobs)
-            write_manifest(folder, plan.manifest(infos))
-        out[split] = folder
-    return out
+            write_manifest(out, plan.manifest(pool.map(_write_shard, jobs)))
+        return out
+
+    return generate
 
 
 def train_and_evaluate(job: dict[str, Any]) -> None:
@@ -82,6 +90,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
 
     from pipelines.sweep import evaluate_run
     from pipelines.sweep_spec import PlannedRun
+    from pipelines.tracking import append_to_spool
     from pipelines.train_job import write_result
     from sparling.config import RunConfig
     from sparling.shards import ShardedDataset
@@ -97,13 +106,9 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     t0 = time.time()
 
     def on_validation(record: dict[str, Any], _checkpoint: Any) -> None:
-        now = int(time.time() * 1000)
         numeric = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
-        step = int(record["samples"])
-        with open(spool, "a") as f:
-            for k, v in numeric.items():
-                if k != "samples":
-                    f.write(json.dumps({"k": k, "v": v, "t": now, "s": step}) + "\n")
+        points = {k: v for k, v in numeric.items() if k != "samples"}
+        append_to_spool(spool, points, int(record["samples"]), int(time.time() * 1000))
         progress_path.write_text(json.dumps({**numeric, "state": "running"}))
 
     trainer = make_trainer(
@@ -160,7 +165,7 @@ def pack(prefix: str, run_dirs: list[Path], part_bytes: int = 12_000_000) -> lis
 def main(argv: list[str] | None = None) -> int:
     from pipelines.sweep import run_is_finished
     from pipelines.sweep_spec import load_sweep
-    from pipelines.train_job import run_dir_for
+    from pipelines.train_job import prepare_datasets, run_dir_for
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweeps", nargs="+", help="sweep YAML files")
@@ -177,24 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(args.work_dir).resolve()
     runs = []
     for path in args.sweeps:
-        sweep = load_sweep(path)
-        for run in sweep.runs:
+        for run in load_sweep(path).runs:
             if run.after:
                 raise SystemExit(f"{path}: run {run.name} depends on another run; not supported")
-            runs.append((sweep.spec.name, run))
-    todo = [(s, r) for s, r in runs if not run_is_finished(r.config, work_dir)]
+            runs.append(run)
+    todo = [r for r in runs if not run_is_finished(r.config, work_dir)]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
 
     ctx = mp.get_context("spawn")
     jobs = []
     with ctx.Pool(min(os.cpu_count() or 1, 16)) if todo else contextlib.nullcontext() as pool:
         data: dict[str, dict[str, Path]] = {}
-        for _, run in todo:
+        for run in todo:
             c = run.config
             key = json.dumps([c.domain.model_dump(mode="json"), c.data.model_dump(mode="json")])
             if key not in data:
-                root = Path(c.data.root) if c.data.root else work_dir / "data"
-                data[key] = generate(c, root.resolve(), pool)
+                data[key] = prepare_datasets(c, work_dir, generate=local_generator(pool))
             paths = data[key]
             jobs.append(
                 {
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{done}/{len(jobs)} runs finished in {time.monotonic() - start:.0f} s", flush=True)
 
     if args.tar:
-        pack(args.tar, [run_dir_for(r.config, work_dir) for _, r in runs])
+        pack(args.tar, [run_dir_for(r.config, work_dir) for r in runs])
     return 0 if done == len(jobs) else 1
 
 

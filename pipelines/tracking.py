@@ -1400,6 +1400,16 @@ class _Rest:
         return data
 
 
+def append_to_spool(path: Path, metrics: Mapping[str, float], step: int, timestamp_ms: int) -> None:
+    """Append ``metrics`` at ``step`` to a metric spool (JSON lines), the file a
+    :class:`MetricLogger` on the same run and spool sends first. Needs no MLflow: a
+    machine without it (the GPU lease of ``bench/gpu_sweep.py``) spools this way too."""
+    with open(path, "a") as f:
+        for key, value in metrics.items():
+            point = {"k": key, "v": float(value), "t": int(timestamp_ms), "s": int(step)}
+            f.write(json.dumps(point) + "\n")
+
+
 class MetricLogger:
     """Metrics of one run, sent in batches from a background thread; nothing is lost.
 
@@ -1528,9 +1538,7 @@ class MetricLogger:
             if not new:
                 return 0
             if self.spool is not None:
-                with open(self.spool, "a") as f:
-                    for m in new:
-                        f.write(json.dumps({"k": m.key, "v": m.value, "t": ts, "s": m.step}) + "\n")
+                append_to_spool(self.spool, {m.key: m.value for m in new}, int(step), ts)
             self._buffer.extend(new)
             self._cond.notify_all()
         return len(new)

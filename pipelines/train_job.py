@@ -20,6 +20,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,20 @@ def prepare_datasets(
     *,
     progress: bool = True,
     splits: tuple[str, ...] = ("train", "val", "test"),
+    generate: Callable[..., Path] | None = None,
 ) -> dict[str, Path]:
-    """Generate (or find, verified) the datasets a run reads; returns split -> folder."""
-    from pipelines.generate import generate_dataset
+    """Generate (or find, verified) the datasets a run reads; returns split -> folder.
+
+    ``generate``: what makes one dataset, with the signature of
+    :func:`pipelines.generate.generate_dataset` (the default: Ray tasks, one per shard).
+    """
     from sparling.shards import dataset_dir
+
+    make = generate
+    if make is None:
+        from pipelines.generate import generate_dataset
+
+        make = generate_dataset
 
     d = config.data
     root = (Path(d.root) if d.root else Path(work_dir) / "data").resolve()
@@ -62,7 +73,7 @@ def prepare_datasets(
         shards = max(1, min(d.shards, count))
         params = dict(config.domain.params)
         folder = dataset_dir(root, config.domain.name, params, split, d.seed, count, shards)
-        out[split] = generate_dataset(
+        out[split] = make(
             config.domain.name, params, split, d.seed, count, shards, folder, progress=progress
         )
     return out
