@@ -27,24 +27,6 @@ import benchlib
 from benchlib import REPO, RESULTS
 
 
-class Generated:
-    """``size`` samples of a domain split, generated when first asked for (and kept)."""
-
-    def __init__(self, domain: Any, seed: int, size: int) -> None:
-        self.domain, self.seed, self.size = domain, seed, size
-        self._cache: dict[int, Any] = {}
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> Any:
-        if not 0 <= index < self.size:
-            raise IndexError(index)
-        if index not in self._cache:
-            self._cache[index] = self.domain.sample(self.seed, index)
-        return self._cache[index]
-
-
 class _TimeUp(Exception):
     pass
 
@@ -55,6 +37,7 @@ def probe(
 
     from sparling import domains
     from sparling.evaluate import evaluate_model
+    from sparling.scoring import GeneratedSamples as Generated
     from sparling.train import Callbacks, make_trainer
 
     def split(name: str, size: int) -> Generated:

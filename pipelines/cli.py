@@ -84,15 +84,76 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sparling.export import export_model
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must name a .safetensors file, got {out}")
+    meta = export_model(Path(args.path), out, density=args.density)
+    print(
+        f"exported {meta['checkpoint']} of run {meta['run_id']} (density "
+        f"{float(meta['density']):.3e}, {meta['samples']} training samples) to {out} "
+        f"({out.stat().st_size / 1e6:.1f} MB)"
+    )
+    return 0
+
+
+def _print_evaluation(result: Any, where: str, out: Path, as_json: bool) -> None:
     import json
 
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    m = result.metrics
+    print(
+        f"{where} (density {m['checkpoint_density']:.3e}, "
+        f"{int(m['checkpoint_samples'])} training samples)"
+    )
+    print(
+        f"test samples {int(m['samples'])}: FPE {m['fpe']:.2%}  FNE {m['fne']:.2%}  "
+        f"CE {m['ce']:.2%}  E2EE {m['e2ee']:.2%}  exact match {m['accuracy']:.2%}  "
+        f"measured density {m['density']:.3e}"
+    )
+    print(f"report: {out}")
+
+
+def _evaluate_file(args: argparse.Namespace) -> int:
+    """``sparling evaluate FILE.safetensors``: score an exported model on test images
+    generated now (the test split of the model's data seed, or ``--data-seed``)."""
+    from sparling import domains
+    from sparling.evaluate import evaluate_model, write_report
+    from sparling.export import load_model
+    from sparling.scoring import GeneratedSamples
+
+    path = Path(args.path)
+    model = load_model(path, device=args.device)
+    config = model.run_config
+    seed = config.data.seed if args.data_seed is None else args.data_seed
+    domain = domains.make(config.domain.name, split="test", **config.domain.params)
+    test = GeneratedSamples(domain, seed, args.samples or config.data.test_size)
+    result = evaluate_model(model, domain, test, max_len=config.max_output_len, checkpoint=path)
+    result.metrics["checkpoint_density"] = float(model.export_metadata["density"])
+    result.metrics["checkpoint_samples"] = float(model.export_metadata["samples"])
+    out = Path(args.out) if args.out else Path(args.work_dir) / "evaluation" / path.stem
+    write_report(result, domain, out)
+    _print_evaluation(result, f"model {path}", out, args.json)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.train_job import prepare_datasets
     from sparling.checkpoint import CONFIG_FILE
     from sparling.config import load_config
     from sparling.evaluate import evaluate_checkpoint, select_checkpoint
     from sparling.shards import ShardedDataset
 
+    if Path(args.path).suffix == ".safetensors":
+        if args.density is not None:
+            raise UsageError("--density selects among a run's checkpoints; a file has one")
+        return _evaluate_file(args)
+    if args.data_seed is not None:
+        raise UsageError("--data-seed applies to an exported .safetensors file only")
     checkpoint = select_checkpoint(Path(args.path), args.density)
     config = load_config(checkpoint / CONFIG_FILE)
     # A checkpoint lives in <work_dir>/runs/<id>/checkpoints/<name>.
@@ -104,19 +165,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         checkpoint, test, samples=args.samples, out_dir=out, device=args.device
     )
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-        return 0
-    m = result.metrics
-    print(
-        f"checkpoint {checkpoint} (density {m['checkpoint_density']:.3e}, "
-        f"{int(m['checkpoint_samples'])} training samples)"
-    )
-    print(
-        f"test samples {int(m['samples'])}: FPE {m['fpe']:.2%}  FNE {m['fne']:.2%}  "
-        f"CE {m['ce']:.2%}  E2EE {m['e2ee']:.2%}  measured density {m['density']:.3e}"
-    )
-    print(f"report: {out}")
+    _print_evaluation(result, f"checkpoint {checkpoint}", out, args.json)
     return 0
 
 
@@ -240,8 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
 
-    ev = sub.add_parser("evaluate", help="motif errors, E2EE and figures for a run or checkpoint")
-    ev.add_argument("path", help="a run folder (sparling-work/runs/ID) or a checkpoint folder")
+    ev = sub.add_parser(
+        "evaluate", help="motif errors, E2EE and figures for a run, checkpoint or exported model"
+    )
+    ev.add_argument(
+        "path",
+        help="a run folder (sparling-work/runs/ID), a checkpoint folder, or an exported "
+        "model (.safetensors, scored on test images generated now)",
+    )
     ev.add_argument("--density", type=float, help="evaluate the run's checkpoint at this density")
     ev.add_argument("--samples", type=int, help="test samples to use (default: the whole split)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -249,7 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--device", default="cpu", help="where to run the model: cpu (default), cuda, cuda:N"
     )
+    ev.add_argument(
+        "--data-seed", type=int, help="exported models: the test images' seed (default: its run's)"
+    )
+    ev.add_argument("--work-dir", default="sparling-work", help="exported models: report folder")
     ev.set_defaults(func=_cmd_evaluate)
+
+    ex = sub.add_parser("export", help="write a run's model as one safetensors file")
+    ex.add_argument("path", help="a run folder (sparling-work/runs/ID) or a checkpoint folder")
+    ex.add_argument("--density", type=float, help="the run's checkpoint at this density")
+    ex.add_argument("--out", required=True, help="the file to write (.safetensors)")
+    ex.set_defaults(func=_cmd_export)
 
     sw = sub.add_parser("sweep", help="run a sweep: methods x seeds x fields, tracked in MLflow")
     sw.add_argument("file", help="a sweep YAML file, or a shipped sweep's name (quickstart, ...)")

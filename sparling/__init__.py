@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .bottlenecks import Bottleneck, bottleneck_names, make_bottleneck
+    from .export import export_model, load_model
     from .schedule import AdaptiveSparsitySchedule
     from .seeding import set_seed
     from .sparsity import SpatialSparsity
@@ -25,6 +26,8 @@ _EXPORTS = {
     "Bottleneck": "bottlenecks",
     "SpatialSparsity": "sparsity",
     "bottleneck_names": "bottlenecks",
+    "export_model": "export",
+    "load_model": "export",
     "make_bottleneck": "bottlenecks",
     "set_seed": "seeding",
 }
@@ -34,6 +37,8 @@ __all__ = [
     "Bottleneck",
     "SpatialSparsity",
     "bottleneck_names",
+    "export_model",
+    "load_model",
     "make_bottleneck",
     "set_seed",
 ]

@@ -19,6 +19,28 @@ class SampleSource(Protocol):
     def __getitem__(self, index: int) -> Sample: ...
 
 
+class GeneratedSamples:
+    """``size`` samples of a domain split, generated when first asked for (and kept): a
+    :class:`SampleSource` that needs no dataset on disk. The samples are the same pure
+    function of (seed, index) that the sharded generator writes."""
+
+    def __init__(self, domain: Domain, seed: int, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.domain, self.seed, self.size = domain, seed, size
+        self._cache: dict[int, Sample] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} samples")
+        if index not in self._cache:
+            self._cache[index] = self.domain.sample(self.seed, index)
+        return self._cache[index]
+
+
 class MotifModel(Protocol):
     def motifs(self, x: torch.Tensor) -> torch.Tensor: ...
 

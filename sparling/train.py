@@ -221,13 +221,15 @@ class Trainer:
         self.density_checkpoints = dict(state["density_checkpoints"])
         self._apply_density(self.schedule.density)
 
-    def save(self, name: str) -> Path | None:
+    def save(self, name: str, density: float | None = None) -> Path | None:
+        """Write checkpoint ``name``; ``density``: the density its model was trained and
+        validated at (default: the schedule's current one)."""
         if self.rank != 0:  # data-parallel replicas hold the same state: one writer
             return None
         meta = {
             "run_id": self.config.run_id(),
             "samples": self.samples,
-            "density": self.schedule.density,
+            "density": self.schedule.density if density is None else density,
             "name": name,
         }
         folder = self.run_dir / "checkpoints" / name
@@ -354,7 +356,8 @@ class Trainer:
             self.density_checkpoints[f"{before:.6e}"] = name
             record["density_checkpoint"] = name
             record.update(self.motif_scores())
-            self.save(name)
+            # labelled with the density it reached the bar at, not the next one
+            self.save(name, density=before)
         self._apply_density(after)
         record["next_density"] = after
         self.history.append(record)

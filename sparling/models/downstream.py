@@ -8,11 +8,13 @@ predicts the tokens: teacher-forced for training, greedy with cached states for 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -46,6 +48,15 @@ class DownstreamConfig(BaseModel):
     """Images only: a bidirectional LSTM (hidden ``d_model/2`` per direction) along each
     pooled row, which gives the encoder horizontal position; without it a 2-D sinusoidal
     encoding does. Must be false for audio."""
+    position: Literal["sinusoid", "fourier"] = "sinusoid"
+    """How the encoder is told where each pooled cell is. ``sinusoid`` (the paper): the
+    Transformer's encoding of the integer row index (with the row LSTM) or of the row and
+    column indices (without it; audio: of the frame index), added. ``fourier``: Fourier
+    features of the cell centre's continuous coordinates (each axis scaled to [0, 1]),
+    ``fourier_bands`` octaves per axis, through a learned linear map, added (after the
+    row LSTM where there is one)."""
+    fourier_bands: int = Field(default=6, ge=1, le=16)
+    """Octaves per axis of the ``fourier`` encoding: frequencies pi * 2**k, k < bands."""
     pool: int = Field(default=8, ge=1)
     """Max-pool kernel (and stride) after the re-embedding, per spatial axis."""
     norm_first: bool = False
@@ -60,7 +71,7 @@ class DownstreamConfig(BaseModel):
             )
         if self.d_model % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
-        if not self.row_lstm and self.d_model % 4:
+        if not self.row_lstm and self.position == "sinusoid" and self.d_model % 4:
             raise ValueError(
                 f"d_model must be a multiple of 4 when row_lstm is false (half the channels "
                 f"encode the row, half the column), got {self.d_model}"
@@ -95,6 +106,10 @@ class DownstreamModel(nn.Module):
         self.row_lstm = (
             nn.LSTM(d, d // 2, bidirectional=True, batch_first=True) if config.row_lstm else None
         )
+        #: the fourier encoding's map from (2 * axes * bands) features to d_model
+        self.position_proj = (
+            nn.Linear(2 * dims * config.fourier_bands, d) if config.position == "fourier" else None
+        )
         self.drop = nn.Dropout(config.dropout)
         args = (d, config.heads, config.ff, config.dropout, config.norm_first)
         self.encoder = nn.ModuleList(EncoderLayer(*args) for _ in range(config.encoder_layers))
@@ -119,7 +134,10 @@ class DownstreamModel(nn.Module):
         d = self.config.d_model
         if self.dims == 1:
             z = z.transpose(1, 2)  # (N, L, d)
-            z = z + sinusoidal_encoding(torch.arange(z.shape[1], device=z.device), d, z.dtype)
+            if self.position_proj is None:
+                z = z + sinusoidal_encoding(torch.arange(z.shape[1], device=z.device), d, z.dtype)
+            else:
+                z = z + self._fourier(z.shape[1:2], z.dtype)
         else:
             n, _, rows, cols = z.shape
             z = z.permute(0, 2, 3, 1)  # (N, H, W, d)
@@ -128,6 +146,9 @@ class DownstreamModel(nn.Module):
                 # row a feature is, and the added encoding tells it which row.
                 z, _ = self.row_lstm(z.reshape(n * rows, cols, d))
                 z = z.reshape(n, rows, cols, d)
+            if self.position_proj is not None:
+                z = z + self._fourier((rows, cols), z.dtype).view(rows, cols, d)
+            elif self.row_lstm is not None:
                 pe = sinusoidal_encoding(torch.arange(rows, device=z.device), d, z.dtype)
                 z = z + pe[None, :, None, :]
             else:
@@ -143,6 +164,13 @@ class DownstreamModel(nn.Module):
         for layer in self.encoder:
             z = layer(z)
         return self.encoder_norm(z)
+
+    def _fourier(self, grid: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The ``fourier`` encoding of every cell of a pooled ``grid``, row-major: (S, d)."""
+        assert self.position_proj is not None
+        device = self.position_proj.weight.device
+        coords = fourier_coordinates(grid, device)
+        return self.position_proj(fourier_features(coords, self.config.fourier_bands)).to(dtype)
 
     # -- decoder: teacher forcing --------------------------------------------------------
     def _embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
@@ -233,6 +261,21 @@ class DownstreamModel(nn.Module):
             if bool(finished.all()):
                 break
         return ids[:, 1:]
+
+
+def fourier_coordinates(grid: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+    """Cell-centre coordinates of a grid, each axis scaled to [0, 1]: (prod(grid), len(grid)),
+    row-major (the encoder's cell order)."""
+    axes = [(torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n for n in grid]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=-1)
+
+
+def fourier_features(coords: torch.Tensor, bands: int) -> torch.Tensor:
+    """sin/cos of ``coords`` (S, D) at frequencies pi * 2**k, k < bands: (S, 2 * D * bands)."""
+    freqs = math.pi * 2.0 ** torch.arange(bands, device=coords.device, dtype=coords.dtype)
+    angles = (coords[..., None] * freqs).flatten(-2)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

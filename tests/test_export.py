@@ -1,0 +1,124 @@
+"""Exported models: one safetensors file, loaded back into the same model in eval mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, subprocess_env, tiny_config
+
+import sparling
+from sparling import domains
+from sparling.checkpoint import CONFIG_FILE
+from sparling.config import load_config
+from sparling.evaluate import evaluate_model
+from sparling.evaluate import load_model as load_checkpoint_model
+from sparling.export import ExportError, export_model, read_export_metadata
+from sparling.scoring import GeneratedSamples
+from sparling.train import make_trainer
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Sparling run with density steps (so its checkpoints differ in density)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = load_config(tiny_config(**{"budget_samples": 64, "val_interval": 16}))
+    train = GeneratedSamples(domains.make("digit-circle", split="train"), 0, 32)
+    val = GeneratedSamples(domains.make("digit-circle", split="val"), 0, 8)
+    trainer = make_trainer(cfg, train, val, run_dir, progress=False)
+    measured = trainer.validate
+    # A tiny model never decodes exactly; report it as perfect so that AST cuts density.
+    trainer.validate = lambda: {**measured(), "val_accuracy": 1.0}  # type: ignore[method-assign]
+    result = trainer.fit()
+    (run_dir / CONFIG_FILE).write_text(cfg.to_json())  # as the pipeline's run folders have
+    assert result.density_checkpoints, "the tiny run should have stepped its density"
+    return run_dir
+
+
+def test_export_round_trip_matches_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    meta = export_model(trained_run, out, density=0.5)
+    assert float(meta["density"]) == 0.5
+    reference, config, _ = load_checkpoint_model(trained_run / "checkpoints" / meta["checkpoint"])
+    model = sparling.load_model(out)
+    assert not model.training  # eval mode, as documented
+    assert model.run_config.run_id() == config.run_id()
+    assert model.bottleneck.density == pytest.approx(0.5)
+    images = np.stack([domains.make("digit-circle", split="test").sample(0, i).x for i in range(4)])
+    x = torch.as_tensor(images, dtype=torch.float32)  # a float batch (N, 100, 100)
+    with torch.no_grad():
+        acts = model.motifs(x)
+        expected = reference.motifs(x)
+    assert acts.shape == (4, config.model.channels or 10, 100, 100)
+    torch.testing.assert_close(acts, expected, rtol=0, atol=0)
+    assert model.decode(x) == reference.decode(x)
+    # the thresholds travel with the weights: the activations are as sparse as trained
+    assert 0 < float((acts > 0).float().mean()) < 0.9
+
+
+def test_exported_density_is_the_selected_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    lowest = export_model(trained_run, tmp_path / "low.safetensors")
+    assert float(lowest["density"]) < 0.5  # no --density: the lowest density it reached
+    model = sparling.load_model(tmp_path / "low.safetensors")
+    assert model.bottleneck.density == pytest.approx(float(lowest["density"]))
+
+
+def test_scores_of_export_equal_checkpoint_scores(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    meta = export_model(trained_run, out)
+    domain = domains.make("digit-circle", split="test")
+    test = GeneratedSamples(domain, 0, 16)
+    ref, _, _ = load_checkpoint_model(trained_run / "checkpoints" / meta["checkpoint"])
+    a = evaluate_model(sparling.load_model(out), domain, test, max_len=8).metrics
+    b = evaluate_model(ref, domain, test, max_len=8).metrics
+    assert a == b
+
+
+def test_not_an_export_is_refused_clearly(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    with pytest.raises(ExportError, match="not a Sparling model export"):
+        sparling.load_model(plain)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ExportError, match="not a readable safetensors file"):
+        read_export_metadata(junk)
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        sparling.load_model(tmp_path / "missing.safetensors")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_export_then_evaluate_file(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.safetensors"
+    done = _cli("export", str(trained_run), "--density", "0.5", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "exported" in done.stdout and out.is_file()
+    report = tmp_path / "report"
+    done = _cli("evaluate", str(out), "--samples", "8", "--json", "--out", str(report))
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    assert result["samples"] == 8 and 0.0 <= result["ce"] <= 1.0
+    assert result["checkpoint_density"] == 0.5
+    assert (report / "evaluation.json").is_file() and (report / "activations.png").is_file()
+    bad = _cli("export", str(trained_run), "--out", str(tmp_path / "x.pt"))
+    assert bad.returncode == 2 and ".safetensors" in bad.stderr
+    bad = _cli("evaluate", str(out), "--density", "0.1")
+    assert bad.returncode == 2 and "a file has one" in bad.stderr
