@@ -133,7 +133,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Sparling
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ExportError(f"{path}: the weights do not fit the model its config builds: {e}")
+        raise ExportError(
+            f"{path}: the weights do not fit the model its config builds: {e}"
+        ) from None
     bottleneck: Any = model.bottleneck
     if getattr(bottleneck, "adaptive", False):
         bottleneck.set_density(float(metadata["density"]))

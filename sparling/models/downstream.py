@@ -14,7 +14,6 @@ from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
