@@ -129,6 +129,7 @@ def _evaluate_file(args: argparse.Namespace) -> int:
     path = Path(args.path)
     model = load_model(path, device=args.device)
     config = model.run_config
+    assert config is not None  # load_model sets it
     seed = config.data.seed if args.data_seed is None else args.data_seed
     domain = domains.make(config.domain.name, split="test", **config.domain.params)
     test = GeneratedSamples(domain, seed, args.samples or config.data.test_size)
@@ -169,7 +170,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the exported models the demo shows first (written by `sparling export`)
+SHOWCASE_MODELS = Path(__file__).resolve().parents[1] / "results" / "models" / "digit-circle"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from sparling.showcase import showcase
+
+    models = sorted(SHOWCASE_MODELS.glob("*.safetensors"))
+    if models and args.showcase_samples > 0:
+        print(
+            f"What Sparling found: the {len(models)} DigitCircle model(s) in {SHOWCASE_MODELS}, "
+            f"each scored on {args.showcase_samples} test images generated now."
+        )
+        showcase(models, Path(args.work_dir) / "showcase", samples=args.showcase_samples)
+        print()
+    elif not models:
+        print(f"(no exported models in {SHOWCASE_MODELS} to show; going on to the sweep)")
     print(
         "Sparling demo: the quickstart sweep (DigitCircle, fast preset; Sparling, ST, L1 and "
         "non-sparse, 2 seeds), run as parallel Ray Train jobs, tracked in MLflow, then the "
@@ -341,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the end-to-end demo: the quickstart sweep and its report")
     demo.add_argument("--work-dir", default="sparling-work")
+    demo.add_argument(
+        "--showcase-samples",
+        type=int,
+        default=500,
+        help="test images to score each committed model on first (0: skip that part)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     return parser

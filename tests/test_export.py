@@ -122,3 +122,37 @@ def test_cli_export_then_evaluate_file(trained_run: Path, tmp_path: Path) -> Non
     assert bad.returncode == 2 and ".safetensors" in bad.stderr
     bad = _cli("evaluate", str(out), "--density", "0.1")
     assert bad.returncode == 2 and "a file has one" in bad.stderr
+
+
+def test_showcase_scores_and_draws(trained_run: Path, tmp_path: Path) -> None:
+    import io
+
+    from sparling.showcase import format_table, render_text, showcase
+
+    model_file = tmp_path / "sparling-seed0.safetensors"
+    export_model(trained_run, model_file)
+    text = io.StringIO()
+    rows = showcase([model_file], tmp_path / "show", samples=6, stream=text)
+    out = text.getvalue()
+    assert rows[0]["test_samples"] == 6 and rows[0]["method"] == "sparling"
+    assert "true output" in out and "FPE %" in out and "sparling-seed0.safetensors" in out
+    assert (tmp_path / "show" / "sparling-seed0-activations.png").is_file()
+    assert (tmp_path / "show" / "sparling-seed0-confusion.png").is_file()
+    assert json.loads((tmp_path / "show" / "scores.json").read_text()) == rows
+    assert format_table(rows).count("\n") == 2  # header, rule, one row
+
+
+def test_render_text_marks_activations_with_their_symbol() -> None:
+    from sparling.domains import Motif, Sample
+    from sparling.showcase import render_text
+
+    x = np.zeros((8, 8), dtype=bool)
+    x[0:4, 0:2] = True
+    acts = np.zeros((3, 8, 8), dtype=np.float32)
+    acts[2, 5, 6] = 0.7  # channel 2 fires in the text cell (row 1, column 3)
+    text = render_text(Sample(x, ["7"], [Motif("7", (slice(0, 4), slice(0, 2)))]), acts, {2: "7"})
+    lines = text.split("\n")
+    assert lines[0] == "#" and lines[1][3] == "7"
+    acts[2, 5, 6] = 0
+    acts[1, 0, 0] = 1.0  # an unassigned channel
+    assert render_text(Sample(x, ["7"]), acts, {2: "7"}).split("\n")[0] == "?"

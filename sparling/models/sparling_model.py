@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,9 @@ from torch import nn
 from .downstream import DownstreamModel, sequence_loss
 from .motif import MotifModel
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 #: ids (N, T) as ``Tokenizer.encode_batch`` makes them, or token-string lists
 TokenBatch = torch.Tensor | Sequence[Sequence[str]]
@@ -44,6 +48,10 @@ class SparlingModel(nn.Module):
         self.bottleneck = bottleneck
         self.h = h
         self.tokenizer = tokenizer
+        #: the run config that built this model, when it was loaded from an export
+        self.run_config: RunConfig | None = None
+        #: an exported model's file metadata (density, samples, run id); else empty
+        self.export_metadata: dict[str, str] = {}
 
     # -- inputs --------------------------------------------------------------------------
     def prepare_input(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
