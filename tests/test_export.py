@@ -127,7 +127,7 @@ def test_cli_export_then_evaluate_file(trained_run: Path, tmp_path: Path) -> Non
 def test_showcase_scores_and_draws(trained_run: Path, tmp_path: Path) -> None:
     import io
 
-    from sparling.showcase import format_table, render_text, showcase
+    from sparling.showcase import format_table, showcase
 
     model_file = tmp_path / "sparling-seed0.safetensors"
     export_model(trained_run, model_file)
