@@ -6,6 +6,7 @@ checked) and run forward once at batch 1.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -318,7 +319,9 @@ def test_presets_build(domain: str, preset: str) -> None:
     assert (
         model.g.context_radius == {"digit-circle": 8, "latex-ocr": 32, "audio-digits": 16}[domain]
     )
-    assert (model.h.row_lstm is not None) == (info.kind == "image")
+    # the paper's h reads rows with an LSTM; the fast one uses Fourier coordinates instead
+    assert (model.h.row_lstm is not None) == (info.kind == "image" and preset == "paper")
+    assert (model.h.position_proj is not None) == (preset == "fast")
     if preset == "paper":
         assert (cfg.downstream.d_model, cfg.downstream.ff, cfg.downstream.norm_first) == (
             512,
@@ -389,3 +392,40 @@ def test_paper_digit_circle_trains_a_few_steps_on_cpu() -> None:
     assert eval_loss() < start
     moved = {n.split(".")[0] for n, p in model.named_parameters() if not p.equal(before[n])}
     assert {"g", "h"} <= moved
+
+
+def test_fourier_features_are_sin_cos_octaves() -> None:
+    from sparling.models.downstream import fourier_coordinates, fourier_features
+
+    coords = fourier_coordinates((2, 4))
+    assert coords.shape == (8, 2)
+    torch.testing.assert_close(coords[1], torch.tensor([0.25, 0.375]))  # row 0, column 1
+    feats = fourier_features(coords, bands=3)
+    assert feats.shape == (8, 12)
+    angle = math.pi * 4 * 0.375  # column coordinate, third octave
+    torch.testing.assert_close(feats[1, 5], torch.tensor(math.sin(angle)))
+    torch.testing.assert_close(feats[1, 11], torch.tensor(math.cos(angle)))
+
+
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_fourier_position_tells_cells_apart(kind: str) -> None:
+    model = tiny_model(kind, row_lstm=False, position="fourier", fourier_bands=4).eval()
+    motifs = torch.zeros(1, 4, 16, 16) if kind == "image" else torch.zeros(1, 4, 24)
+    memory = model.h.encode(motifs)
+    # identical (empty) content everywhere: only the position encoding separates the cells
+    assert memory.shape[1] == (64 if kind == "image" else 12)
+    assert torch.cdist(memory[0], memory[0]).fill_diagonal_(1.0).min() > 1e-3
+
+
+def test_pool_first_reembeds_the_pooled_cells() -> None:
+    model = tiny_model("image", pool_first=True).eval()
+    motifs = torch.rand(2, 4, 16, 16)
+    h = model.h
+    pooled = torch.nn.functional.max_pool2d(motifs, 2)
+    expected = h.reembed(pooled)
+    seen: list[torch.Tensor] = []
+    handle = h.reembed.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    h.encode(motifs)
+    handle.remove()
+    torch.testing.assert_close(seen[0], expected)
+    assert seen[0].shape == (2, h.config.d_model, 8, 8)

@@ -57,7 +57,13 @@ class DownstreamConfig(BaseModel):
     fourier_bands: int = Field(default=6, ge=1, le=16)
     """Octaves per axis of the ``fourier`` encoding: frequencies pi * 2**k, k < bands."""
     pool: int = Field(default=8, ge=1)
-    """Max-pool kernel (and stride) after the re-embedding, per spatial axis."""
+    """Max-pool kernel (and stride), per spatial axis."""
+    pool_first: bool = False
+    """Max-pool the motif maps channel by channel, then re-embed the pooled cells (True),
+    instead of re-embedding every position and pooling that (False, the paper). Pooling
+    first keeps each channel's strongest activation in the cell and costs about
+    ``d_model / channels`` times less: the paper's order re-embeds all H*W positions to
+    ``d_model`` channels, then keeps one value in ``pool**2`` of each."""
     norm_first: bool = False
     """Pre-norm (True: ``x + f(norm(x))``, with a final LayerNorm after each stack) or
     post-norm (False: ``norm(x + f(x))``, the paper)."""
@@ -129,7 +135,10 @@ class DownstreamModel(nn.Module):
                 f"expected motifs (N, C, {'H, W' if self.dims == 2 else 'L'}) with every "
                 f"spatial size >= pool ({self.config.pool}), got {tuple(motifs.shape)}"
             )
-        z = self.pool(self.reembed(motifs))
+        if self.config.pool_first:
+            z = self.reembed(self.pool(motifs))
+        else:
+            z = self.pool(self.reembed(motifs))
         d = self.config.d_model
         if self.dims == 1:
             z = z.transpose(1, 2)  # (N, L, d)

@@ -91,7 +91,16 @@ _PAPER_CR = {"digit-circle": 8, "latex-ocr": 32, "audio-digits": 16}
 # width 32, 0.84 M parameters, 4.8 GFLOP per sample, about 7 samples/s; g is ~90% of
 # the FLOPs, so ``width`` is the first knob (24: 2.9 GFLOP, ~8/s; 16: 1.5 GFLOP, ~9/s).
 _FAST_H = DownstreamConfig(
-    d_model=128, encoder_layers=2, decoder_layers=2, heads=4, ff=256, dropout=0.0, norm_first=True
+    d_model=128,
+    encoder_layers=2,
+    decoder_layers=2,
+    heads=4,
+    ff=256,
+    dropout=0.0,
+    norm_first=True,
+    row_lstm=False,
+    position="fourier",
+    pool_first=True,
 )
 # g's convolutions are most of the compute at 100x100. Width 16 (a sixteenth of the
 # paper's g FLOPs): on an H100, DigitCircle probes at AdamW 3e-4 learned per sample as
