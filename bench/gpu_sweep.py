@@ -136,6 +136,21 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     evaluate_run(run, Path(job["work_dir"]), test_dir=Path(job["test"]), device=job["device"])
 
 
+def describe_progress(name: str, info: dict[str, Any]) -> str:
+    """One run's state for the progress line: samples, density, last validation accuracy
+    and the accuracy bar, from its ``progress.json``."""
+    if "samples" not in info:
+        return f"{name} starting"
+    text = f"{name} @{int(info['samples'])}"
+    if "density" in info:
+        text += f" density {info['density']:.2e}"
+    if "val_accuracy" in info:
+        text += f" acc {info['val_accuracy']:.3f}"
+    if "threshold" in info:
+        text += f" bar {info['threshold']:.3f}"
+    return text
+
+
 def pack(prefix: str, run_dirs: list[Path], part_bytes: int = 12_000_000) -> list[Path]:
     """Each run folder (no checkpoints) into ``PREFIX-1.tgz``, ``PREFIX-2.tgz``, ...: a new
     part once one passes ``part_bytes`` (what comes back from the lease is limited per
@@ -215,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"datasets ready at {time.monotonic() - start:.0f} s", flush=True)
 
     pending = list(jobs)
+    last_line = ""
     running: dict[str, tuple[Any, dict[str, Any], float]] = {}
     outcome: dict[str, str] = {}
     while pending or running:
@@ -246,10 +262,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, (_p, job, _t) in running.items():
                 try:
                     info = json.loads((Path(job["run_dir"]) / "progress.json").read_text())
-                    progress.append(f"{name[:8]}@{int(info.get('samples', 0))}")
                 except (OSError, ValueError):
-                    progress.append(f"{name[:8]}@start")
-            print(f"[{time.monotonic() - start:.0f} s] " + " ".join(progress), flush=True)
+                    info = {}
+                progress.append(describe_progress(name, info))
+            line = " | ".join(progress)
+            if line != last_line:  # a line per validation, not per poll
+                print(f"[{time.monotonic() - start:.0f} s] {line}", flush=True)
+                last_line = line
             time.sleep(10)
     done = sum(v == "finished" for v in outcome.values())
     print(f"{done}/{len(jobs)} runs finished in {time.monotonic() - start:.0f} s", flush=True)

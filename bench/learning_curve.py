@@ -181,12 +181,18 @@ def run(
 
 
 def _summary(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    from sparling.models.presets import preset_config
+
     def summary(curve: list[dict[str, Any]], pos: int, train_seconds: float) -> dict[str, Any]:
         return {
             "label": args.label or args.setting,
             "setting": args.setting,
             "preset": args.preset,
             "overrides": overrides,
+            # the preset as resolved when measured (presets change; records must not)
+            "architecture": preset_config(
+                "digit-circle", args.preset, channels=10, **overrides
+            ).model_dump(mode="json"),
             "batch_size": args.batch,
             "lr": args.lr,
             "warmup_samples": args.warmup,
@@ -209,20 +215,22 @@ def plot(paths: list[Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(p.read_text()) for p in paths]
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for r in sorted(records, key=lambda r: r["label"]):
-        res = r["results"][0] if "results" in r else r
+    records = [json.loads(p.read_text())["results"][0] for p in paths]
+    fig, (ax, lx) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for res in sorted(records, key=lambda r: r["label"]):
         xs = [c["samples"] / 1000 for c in res["curve"]]
-        ys = [100 * c["exact_match"] for c in res["curve"]]
-        ax.plot(xs, ys, marker=".", label=res["label"])
+        ax.plot(xs, [100 * c["exact_match"] for c in res["curve"]], marker=".", label=res["label"])
+        lx.plot(xs, [c["val_loss"] for c in res["curve"]], marker=".", label=res["label"])
     ax.axhline(95, color="grey", lw=0.6, ls="--")
-    ax.set_xlabel("training samples (thousands)")
     ax.set_ylabel("validation exact match (%)")
-    ax.set_title("DigitCircle learning curves at density 0.5 (bench/learning_curve.py)")
     ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    lx.set_ylabel("validation loss (cross-entropy per token)")
+    lx.set_ylim(bottom=0)
+    for a in (ax, lx):
+        a.set_xlabel("training samples (thousands)")
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("DigitCircle learning curves at density 0.5 (bench/learning_curve.py)")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
