@@ -190,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--deadline", type=float, default=None, help="seconds; see the docstring")
     ap.add_argument(
+        "--seeds-first",
+        action="store_true",
+        help="within each sweep file, every method's first seed before any second seed",
+    )
+    ap.add_argument(
         "--tar", default=None, help="pack the run folders (no checkpoints) into TAR-<n>.tgz"
     )
     args = ap.parse_args(argv)
@@ -197,10 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(args.work_dir).resolve()
     runs = []
     for path in args.sweeps:
-        for run in load_sweep(path).runs:
+        planned = list(load_sweep(path).runs)
+        for run in planned:
             if run.after:
                 raise SystemExit(f"{path}: run {run.name} depends on another run; not supported")
-            runs.append(run)
+        if args.seeds_first:  # stable: the methods keep their order within a seed
+            planned.sort(key=lambda r: r.seed)
+        runs.extend(planned)
     todo = [r for r in runs if not run_is_finished(r.config, work_dir)]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished", flush=True)
 
