@@ -1007,6 +1007,7 @@ def _markdown(report: Report, plots: dict[str, Path]) -> str:
         for key, caption in (
             ("ce_by_method", "CE by method, with the bootstrap interval"),
             ("error_vs_density", "Validation errors against density, mean over seeds"),
+            ("errors_per_method", "Each method's errors against density, mean over seeds"),
         ):
             if key in plots:
                 out += [f"![{caption}]({plots[key].relative_to(report.out_dir).as_posix()})", ""]
@@ -1125,6 +1126,51 @@ def _plot_error_vs_density(report: Report, path: Path) -> bool:
         handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small"
     )
     fig.suptitle(f"Sweep {report.sweep_name}: validation errors against density (mean over seeds)")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def _plot_errors_per_method(report: Report, path: Path) -> bool:
+    """One panel per method (and swept values): FPE, FNE, CE and E2EE against the density
+    trained at, mean over seeds, as the paper draws each domain."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    curves = [(g, report.curves.get(g.label, [])) for g in report.groups]
+    curves = [(g, c) for g, c in curves if c]
+    if not curves:
+        return False
+    cols = min(3, len(curves))
+    rows = -(-len(curves) // cols)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colours = colormaps["tab10"]
+    for ax, (g, curve) in zip(axes.flat, curves):
+        for i, m in enumerate(ERRORS):
+            points = [(p.density, p.means[m]) for p in curve if m in p.means]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(
+                    [100 * x for x in xs],
+                    [100 * y for y in ys],
+                    marker="o",
+                    markersize=2.5,
+                    color=colours(i),
+                    label=LABEL[m],
+                )
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        _percent_ticks(ax)
+        ax.set_ylim(-2, 102)
+        n = max((p.n for p in curve), default=0)
+        ax.set_title(f"{g.label} ({n} seed{'s' if n != 1 else ''})", fontsize=10)
+        ax.set_xlabel("density trained at (%, log scale)")
+        ax.set_ylabel("validation error (%)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="x-small", loc="upper right")
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"Sweep {report.sweep_name}: errors against density per method (mean over seeds)")
     fig.savefig(path, dpi=110)
     return True
 
@@ -1248,6 +1294,9 @@ def _plots(report: Report) -> dict[str, Path]:
     path = plot_dir / "error_vs_density.png"
     if _plot_error_vs_density(report, path):
         written["error_vs_density"] = path
+    path = plot_dir / "errors_per_method.png"
+    if _plot_errors_per_method(report, path):
+        written["errors_per_method"] = path
     for f in report.sensitivity:
         path = plot_dir / f"{_sensitivity_name(f)}.png"
         if _plot_sensitivity(report, f, path):

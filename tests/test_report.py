@@ -414,7 +414,7 @@ def test_files_in_each_format(report: Report) -> None:
         assert heading in md
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (out / link).is_file(), link
-    assert len(re.findall(r"!\[", md)) == 3
+    assert len(re.findall(r"!\[", md)) == 4
 
 
 def _check_latex(text: str) -> None:
@@ -460,6 +460,7 @@ def test_plots_are_pngs(report: Report) -> None:
     assert [p.name for p in plots] == [
         "ce_by_method.png",
         "error_vs_density.png",
+        "errors_per_method.png",
         f"sensitivity-{STEM}.png",
     ]
     for p in plots:
