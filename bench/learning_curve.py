@@ -120,7 +120,8 @@ def run(
             logits, ids = forward(batch)
             loss_sum += float(sequence_loss(logits, ids[:, 1:])) * len(batch)
             if ideal:
-                out = model.h.greedy_decode(model.h.encode(ideal_maps(batch, channels, shape)), 12)
+                memory, bias = model.h.encode_with_bias(ideal_maps(batch, channels, shape))
+                out = model.h.greedy_decode(memory, 12, bias)
                 pred = model.tokenizer.decode_batch(out)
             else:
                 pred = model.decode(collate_inputs(batch), 12)

@@ -213,10 +213,49 @@ def _resolve_sweep_file(name: str) -> Path:
     raise UsageError(f"no sweep file {name!r}; shipped sweeps: {', '.join(available)}")
 
 
+def _local_options(args: argparse.Namespace) -> Any:
+    from pipelines.sweep import LocalOptions
+
+    local_only = {
+        "--parallel": args.parallel,
+        "--threads": args.threads,
+        "--device": args.device,
+        "--deadline": args.deadline,
+        "--seeds-first": args.seeds_first or None,
+        "--pack": args.pack,
+    }
+    if args.executor != "local":
+        given = [flag for flag, value in local_only.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to --executor local only")
+        return None
+    for flag, value in (("--parallel", args.parallel), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if args.deadline is not None and args.deadline <= 0:
+        raise UsageError(f"--deadline must be a positive number of seconds, got {args.deadline}")
+    device = args.device or "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: torch sees no GPU on this machine; use cpu")
+    elif device != "cpu":
+        raise UsageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    return LocalOptions(
+        parallel=args.parallel or 1,
+        threads=args.threads or 1,
+        device=device,
+        deadline=args.deadline,
+        seeds_first=args.seeds_first,
+    )
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.sweep import run_is_finished, run_sweep
     from pipelines.sweep_spec import describe, load_sweep
 
+    local = _local_options(args)
     sweep = load_sweep(_resolve_sweep_file(args.file))
     work_dir = Path(args.work_dir).resolve()
     if args.dry_run:
@@ -224,8 +263,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(describe(sweep, done))
         return 0
     print(describe(sweep, {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}))
-    summary = run_sweep(sweep, work_dir, progress=not args.quiet, track=not args.no_tracking)
+    summary = run_sweep(
+        sweep,
+        work_dir,
+        progress=not args.quiet,
+        track=not args.no_tracking,
+        executor=args.executor,
+        local=local,
+    )
     print(summary.table())
+    if args.pack:
+        from pipelines.local_executor import pack
+        from pipelines.train_job import run_dir_for
+
+        pack(args.pack, [run_dir_for(r.config, work_dir) for r in sweep.runs])
     if not args.no_tracking and not args.no_report:
         print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex")))
     return 1 if summary.failed else 0
@@ -342,6 +393,32 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no live progress display")
     sw.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     sw.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    sw.add_argument(
+        "--executor",
+        choices=["ray", "local"],
+        default="ray",
+        help="ray: a Ray Train job per run (default); local: processes on this machine, no Ray",
+    )
+    sw.add_argument("--parallel", type=int, help="local: runs at once (default 1)")
+    sw.add_argument("--threads", type=int, help="local: torch threads per run (default 1)")
+    sw.add_argument("--device", help="local: cpu (default), cuda or cuda:N")
+    sw.add_argument(
+        "--deadline",
+        type=float,
+        help="local: seconds after which running runs stop (keeping their last checkpoint; "
+        "they resume when the sweep runs again) and no new run starts",
+    )
+    sw.add_argument(
+        "--seeds-first",
+        action="store_true",
+        default=None,
+        help="local: every method's first seed before any second seed",
+    )
+    sw.add_argument(
+        "--pack",
+        metavar="PREFIX",
+        help="local: afterwards, pack the run folders (no checkpoints) into PREFIX-<n>.tgz",
+    )
     sw.set_defaults(func=_cmd_sweep)
 
     rep = sub.add_parser("report", help="comparison tables and plots of a sweep, read from MLflow")

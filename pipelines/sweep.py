@@ -53,7 +53,7 @@ SYSTEM_RETRIES = 3
 class RunOutcome:
     key: str
     name: str
-    status: str  # "finished" | "failed" | "skipped"
+    status: str  # "finished" | "failed" | "skipped" | "stopped" (local executor's deadline)
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -236,16 +236,37 @@ def log_run_results(
 
 
 # -- the driver ----------------------------------------------------------------------------------
+EXECUTORS = ("ray", "local")
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """How the local executor runs (see :mod:`pipelines.local_executor`)."""
+
+    parallel: int = 1
+    threads: int = 1
+    device: str = "cpu"
+    deadline: float | None = None
+    seeds_first: bool = False
+    """Start every method's first seed before any second seed (the plan's order otherwise)."""
+
+
 def run_sweep(
     sweep: Sweep,
     work_dir: Path = Path("sparling-work"),
     *,
     progress: bool = True,
     track: bool = True,
+    executor: str = "ray",
+    local: LocalOptions | None = None,
 ) -> SweepSummary:
-    """Run every run of ``sweep`` that is not finished yet; returns the outcome of each."""
-    from pipelines.ray_env import ensure_ray
+    """Run every run of ``sweep`` that is not finished yet; returns the outcome of each.
 
+    ``executor``: ``ray`` (one Ray Train job per run, on the local instance or the cluster
+    ``RAY_ADDRESS`` names) or ``local`` (processes on this machine, no Ray; ``local``
+    says how many at once, with how many threads, on which device, until when)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; accepted: {', '.join(EXECUTORS)}")
     t0 = time.monotonic()
     work_dir = Path(work_dir).resolve()
     todo: list[PlannedRun] = []
@@ -256,22 +277,28 @@ def run_sweep(
         else:
             todo.append(run)
 
-    # Each distinct dataset once, before any run starts (runs share them by hash).
-    seen: set[str] = set()
-    for run in todo:
-        data_key = json.dumps([run.config.domain.model_dump(), run.config.data.model_dump()])
-        if data_key not in seen:
-            seen.add(data_key)
-            prepare_datasets(run.config, work_dir, progress=progress)
+    if executor == "ray":
+        # Each distinct dataset once, before any run starts (runs share them by hash).
+        # (The local executor generates them itself, with a process pool.)
+        seen: set[str] = set()
+        for run in todo:
+            data_key = json.dumps([run.config.domain.model_dump(), run.config.data.model_dump()])
+            if data_key not in seen:
+                seen.add(data_key)
+                prepare_datasets(run.config, work_dir, progress=progress)
 
     with contextlib.ExitStack() as stack:
         tracking: dict[str, Any] | None = None
         parent: str | None = None
         if track:
             tracking, parent = stack.enter_context(_tracking_context(sweep, work_dir, todo))
-        if todo:
+        if todo and executor == "ray":
+            from pipelines.ray_env import ensure_ray
+
             ensure_ray()
             _launch_and_watch(todo, work_dir, tracking, outcomes, progress)
+        elif todo:
+            _launch_local(todo, work_dir, tracking, outcomes, progress, local or LocalOptions())
     ordered = [outcomes[r.key] for r in sweep.runs]
     return SweepSummary(sweep.name, ordered, time.monotonic() - t0, parent)
 
@@ -429,6 +456,76 @@ def _launch_and_watch(
             display.refresh()
     finally:
         display.close()
+
+
+def _launch_local(
+    todo: list[PlannedRun],
+    work_dir: Path,
+    tracking: dict[str, Any] | None,
+    outcomes: dict[str, RunOutcome],
+    progress: bool,
+    options: LocalOptions,
+) -> None:
+    """The local executor: runs in processes on this machine; a Retrained run waits for
+    its source (started in a later round, once the source has finished)."""
+    from pipelines.local_executor import run_local
+
+    waiting = sorted(todo, key=lambda r: r.seed) if options.seeds_first else list(todo)
+    todo_keys = {r.key for r in todo}
+    while waiting:
+        ready = [
+            r for r in waiting if r.after is None or r.after not in todo_keys or r.after in outcomes
+        ]
+        for run in ready:
+            waiting.remove(run)
+            source = outcomes.get(run.after) if run.after else None
+            if source is not None and source.status != "finished":
+                outcomes[run.key] = RunOutcome(
+                    run.key,
+                    run.name,
+                    "failed",
+                    f"run {source.name} ({run.after}), whose g it retrains, {source.status}",
+                )
+        ready = [r for r in ready if r.key not in outcomes]
+        if not ready:
+            for run in waiting:
+                outcomes[run.key] = RunOutcome(
+                    run.key, run.name, "failed", f"waits for run {run.after}, not in the plan"
+                )
+            break
+        results = run_local(
+            ready,
+            work_dir,
+            tracking,
+            parallel=options.parallel,
+            threads=options.threads,
+            device=options.device,
+            deadline=options.deadline,
+            progress=progress,
+        )
+        for run in ready:
+            status, reason = results.get(run.key, ("failed", "no outcome"))
+            if status == "finished":
+                metrics = read_json(run_dir_for(run.config, work_dir) / "evaluation.json") or {}
+                outcomes[run.key] = RunOutcome(run.key, run.name, "finished", metrics=metrics)
+            else:
+                outcomes[run.key] = RunOutcome(run.key, run.name, status, reason)
+                if tracking:
+                    _mark_ended(tracking, run, status, reason)
+
+
+def _mark_ended(tracking: dict[str, Any], run: PlannedRun, status: str, reason: str) -> None:
+    """A failed run's child FAILED with the reason; a stopped one KILLED (it resumes)."""
+    from pipelines.tracking import Tracker
+
+    child = tracking["runs"][run.key]
+    try:
+        tracker = Tracker(tracking["uri"])
+        if status == "failed":
+            tracker.set_tags(child, {TAG_STATUS: "failed", TAG_FAILURE: reason})
+        tracker.set_terminated(child, "FAILED" if status == "failed" else "KILLED")
+    except Exception:  # the tracking server itself may be what failed
+        pass
 
 
 def _needs(run: PlannedRun) -> dict[str, float]:

@@ -429,3 +429,36 @@ def test_pool_first_reembeds_the_pooled_cells() -> None:
     handle.remove()
     torch.testing.assert_close(seen[0], expected)
     assert seen[0].shape == (2, h.config.d_model, 8, 8)
+
+
+def test_salience_weighs_attention_by_activation() -> None:
+    h = DownstreamModel(
+        4, 13, tiny_h_config(2).model_copy(update={"salience": True, "pool_first": True}), 2
+    ).eval()
+    motifs = torch.zeros(2, 4, 8, 8)
+    motifs[0, 1, 0, 0] = 1.0  # one activation, in cell (0, 0) of the 4x4 pooled grid
+    motifs[1, 2, 7, 7] = 3.0  # cell (3, 3)
+    memory, bias = h.encode_with_bias(motifs)
+    assert bias is not None and bias.shape == (2, 1, 1, 16)
+    weights = torch.softmax(bias[:, 0, 0], dim=-1)
+    assert weights[0, 0] > 0.98 and weights[1, 15] > 0.99  # attention starts on the activation
+    # teacher-forced and cached decoding agree with the bias in both
+    ids = torch.randint(3, 13, (2, 5))
+    ids[:, 0] = BOS_ID
+    with torch.no_grad():
+        full = h.decode_logits(memory, ids, bias)
+        cache = h.init_cache(memory, 5, bias)
+        steps = torch.stack([h.step(ids[:, t], t, cache) for t in range(5)], dim=1)
+        assert not torch.allclose(full, h.decode_logits(memory, ids))  # the bias matters
+    torch.testing.assert_close(steps, full)
+    assert torch.equal(h.greedy_decode(memory, 6, bias), h.greedy_decode_naive(memory, 6, bias))
+
+
+def test_model_with_salience_decodes_as_its_naive_reference() -> None:
+    model = tiny_model("image", salience=True).eval()
+    x = torch.rand(5, 16, 16) < 0.3
+    memory, bias = model.h.encode_with_bias(model.motifs(x))
+    assert torch.equal(model.decode_ids(x, 6), model.h.greedy_decode_naive(memory, 6, bias))
+    # no activation anywhere: every cell weighs the same, nothing is undefined
+    empty = model.h(torch.zeros(2, 4, 16, 16), torch.full((2, 3), BOS_ID))
+    assert torch.isfinite(empty).all()

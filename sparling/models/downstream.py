@@ -21,6 +21,8 @@ from .motif import Dims
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID
 from .transformer import DecoderLayer, EncoderLayer, LayerCache, sinusoidal_encoding
 
+#: added to a cell's total pooled activation before the log of the ``salience`` bias
+SALIENCE_FLOOR = 1e-3
 #: (ids so far (N, t+1), position t) -> logits (N, vocab) for the next id
 _NextLogits = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -56,6 +58,12 @@ class DownstreamConfig(BaseModel):
     row LSTM where there is one)."""
     fourier_bands: int = Field(default=6, ge=1, le=16)
     """Octaves per axis of the ``fourier`` encoding: frequencies pi * 2**k, k < bands."""
+    salience: bool = False
+    """Weigh every attention over the cells (the encoder's, the decoder's cross-attention)
+    by each cell's total activation: ``log(1e-3 + sum of its pooled motif values)`` is
+    added to the attention logits. Where the sparsity layer lets few activations through,
+    attention starts on the cells that hold them (an empty cell weighs 1/1000 of a cell
+    with an activation of 1), instead of spreading over every cell of the grid."""
     pool: int = Field(default=8, ge=1)
     """Max-pool kernel (and stride), per spatial axis."""
     pool_first: bool = False
@@ -129,14 +137,25 @@ class DownstreamModel(nn.Module):
     # -- encoder ------------------------------------------------------------------------
     def encode(self, motifs: torch.Tensor) -> torch.Tensor:
         """Motif maps -> memory (N, S, d_model); S = pooled H*W (row-major) or pooled L."""
+        return self.encode_with_bias(motifs)[0]
+
+    def encode_with_bias(self, motifs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The memory, and the attention bias over its cells ((N, 1, 1, S), with
+        ``salience``; else None) that the decoder's cross-attention adds."""
         spatial = motifs.shape[2:]
         if len(spatial) != self.dims or min(spatial) < self.config.pool:
             raise ValueError(
                 f"expected motifs (N, C, {'H, W' if self.dims == 2 else 'L'}) with every "
                 f"spatial size >= pool ({self.config.pool}), got {tuple(motifs.shape)}"
             )
+        pooled = self.pool(motifs) if self.config.pool_first or self.config.salience else None
+        bias = None
+        if pooled is not None and self.config.salience:
+            mass = pooled.float().clamp_min(0).flatten(2).sum(1)  # (N, S), row-major cells
+            bias = torch.log(mass + SALIENCE_FLOOR)[:, None, None, :]
         if self.config.pool_first:
-            z = self.reembed(self.pool(motifs))
+            assert pooled is not None
+            z = self.reembed(pooled)
         else:
             z = self.pool(self.reembed(motifs))
         d = self.config.d_model
@@ -170,8 +189,8 @@ class DownstreamModel(nn.Module):
             z = z.reshape(n, rows * cols, d)
         z = self.drop(z)
         for layer in self.encoder:
-            z = layer(z)
-        return self.encoder_norm(z)
+            z = layer(z, bias)
+        return self.encoder_norm(z), bias
 
     def _fourier(self, grid: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """The ``fourier`` encoding of every cell of a pooled ``grid``, row-major: (S, d)."""
@@ -187,7 +206,9 @@ class DownstreamModel(nn.Module):
         pos = torch.arange(start, start + ids.shape[1], device=ids.device)
         return self.drop(x + sinusoidal_encoding(pos, self.config.d_model, x.dtype))
 
-    def decode_logits(self, memory: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def decode_logits(
+        self, memory: torch.Tensor, ids: torch.Tensor, memory_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (N, T, vocab) for decoder inputs ``ids`` (N, T); row t sees ids[:, :t+1].
 
         PAD only ever follows EOS, so causal masking already keeps real positions from
@@ -195,11 +216,12 @@ class DownstreamModel(nn.Module):
         """
         x = self._embed(ids, 0)
         for layer in self.decoder:
-            x = layer(x, memory)
+            x = layer(x, memory, memory_bias)
         return self.out(self.decoder_norm(x))
 
     def forward(self, motifs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return self.decode_logits(self.encode(motifs), ids)
+        memory, bias = self.encode_with_bias(motifs)
+        return self.decode_logits(memory, ids, bias)
 
     # -- decoder: greedy ---------------------------------------------------------------------
     @property
@@ -207,10 +229,17 @@ class DownstreamModel(nn.Module):
         # ModuleList items are typed as Module; the decoder only ever holds DecoderLayers.
         return cast(list[DecoderLayer], list(self.decoder))
 
-    def init_cache(self, memory: torch.Tensor, max_len: int | None = None) -> list[LayerCache]:
+    def init_cache(
+        self,
+        memory: torch.Tensor,
+        max_len: int | None = None,
+        memory_bias: torch.Tensor | None = None,
+    ) -> list[LayerCache]:
         """Per-layer caches holding the memory's keys/values, projected once (and room for
         ``max_len`` decoded positions when given)."""
-        return [layer.precompute_memory(memory, max_len) for layer in self._decoder_layers]
+        return [
+            layer.precompute_memory(memory, max_len, memory_bias) for layer in self._decoder_layers
+        ]
 
     def step(
         self,
@@ -231,13 +260,15 @@ class DownstreamModel(nn.Module):
         return self.out(self.decoder_norm(x))[:, 0]
 
     @torch.inference_mode()
-    def greedy_decode(self, memory: torch.Tensor, max_len: int) -> torch.Tensor:
+    def greedy_decode(
+        self, memory: torch.Tensor, max_len: int, memory_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Greedy decoding with cached keys/values: (N, T) ids, T <= ``max_len``.
 
         Row i holds the generated ids (EOS included when emitted), then PAD. Stops once
         every row has emitted EOS, or after ``max_len`` ids. Call in eval mode.
         """
-        cache = self.init_cache(memory, max_len)
+        cache = self.init_cache(memory, max_len, memory_bias)
         # every position's encoding at once, not one small computation per step
         table = sinusoidal_encoding(
             torch.arange(max_len, device=memory.device), self.config.d_model
@@ -247,9 +278,13 @@ class DownstreamModel(nn.Module):
         )
 
     @torch.inference_mode()
-    def greedy_decode_naive(self, memory: torch.Tensor, max_len: int) -> torch.Tensor:
+    def greedy_decode_naive(
+        self, memory: torch.Tensor, max_len: int, memory_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Reference for :meth:`greedy_decode`: re-runs the full decoder on the prefix per id."""
-        return self._greedy(memory, max_len, lambda ids, t: self.decode_logits(memory, ids)[:, -1])
+        return self._greedy(
+            memory, max_len, lambda ids, t: self.decode_logits(memory, ids, memory_bias)[:, -1]
+        )
 
     def _greedy(self, memory: torch.Tensor, max_len: int, next_logits: _NextLogits) -> torch.Tensor:
         if max_len < 1:

@@ -107,7 +107,7 @@ class SparlingModel(nn.Module):
         token-string lists (encoded with the tokenizer).
         """
         ids = self.token_ids(tokens)
-        return self.h.decode_logits(self.encode(x), ids[:, :-1])
+        return self.h(self.motifs(x), ids[:, :-1])
 
     def loss(self, x: torch.Tensor | np.ndarray, tokens: TokenBatch) -> torch.Tensor:
         """Mean cross-entropy over the non-PAD targets (EOS included).
@@ -116,14 +116,15 @@ class SparlingModel(nn.Module):
         trainer adds it, so that it is counted once.
         """
         ids = self.token_ids(tokens)
-        logits = self.h.decode_logits(self.encode(x), ids[:, :-1])
+        logits = self.h(self.motifs(x), ids[:, :-1])
         return sequence_loss(logits, ids[:, 1:])
 
     # -- testing -------------------------------------------------------------------------
     @torch.no_grad()
     def decode_ids(self, x: torch.Tensor | np.ndarray, max_len: int = 32) -> torch.Tensor:
         """Greedy decoding: (N, T <= max_len) ids, EOS included where emitted, PAD after it."""
-        return self.h.greedy_decode(self.encode(x), max_len)
+        memory, bias = self.h.encode_with_bias(self.motifs(x))
+        return self.h.greedy_decode(memory, max_len, bias)
 
     def decode(self, x: torch.Tensor | np.ndarray, max_len: int = 32) -> list[list[str]]:
         """Greedy decoding to token strings (up to EOS); needs the tokenizer."""

@@ -71,20 +71,34 @@ class MultiHeadAttention(nn.Module):
         return self._split(self.k_proj(source)), self._split(self.v_proj(source))
 
     def attend(
-        self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False
+        self,
+        query: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        causal: bool = False,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attention of ``query`` (N, T, d) over projected ``k``/``v``; ``causal`` needs T == S."""
+        """Attention of ``query`` (N, T, d) over projected ``k``/``v``; ``causal`` needs T == S.
+
+        ``bias``: added to the attention logits, broadcastable to (N, heads, T, S) (not
+        together with ``causal``)."""
         q = self._split(self.q_proj(query))
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p, is_causal=causal)
         n, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(n, t, -1))
 
     def forward(
-        self, query: torch.Tensor, source: torch.Tensor, causal: bool = False
+        self,
+        query: torch.Tensor,
+        source: torch.Tensor,
+        causal: bool = False,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         k, v = self.project_kv(source)
-        return self.attend(query, k, v, causal=causal)
+        return self.attend(query, k, v, causal=causal, bias=bias)
 
 
 class FeedForward(nn.Sequential):
@@ -126,9 +140,10 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(d_model, ff, dropout)
         self.sub = _Sublayers(d_model, 2, dropout, norm_first)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias``: added to the self-attention logits over the keys, (N, 1, 1, S)."""
         h = self.sub.pre(0, x)
-        x = self.sub.post(0, x, self.self_attn(h, h))
+        x = self.sub.post(0, x, self.self_attn(h, h, bias=bias))
         return self.sub.post(1, x, self.ff(self.sub.pre(1, x)))
 
 
@@ -146,6 +161,8 @@ class LayerCache:
     memory_v: torch.Tensor
     qkv_weight: torch.Tensor
     qkv_bias: torch.Tensor
+    memory_bias: torch.Tensor | None = None
+    """Added to the cross-attention logits over the memory, (N, 1, 1, S)."""
     self_k: torch.Tensor | None = None
     self_v: torch.Tensor | None = None
     length: int = 0
@@ -181,22 +198,32 @@ class DecoderLayer(nn.Module):
         self.ff = FeedForward(d_model, ff, dropout)
         self.sub = _Sublayers(d_model, 3, dropout, norm_first)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced path: all T positions at once, position t sees positions <= t."""
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, memory_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher-forced path: all T positions at once, position t sees positions <= t.
+
+        ``memory_bias``: added to the cross-attention logits over the memory, (N, 1, 1, S)."""
         h = self.sub.pre(0, x)
         x = self.sub.post(0, x, self.self_attn(h, h, causal=True))
-        x = self.sub.post(1, x, self.cross_attn(self.sub.pre(1, x), memory))
+        x = self.sub.post(1, x, self.cross_attn(self.sub.pre(1, x), memory, bias=memory_bias))
         return self.sub.post(2, x, self.ff(self.sub.pre(2, x)))
 
-    def precompute_memory(self, memory: torch.Tensor, capacity: int | None = None) -> LayerCache:
+    def precompute_memory(
+        self,
+        memory: torch.Tensor,
+        capacity: int | None = None,
+        memory_bias: torch.Tensor | None = None,
+    ) -> LayerCache:
         """Project the memory's keys/values once per decoded batch; stack the self-attention
-        projections; preallocate ``capacity`` self-attention positions when given."""
+        projections; preallocate ``capacity`` self-attention positions when given; keep
+        ``memory_bias`` for the cross-attention."""
         # contiguous in the (N, heads, S, dh) layout every step's attention reads
         k, v = (t.contiguous() for t in self.cross_attn.project_kv(memory))
         sa = self.self_attn
         weight = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
         bias = torch.cat([sa.q_proj.bias, sa.k_proj.bias, sa.v_proj.bias])
-        return LayerCache(k, v, weight, bias, capacity=capacity)
+        return LayerCache(k, v, weight, bias, memory_bias=memory_bias, capacity=capacity)
 
     def step(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """One new position ``x`` (N, 1, d); appends its self-attention keys/values to ``cache``.
@@ -211,5 +238,9 @@ class DecoderLayer(nn.Module):
         out = F.scaled_dot_product_attention(sa._split(q), k, v)
         x = self.sub.post(0, x, sa.out_proj(out.transpose(1, 2).reshape(x.shape)))
         h = self.sub.pre(1, x)
-        x = self.sub.post(1, x, self.cross_attn.attend(h, cache.memory_k, cache.memory_v))
+        x = self.sub.post(
+            1,
+            x,
+            self.cross_attn.attend(h, cache.memory_k, cache.memory_v, bias=cache.memory_bias),
+        )
         return self.sub.post(2, x, self.ff(self.sub.pre(2, x)))

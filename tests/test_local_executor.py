@@ -1,0 +1,138 @@
+"""``sparling sweep --executor local``: a sweep's runs on one machine without Ray, with or
+without MLflow (a GPU box with only PyTorch), then logged and reported like any sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import REPO, subprocess_env, tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def _sweep_file(tmp_path: Path, name: str, **updates: Any) -> Path:
+    sweep = {
+        "name": name,
+        "base": tiny_config(**{"budget_samples": 32, "val_interval": 16, **updates}),
+        "methods": ["sparling", "l1"],
+        "seeds": [0],
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def _sparling(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _children(work: Path, sweep: str) -> list[Any]:
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import load_settings, tracking_uri
+
+    settings = load_settings(work)
+    with tracking_uri(settings) as uri:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(settings.experiment_for(sweep=sweep))
+        assert exp is not None
+        runs = [
+            (r, sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")))
+            for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("sparling.kind") == "run"
+        ]
+    return runs
+
+
+def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
+    path = _sweep_file(tmp_path, "box")
+    box = tmp_path / "box-work"
+    args = ["sweep", str(path), "--work-dir", str(box), "--executor", "local", "--no-tracking"]
+    out = _sparling(*args, "--parallel", "2", "--pack", str(tmp_path / "runs"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 finished" in out.stdout
+
+    runs = sorted((box / "runs").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        result = json.loads((run / "result.json").read_text())
+        assert result["samples"] == 32 and result["status"] == "budget-exhausted"
+        ev = json.loads((run / "evaluation.json").read_text())
+        assert 0.0 <= ev["test_e2ee"] <= 1.0 and ev["test_checkpoint_samples"] == 32
+        spooled = [json.loads(line) for line in (run / "metrics.spool.jsonl").open()]
+        assert {(p["k"], p["s"]) for p in spooled} >= {("val_accuracy", 16), ("val_accuracy", 32)}
+        history = json.loads((run / "history.json").read_text())
+        assert [r["samples"] for r in history] == [16, 32]
+        assert (run / "checkpoints" / "last").is_dir()
+
+    # Packed without checkpoints; every run's files are there.
+    parts = sorted(tmp_path.glob("runs-*.tgz"))
+    assert parts
+    names = [n for p in parts for n in tarfile.open(p).getnames()]
+    assert not [n for n in names if "/checkpoints/" in n]
+    assert {n.split("/")[1] for n in names} == {r.name for r in runs}
+
+    # A second call finds them finished and trains nothing.
+    again = _sparling(*args)
+    assert again.returncode == 0 and "2 skipped" in again.stdout, again.stdout + again.stderr
+
+    # Here: unpack into a fresh work dir; the sweep logs them to MLflow without training.
+    work = tmp_path / "work"
+    for p in parts:
+        tarfile.open(p).extractall(work, filter="data")
+    done = _sparling("sweep", str(path), "--work-dir", str(work), "--executor", "local")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 skipped" in done.stdout and "sparling" in done.stdout  # the report's table
+    children = _children(work, "box")
+    assert len(children) == 2
+    for child, steps in children:
+        assert child.info.status == "FINISHED"
+        assert "test_e2ee" in child.data.metrics
+        assert steps == [16, 32]  # sent from the spool
+
+
+def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
+    # Enough samples that the 1-second deadline stops the runs before they end.
+    path = _sweep_file(tmp_path, "deadline", budget_samples=4000, val_interval=16)
+    work = tmp_path / "work"
+    args = ["sweep", str(path), "--work-dir", str(work), "--executor", "local"]
+    args += ["--parallel", "2", "--no-report"]
+    first = _sparling(*args, "--deadline", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2 stopped" in first.stdout
+    stopped = {r.info.status for r, _ in _children(work, "deadline")}
+    assert stopped <= {"KILLED", "RUNNING"}
+    # Run again without a deadline: each run resumes from its last checkpoint and ends.
+    second = _sparling(*args, timeout=900)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 finished" in second.stdout
+    children = _children(work, "deadline")
+    assert len(children) == 2  # the same children, not new ones
+    for child, steps in children:
+        assert child.info.status == "FINISHED"
+        assert steps == list(range(16, 4001, 16))  # every validation, once
+
+
+def test_local_only_options_are_refused_for_ray(tmp_path: Path) -> None:
+    path = _sweep_file(tmp_path, "opts")
+    bad = _sparling("sweep", str(path), "--threads", "2", "--work-dir", str(tmp_path / "w"))
+    assert bad.returncode == 2 and "--threads apply to --executor local only" in bad.stderr
+    bad = _sparling("sweep", str(path), "--executor", "local", "--parallel", "0")
+    assert bad.returncode == 2 and "--parallel must be at least 1" in bad.stderr
+    bad = _sparling("sweep", str(path), "--executor", "local", "--device", "tpu")
+    assert bad.returncode == 2 and "--device must be cpu, cuda or cuda:N" in bad.stderr
+    assert not (tmp_path / "w").exists()
