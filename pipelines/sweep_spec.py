@@ -8,7 +8,7 @@ A sweep file is YAML::
       budget_samples: 6000
     methods:                          # bottleneck names, or mappings with params
       - sparling
-      - {name: l1, params: {coefficient: 1.0}}
+      - {name: l1, params: {coefficient: 1.0}, seeds: [0]}   # its own seeds
       - {name: retrained, from: sparling, density: 5.0e-5}  # g of the sparling run
                                       # (same seed and swept values), frozen; h retrained
       - {name: sparling, label: no-ast-1.5x, params: {density: 6.7e-5},
@@ -76,6 +76,8 @@ class MethodSpec(_Strict):
     """How tables and MLflow name this method (default: name plus params)."""
     set: dict[str, Any] = Field(default_factory=dict)
     """Further dotted config overrides that belong to this method (e.g. schedule.enabled)."""
+    seeds: list[int] | None = Field(None, min_length=1)
+    """This method's run seeds (default: the sweep's), e.g. one seed for a baseline."""
 
     from_: str | None = Field(None, alias="from")
     """``retrained`` only: the method (its label) whose run, with the same seed and swept
@@ -370,12 +372,21 @@ def build_sweep(
     source_keys: dict[tuple[str, int, int], str] = {}  # (label, combo, seed) -> run key
     # Retrained methods last: they refer to the runs of the methods they take g from.
     order = sorted(enumerate(methods), key=lambda im: im[1].name == RETRAINED)
-    for (mi, method), (ci, combo), seed in itertools.product(
-        order, enumerate(itertools.product(*axis_choices)), spec.seeds
-    ):
+    planned = [
+        (mi, method, ci, combo, seed)
+        for mi, method in order
+        for ci, combo in enumerate(itertools.product(*axis_choices))
+        for seed in (method.seeds if method.seeds is not None else spec.seeds)
+    ]
+    for mi, method, ci, combo, seed in planned:
         d = json.loads(json.dumps(base_dict))
         after: str | None = None
         if method.name == RETRAINED:
+            if (str(method.from_), ci, seed) not in source_keys:
+                raise SweepError(
+                    f"{source}: methods[{mi}] {method.display()}: seed {seed} has no run of "
+                    f"{method.from_!r} to take g from; give both methods the same seeds"
+                )
             after = source_keys[(str(method.from_), ci, seed)]
             ref = f"run:{after}" + (
                 "" if method.density is None else f"@density={method.density!r}"

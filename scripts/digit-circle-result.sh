@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train (or resume) Sparling's DigitCircle result and its contrast
 # (pipelines/sweeps/digit-circle-result.yaml) on this machine: the local executor (no Ray),
-# two runs at a time with one thread each, every method's seed 0 before any seed 1. Runs
+# two runs at a time with one thread each, in the sweep file's order. Runs
 # live in results/digit-circle/runs/<run id>/, each keeping its last checkpoint there and
 # resuming from it when this script runs again (on this machine, or on a fresh clone that
 # has the committed checkpoint); finished runs are skipped. MLflow tracks every run (the
@@ -14,4 +14,4 @@ cd "$(dirname "$0")/.."
 bash scripts/env.sh
 export OMP_NUM_THREADS=1 RAY_USAGE_STATS_ENABLED=0
 exec .venv/bin/sparling sweep pipelines/sweeps/digit-circle-result.yaml \
-  --work-dir results/digit-circle --executor local --parallel 2 --threads 1 --seeds-first "$@"
+  --work-dir results/digit-circle --executor local --parallel 2 --threads 1 "$@"

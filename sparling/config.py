@@ -193,9 +193,19 @@ class RunConfig(_Strict):
 
     # -- identity --------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the run's result (where data lives does not)."""
+        """The fields that decide the run's result (where data lives does not), with the
+        model preset resolved: when a preset's definition changes, so do its runs' ids,
+        and no run resumes from a checkpoint of another architecture."""
+        from .models.presets import preset_config
+
         d = self.model_dump(mode="json")
         d["data"].pop("root")
+        d["model"]["architecture"] = preset_config(
+            self.domain.name,
+            self.model.preset,
+            channels=self.model.channels or 1,
+            **self.model.overrides,
+        ).model_dump(mode="json")
         return d
 
     def run_id(self) -> str:

@@ -63,6 +63,19 @@ def test_method_specific_settings_and_labels() -> None:
     assert b.config.bottleneck.params["density"] == 0.01
 
 
+def test_a_method_may_have_its_own_seeds() -> None:
+    sweep = build_sweep(_sweep(methods=["sparling", {"name": "l1", "seeds": [4]}], seeds=[0, 1, 2]))
+    assert [(r.method, r.seed) for r in sweep.runs] == [
+        ("sparling", 0),
+        ("sparling", 1),
+        ("sparling", 2),
+        ("l1", 4),
+    ]
+    # the same run as when the sweep's seeds give it
+    alone = build_sweep(_sweep(methods=[{"name": "l1"}], seeds=[4])).runs[0]
+    assert sweep.runs[3].key == alone.key
+
+
 def test_adding_seeds_keeps_the_old_keys() -> None:
     small = {r.key for r in build_sweep(_sweep(seeds=[0, 1])).runs}
     large = {r.key for r in build_sweep(_sweep(seeds=[0, 1, 2])).runs}
@@ -180,6 +193,11 @@ def test_retrained_runs_take_g_from_their_source_run() -> None:
             ["sparling", {"name": "retrained", "from": "sparling", "density": 2}],
             "density: Input should be less than or equal to 1",
         ),
+        (
+            [{"name": "sparling", "seeds": [1]}, {"name": "retrained", "from": "sparling"}],
+            "seed 0 has no run of 'sparling' to take g from",
+        ),
+        ([{"name": "sparling", "seeds": []}], "seeds: List should have at least 1 item"),
     ],
 )
 def test_bad_retrained_methods(methods: list[Any], message: str, tmp_path: Path) -> None:

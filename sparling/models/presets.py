@@ -22,6 +22,12 @@ the full model at density 0.5, batch 16, AdamW 1e-3:
   stayed at the digit-frequency loss (~1.7) for 75-150k samples at 1e-3 and above (the
   H100 probes in ``docs/results.md``). Where the digits are
   relative to each other (their order around the circle) is what ``h`` learns slowest.
+- **Salience** (``salience=True``): every attention over the cells adds the log of the
+  cell's total activation to its logits, so attention starts where the sparsity layer let
+  activations through. ``h`` alone on ideal motif maps reached 95% exact match at 18k
+  samples with it; without it, it was still at loss 1.25 and 1% after 32k (its attention
+  spread over 144 cells, 139 of them empty). The full model at density 0.5: loss 0.96 and
+  6.4% at 16k samples, against 1.41 and 1.0%.
 - **Pool before re-embedding** (``pool_first=True``): 60 samples/s against 26 (2.3x), with
   the loss per sample close (1.30 against 1.08 at 20k). The paper's order re-embeds all
   10,000 positions to 128 channels and keeps one value in 64.
@@ -111,6 +117,7 @@ _FAST_H = DownstreamConfig(
     row_lstm=False,
     position="fourier",
     pool_first=True,
+    salience=True,
 )
 # g's convolutions are most of the compute at 100x100. Width 16 (a sixteenth of the
 # paper's g FLOPs): on an H100, DigitCircle probes at AdamW 3e-4 learned per sample as
