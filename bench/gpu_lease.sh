@@ -4,9 +4,10 @@
 #   OUT=/some/dir bash bench/gpu_lease.sh        # on the GPU machine, .whl/ carried
 #
 # contrast-gpu (Sparling, ST, L1 at the CPU run's 120,000-sample budget) and
-# sensitivity-gpu (21 runs), --parallel runs at once on the one GPU, stopped at DEADLINE
-# seconds; the finished run folders come back packed as $OUT/runs-<n>.tgz. Then, here:
-#   for f in runs-*.tgz; do tar xzf $f -C sparling-work; done
+# sensitivity-gpu (21 runs), through the local executor (`sparling sweep --executor local
+# --no-tracking`), PARALLEL runs at once on the one GPU, each sweep stopped at DEADLINE
+# seconds; the run folders come back packed as $OUT/<sweep>-<n>.tgz. Then, here:
+#   for f in *.tgz; do tar xzf $f -C sparling-work; done
 #   sparling sweep pipelines/sweeps/sensitivity-gpu.yaml && sparling report sensitivity-gpu
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -18,7 +19,10 @@ fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 { date -u; nvidia-smi 2>&1 | head -15; nproc; python3 -c "import torch; print(torch.__version__)"; } \
     >"$OUT/log.txt" 2>&1
-python3 bench/gpu_sweep.py pipelines/sweeps/contrast-gpu.yaml pipelines/sweeps/sensitivity-gpu.yaml \
-    --work-dir /tmp/work --parallel "${PARALLEL:-10}" --threads "${THREADS:-1}" \
-    --deadline "${DEADLINE:-440}" --tar "$OUT/runs" 2>&1 | tee -a "$OUT/log.txt"
+for sweep in contrast-gpu sensitivity-gpu; do
+    python3 -m pipelines.cli sweep "pipelines/sweeps/$sweep.yaml" --work-dir /tmp/work \
+        --executor local --no-tracking --device cuda --parallel "${PARALLEL:-10}" \
+        --threads "${THREADS:-1}" --deadline "${DEADLINE:-220}" --pack "$OUT/$sweep" \
+        2>&1 | tee -a "$OUT/log.txt"
+done
 date -u >>"$OUT/log.txt"

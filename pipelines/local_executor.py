@@ -208,7 +208,7 @@ def run_local(
         ctx.Pool(max(1, min(os.cpu_count() or 1, 16))) if todo else contextlib.nullcontext() as pool
     ):
         data: dict[str, dict[str, Path]] = {}
-        jobs = []
+        jobs: list[dict[str, Any]] = []
         for run in todo:
             c = run.config
             key = json.dumps([c.domain.model_dump(mode="json"), c.data.model_dump(mode="json")])
@@ -308,7 +308,7 @@ def pack(prefix: str, run_dirs: Sequence[Path], part_bytes: int = 12_000_000) ->
             rel = path.relative_to(run_dir)
             if path.is_file() and rel.parts[0] != "checkpoints" and path.name != "train.lock":
                 tar.add(path, arcname=f"runs/{run_dir.name}/{rel.as_posix()}")
-        tar.fileobj.flush()  # type: ignore[union-attr]
+        tar.fileobj.flush()  # type: ignore[union-attr,attr-defined]
     if tar is not None:
         tar.close()
     for part in parts:

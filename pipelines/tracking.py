@@ -1403,7 +1403,7 @@ class _Rest:
 def append_to_spool(path: Path, metrics: Mapping[str, float], step: int, timestamp_ms: int) -> None:
     """Append ``metrics`` at ``step`` to a metric spool (JSON lines), the file a
     :class:`MetricLogger` on the same run and spool sends first. Needs no MLflow: a
-    machine without it (the GPU lease of ``bench/gpu_sweep.py``) spools this way too."""
+    machine without it (the local executor with tracking off) spools this way too."""
     with open(path, "a") as f:
         for key, value in metrics.items():
             point = {"k": key, "v": float(value), "t": int(timestamp_ms), "s": int(step)}
