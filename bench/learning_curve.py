@@ -8,7 +8,7 @@
 SETTING is one of
 
 - ``sparling``: the full model ``h(sparse(g(x)))`` with Sparling's bottleneck held at
-  density 0.5 (the density every AST run starts at; no schedule);
+  ``--density`` (default 0.5, the density every AST run starts at; no schedule);
 - ``non-sparse``: the full model with the non-sparse bottleneck (batch norm only);
 - ``h-ideal``: ``h`` alone, fed ideal motif maps: one activation of 1 per true digit,
   at the centre of its box, in the channel of its digit. This separates how fast ``h``
@@ -87,7 +87,7 @@ def run(
     val = [val_domain.sample(args.data_seed, i) for i in range(args.val_size)]
     set_seed(args.seed)
     bottleneck = "non-sparse" if args.setting == "non-sparse" else "sparling"
-    params = {"density": 0.5} if bottleneck == "sparling" else {}
+    params = {"density": args.density} if bottleneck == "sparling" else {}
     model = build_model(train_domain, args.preset, bottleneck, params, **overrides)
     ideal = args.setting == "h-ideal"
     channels = model.g.conv_out.out_channels
@@ -194,6 +194,7 @@ def _summary(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
             "architecture": preset_config(
                 "digit-circle", args.preset, channels=10, **overrides
             ).model_dump(mode="json"),
+            "density": args.density if args.setting == "sparling" else None,
             "batch_size": args.batch,
             "lr": args.lr,
             "warmup_samples": args.warmup,
@@ -231,7 +232,7 @@ def plot(paths: list[Path], out: Path) -> Path:
         a.set_xlabel("training samples (thousands)")
         a.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("DigitCircle learning curves at density 0.5 (bench/learning_curve.py)")
+    fig.suptitle("DigitCircle learning curves (bench/learning_curve.py; density 0.5 unless named)")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="train one setting and record its learning curve")
     r.add_argument("setting", choices=SETTINGS)
     r.add_argument("--preset", default="fast", choices=("fast", "paper"))
+    r.add_argument(
+        "--density", type=float, default=0.5, help="sparling: the density held (AST starts at 0.5)"
+    )
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--samples", type=int, default=50_000)
     r.add_argument("--eval-every", type=int, default=2_000)
