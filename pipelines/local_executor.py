@@ -117,6 +117,10 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         from pipelines.tracking import MetricLogger
 
         logger = MetricLogger(tracking["uri"], tracking["run_id"], spool=spool)
+        # A run resumed on another machine (its folder copied, not its MLflow store):
+        # send the validations it made before; the logger drops points already there.
+        for record in _saved_history(run_dir):
+            logger.log(_points(record), int(record["samples"]))
     t0 = time.time()
 
     def write_progress(info: dict[str, Any]) -> None:
@@ -127,7 +131,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     holder: dict[str, Any] = {}
 
     def on_validation(record: dict[str, Any], _checkpoint: Any) -> None:
-        numeric = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        numeric = _numeric(record)
         # every validation so far (the trainer's history survives resumption), kept in
         # the run folder for good: the spool is emptied once MLflow has the points
         history = [
@@ -137,7 +141,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         tmp = run_dir / "history.json.tmp"
         tmp.write_text(json.dumps(history, indent=1) + "\n")
         os.replace(tmp, run_dir / "history.json")
-        points = {k: v for k, v in numeric.items() if k != "samples"}
+        points = _points(record)
         if logger is not None:
             logger.log(points, int(record["samples"]))
         else:
@@ -173,6 +177,23 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         from pipelines.tracking import Tracker
 
         log_run_results(Tracker(tracking["uri"]), tracking["run_id"], run, work_dir, metrics)
+
+
+def _numeric(record: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+
+
+def _points(record: dict[str, Any]) -> dict[str, float]:
+    """A validation record's metrics, as logged at the step of its sample count."""
+    return {k: v for k, v in _numeric(record).items() if k != "samples"}
+
+
+def _saved_history(run_dir: Path) -> list[dict[str, Any]]:
+    try:
+        history = json.loads((run_dir / "history.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return [r for r in history if isinstance(r, dict) and "samples" in r]
 
 
 def _child_main(job: dict[str, Any]) -> None:

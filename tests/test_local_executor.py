@@ -127,12 +127,44 @@ def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
         assert steps == list(range(16, 4001, 16))  # every validation, once
 
 
-def test_local_only_options_are_refused_for_ray(tmp_path: Path) -> None:
-    path = _sweep_file(tmp_path, "opts")
-    bad = _sparling("sweep", str(path), "--threads", "2", "--work-dir", str(tmp_path / "w"))
-    assert bad.returncode == 2 and "--threads apply to --executor local only" in bad.stderr
-    bad = _sparling("sweep", str(path), "--executor", "local", "--parallel", "0")
-    assert bad.returncode == 2 and "--parallel must be at least 1" in bad.stderr
-    bad = _sparling("sweep", str(path), "--executor", "local", "--device", "tpu")
-    assert bad.returncode == 2 and "--device must be cpu, cuda or cuda:N" in bad.stderr
-    assert not (tmp_path / "w").exists()
+def test_a_run_resumed_elsewhere_keeps_its_whole_history(tmp_path: Path) -> None:
+    """A run folder copied to another machine (its checkpoint and history.json, not its
+    MLflow store or its emptied spool) resumes there with every validation in MLflow."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    path = _sweep_file(tmp_path, "moved", budget_samples=4000, val_interval=16)
+    path.write_text(path.read_text().replace("- l1\n", ""))  # one run is enough here
+    here = tmp_path / "here"
+    args = ["sweep", str(path), "--executor", "local", "--no-report"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", *args, "--work-dir", str(here)],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:  # stop everything once the run has made a few validations
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            histories = list(here.glob("runs/*/history.json"))
+            if histories and len(json.loads(histories[0].read_text() or "[]")) >= 3:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    there = tmp_path / "there"
+    shutil.copytree(here / "runs", there / "runs")
+    (run,) = (there / "runs").iterdir()
+    (run / "metrics.spool.jsonl").unlink(missing_ok=True)
+    (run / "train.lock").unlink(missing_ok=True)
+    assert len(json.loads((run / "history.json").read_text())) >= 3
+    second = _sparling(*args, "--work-dir", str(there), timeout=900)
+    assert second.returncode == 0 and "1 finished" in second.stdout, second.stdout + second.stderr
+    ((child, steps),) = _children(there, "moved")
+    assert child.info.status == "FINISHED"
+    assert steps == list(range(16, 4001, 16))
