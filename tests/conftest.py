@@ -62,6 +62,19 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **extra}
 
 
+def run_python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` from the repository root, in :func:`subprocess_env`, output captured;
+    e.g. ``run_python("-m", "pipelines.cli", "sweep", ...)``."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_sweep_cli(
     path: Path, work: Path, *extra: str, timeout: float = 900, **env: str
 ) -> subprocess.CompletedProcess[str]:

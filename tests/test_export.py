@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import run_python, tiny_config
 
 import sparling
 from sparling import domains
@@ -96,14 +95,7 @@ def test_not_an_export_is_refused_clearly(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_python("-m", "pipelines.cli", *args)
 
 
 def test_cli_export_then_evaluate_file(trained_run: Path, tmp_path: Path) -> None:

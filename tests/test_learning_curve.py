@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_python
 
 sys.path.insert(0, str(REPO / "bench"))
 import learning_curve  # noqa: E402
@@ -44,15 +43,10 @@ def test_run_writes_the_curve_and_plot_draws_it(setting: str, tmp_path: Path) ->
     label = f"test-{setting}-{tmp_path.name}"
     record = learning_curve.RECORDS / f"{label}.json"
     try:
-        done = subprocess.run(
-            [sys.executable, "bench/learning_curve.py", "run", setting, "--samples", "32"]
-            + ["--eval-every", "16", "--val-size", "8", "--batch", "8", "--label", label]
-            + ["--train-size", "16", *TINY],
-            cwd=REPO,
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
+        done = run_python(
+            *["bench/learning_curve.py", "run", setting, "--samples", "32"],
+            *["--eval-every", "16", "--val-size", "8", "--batch", "8", "--label", label],
+            *["--train-size", "16", *TINY],
         )
         assert done.returncode == 0, done.stderr
         result = json.loads(record.read_text())["results"][0]

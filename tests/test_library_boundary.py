@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from conftest import REPO, subprocess_env
+from conftest import run_python
 
 CODE = """
 import sys
@@ -19,25 +16,11 @@ print(",".join(loaded) or "none")
 
 
 def test_importing_the_library_loads_neither_ray_nor_mlflow() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", CODE],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_python("-c", CODE)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "none"
 
 
 def test_the_check_can_fail() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", "import mlflow, sys; print('mlflow' in sys.modules)"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_python("-c", "import mlflow, sys; print('mlflow' in sys.modules)")
     assert done.stdout.strip() == "True"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import REPO, run_python, subprocess_env, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +30,7 @@ def _sweep_file(tmp_path: Path, name: str, **updates: Any) -> Path:
 
 
 def _sparling(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_python("-m", "pipelines.cli", *args, timeout=timeout)
 
 
 def _children(work: Path, sweep: str) -> list[Any]:
