@@ -65,22 +65,23 @@ def measure(
     model, x, config_len = build(domain, preset, batch)
     length = max_len or config_len
     benchlib.set_threads(threads)
-    memory: dict[str, torch.Tensor] = {}
+    memory: dict[str, torch.Tensor | None] = {}
 
     @torch.no_grad()
     def encode() -> None:
-        memory["m"] = model.encode(x)
+        memory["m"], memory["bias"] = model.h.encode_with_bias(model.motifs(x))
 
     enc = benchlib.time_reps(
         encode, seconds=0.0, min_reps=args.encode_reps, max_reps=args.encode_reps, threads=threads
     )
-    mem = memory["m"]
+    mem, bias = memory["m"], memory["bias"]
+    assert mem is not None
     out: dict[str, torch.Tensor] = {}
     rows = []
     for name, fn in (("cached", model.h.greedy_decode), ("naive", model.h.greedy_decode_naive)):
 
         def run(fn: Any = fn, name: str = name) -> None:
-            out[name] = fn(mem, length)
+            out[name] = fn(mem, length, bias)
 
         t = benchlib.time_reps(
             run,

@@ -186,14 +186,14 @@ def decode_rows(seconds: float, batch: int = 64) -> list[dict[str, Any]]:
     with torch.no_grad():
         model.h.out.bias[EOS_ID] = -1e9  # every row decodes max_len tokens
         x = collate_inputs([dom.sample(0, i) for i in range(batch)])
-        memory = model.encode(x)
+        memory, bias = model.h.encode_with_bias(model.motifs(x))
     out: dict[str, Any] = {}
     rows = []
     for name, fn in (("cached", model.h.greedy_decode), ("naive", model.h.greedy_decode_naive)):
 
         @torch.no_grad()
         def run(fn: Any = fn, name: str = name) -> None:
-            out[name] = fn(memory, cfg.max_output_len)
+            out[name] = fn(memory, cfg.max_output_len, bias)
 
         t = time_cuda(run, seconds=seconds)
         rows.append(

@@ -121,21 +121,13 @@ def _print_evaluation(result: Any, where: str, out: Path, as_json: bool) -> None
 def _evaluate_file(args: argparse.Namespace) -> int:
     """``sparling evaluate FILE.safetensors``: score an exported model on test images
     generated now (the test split of the model's data seed, or ``--data-seed``)."""
-    from sparling import domains
-    from sparling.evaluate import evaluate_model, write_report
-    from sparling.export import load_model
-    from sparling.scoring import GeneratedSamples
+    from sparling.evaluate import write_report
+    from sparling.export import evaluate_export
 
     path = Path(args.path)
-    model = load_model(path, device=args.device)
-    config = model.run_config
-    assert config is not None  # load_model sets it
-    seed = config.data.seed if args.data_seed is None else args.data_seed
-    domain = domains.make(config.domain.name, split="test", **config.domain.params)
-    test = GeneratedSamples(domain, seed, args.samples or config.data.test_size)
-    result = evaluate_model(model, domain, test, max_len=config.max_output_len, checkpoint=path)
-    result.metrics["checkpoint_density"] = float(model.export_metadata["density"])
-    result.metrics["checkpoint_samples"] = float(model.export_metadata["samples"])
+    _, domain, result = evaluate_export(
+        path, samples=args.samples, data_seed=args.data_seed, device=args.device
+    )
     out = Path(args.out) if args.out else Path(args.work_dir) / "evaluation" / path.stem
     write_report(result, domain, out)
     _print_evaluation(result, f"model {path}", out, args.json)

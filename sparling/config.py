@@ -11,12 +11,15 @@ import copy
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .domains.base import canonical_hash
+
+if TYPE_CHECKING:
+    from .models.presets import ArchitectureConfig
 
 
 class _Strict(BaseModel):
@@ -169,7 +172,6 @@ class RunConfig(_Strict):
             )
         # Refuse what building the model would refuse, now rather than hours later.
         from .bottlenecks import bottleneck_names, bottleneck_params
-        from .models.presets import preset_config
 
         b = self.bottleneck
         if b.name not in bottleneck_names():
@@ -183,29 +185,26 @@ class RunConfig(_Strict):
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
             raise ValueError(f"bottleneck.params for {b.name!r}: {problems}") from None
-        preset_config(
-            self.domain.name,
-            self.model.preset,
-            channels=self.model.channels or 1,
-            **self.model.overrides,
-        )
+        self.architecture()
         return self
+
+    def architecture(self) -> ArchitectureConfig:
+        """The model's sizes: the preset with the overrides applied (``ValueError`` naming
+        the field if they do not fit). Without ``model.channels``, 1 stands for the
+        domain's paper count, which is fixed per domain."""
+        from .models.presets import preset_config
+
+        m = self.model
+        return preset_config(self.domain.name, m.preset, channels=m.channels or 1, **m.overrides)
 
     # -- identity --------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """The fields that decide the run's result (where data lives does not), with the
         model preset resolved: when a preset's definition changes, so do its runs' ids,
         and no run resumes from a checkpoint of another architecture."""
-        from .models.presets import preset_config
-
         d = self.model_dump(mode="json")
         d["data"].pop("root")
-        d["model"]["architecture"] = preset_config(
-            self.domain.name,
-            self.model.preset,
-            channels=self.model.channels or 1,
-            **self.model.overrides,
-        ).model_dump(mode="json")
+        d["model"]["architecture"] = self.architecture().model_dump(mode="json")
         return d
 
     def run_id(self) -> str:

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import domains
 from .config import RunConfig, load_config
 from .models import SparlingModel
+
+if TYPE_CHECKING:
+    from .domains import Domain
+    from .evaluate import Evaluation
 
 #: the metadata key naming this file layout (bumped if it ever changes)
 FORMAT = "sparling-model/1"
@@ -144,3 +148,31 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Sparling
     model.run_config = config
     model.export_metadata = metadata
     return model
+
+
+def evaluate_export(
+    path: str | Path,
+    *,
+    samples: int | None = None,
+    data_seed: int | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[SparlingModel, Domain, Evaluation]:
+    """Score the exported model in ``path`` on ``samples`` test images generated now (the
+    test split of its run's data seed, or ``data_seed``; by default its run's test size).
+    Returns the model, the test domain and the evaluation, whose metrics also hold the
+    file's ``checkpoint_density`` and ``checkpoint_samples``."""
+    from .evaluate import evaluate_model
+    from .scoring import GeneratedSamples
+
+    model = load_model(path, device=device)
+    config = model.run_config
+    assert config is not None  # load_model sets it
+    seed = config.data.seed if data_seed is None else data_seed
+    domain = domains.make(config.domain.name, split="test", **config.domain.params)
+    test = GeneratedSamples(domain, seed, samples or config.data.test_size)
+    result = evaluate_model(
+        model, domain, test, max_len=config.max_output_len, checkpoint=Path(path)
+    )
+    result.metrics["checkpoint_density"] = float(model.export_metadata["density"])
+    result.metrics["checkpoint_samples"] = float(model.export_metadata["samples"])
+    return model, domain, result

@@ -54,29 +54,23 @@ def showcase(
     """Score each exported model on ``samples`` fresh test images and show what it found."""
     import sys
 
-    from . import domains
-    from .evaluate import evaluate_model, plot_activations, plot_confusion
-    from .export import load_model
-    from .scoring import GeneratedSamples
+    from .evaluate import plot_activations, plot_confusion
+    from .export import evaluate_export
 
     stream = stream or sys.stdout
     rows: list[dict[str, Any]] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in paths:
-        model = load_model(path)
+        model, domain, result = evaluate_export(path, samples=samples, data_seed=data_seed)
         config = model.run_config
         assert config is not None
-        domain = domains.make(config.domain.name, split="test", **config.domain.params)
-        seed = config.data.seed if data_seed is None else data_seed
-        test = GeneratedSamples(domain, seed, samples)
-        result = evaluate_model(model, domain, test, max_len=config.max_output_len)
         m = result.metrics
         row = {
             "model": Path(path).name,
             "method": config.bottleneck.name,
             "seed": config.seed,
-            "trained_samples": int(model.export_metadata["samples"]),
-            "checkpoint_density": float(model.export_metadata["density"]),
+            "trained_samples": int(m["checkpoint_samples"]),
+            "checkpoint_density": m["checkpoint_density"],
             **{k: m[k] for k in ("fpe", "fne", "ce", "e2ee", "accuracy", "density")},
             "test_samples": int(m["samples"]),
         }
