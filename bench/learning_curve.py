@@ -3,6 +3,7 @@
     .venv/bin/python bench/learning_curve.py run SETTING [--preset fast] [--set KEY=VALUE ...]
         [--samples N] [--eval-every N] [--val-size N] [--batch N] [--lr LR]
         [--warmup N] [--train-size N] [--seed S] [--threads T] [--label NAME]
+        [--init CHECKPOINT]
     .venv/bin/python bench/learning_curve.py plot [RECORD.json ...] [--out FILE.png]
 
 SETTING is one of
@@ -93,6 +94,11 @@ def run(
     channels = model.g.conv_out.out_channels
     shape = train_domain.input_shape
     trained = model.h if ideal else model
+    if args.init:
+        from sparling.checkpoint import load_checkpoint
+
+        state, _ = load_checkpoint(args.init)
+        model.load_state_dict(state["model"])
     opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=args.lr)
     rng = np.random.default_rng([args.seed, 0x1C])
     order = rng.permutation(args.train_size) if args.train_size else None
@@ -202,6 +208,7 @@ def _summary(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
             "seed": args.seed,
             "data_seed": args.data_seed,
             "val_size": args.val_size,
+            "init": str(args.init) if args.init else None,
             "threads": args.threads,
             "samples_per_s": round(pos / max(train_seconds, 1e-9), 1),
             "samples_to": {f"{int(t * 100)}%": samples_to(curve, t) for t in THRESHOLDS},
@@ -264,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--stop-at", type=float, default=0.0, help="stop once exact match >= this")
     r.add_argument("--label", default="")
+    r.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from the model weights of a checkpoint folder (e.g. RUN/checkpoints/last)",
+    )
     p = sub.add_parser("plot", help="draw the recorded curves")
     p.add_argument("records", nargs="*", type=Path)
     p.add_argument("--out", type=Path, default=FIGURE)
