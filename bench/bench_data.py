@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from sparling import domains  # noqa: E402
 
-#: The issue's requirement for DigitCircle, in samples per second on one core.
+#: The project's requirement for DigitCircle, in samples per second on one core.
 REQUIRED = {"digit-circle": 5000.0}
 
 

@@ -19,7 +19,7 @@ Both decoders must return identical ids (checked, reported as ``identical``).
 
 Samples/s are reported for the decoder alone and for encode + decode (the encoder is
 timed separately, ``--encode-reps`` times). Speed-up = naive time / cached time; the
-issue's goal is >= 5x. Results go to ``bench/results/decode.json``.
+project's goal is >= 5x. Results go to ``bench/results/decode.json``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The ``paper`` preset on a GPU: peak, training step at batch 10 and the largest batch that
-fits, with and without mixed precision, decoding, in one short call.
+fits, with and without mixed precision, decoding, in one short run.
 
     python bench/bench_gpu.py [--seconds S] [--max-batch N] [--out FILE] [--markdown FILE]
 
@@ -20,7 +20,7 @@ For DigitCircle's ``paper`` preset (the published model, 46 M parameters) it mea
   batch 64 (the validation batch), identical outputs checked.
 
 Writes JSON (``--out``) and a Markdown section (``--markdown``) for docs/performance.md.
-Each part is time-boxed and failures are recorded, not fatal, so one call returns
+Each part is time-boxed and failures are recorded, not fatal, so one run returns
 something whatever happens.
 """
 

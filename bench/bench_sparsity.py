@@ -6,7 +6,7 @@
 Forward + backward (training mode, a fixed random gradient fed to ``backward``) of
 ``SpatialSparsity`` on inputs of the paper's sizes, against:
 
-* ``relu``: ``torch.relu`` on the same tensor (the issue's yardstick: the layer should
+* ``relu``: ``torch.relu`` on the same tensor (the project's yardstick: the layer should
   cost at most 2x a ReLU);
 * ``batchnorm+relu``: ``nn.BatchNorm2d`` then ReLU (for context: the layer is a batch
   norm plus a quantile threshold).

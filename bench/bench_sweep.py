@@ -35,7 +35,7 @@ from its later progress), i.e. the time until the first step began. For the swee
 ``submit_to_first_step`` (includes Ray start, queueing and the tracking server) and
 ``task_to_first_step`` (the per-run set-up: Train controller and worker processes,
 imports, datasets, model) are given. Throughput: training samples of all runs / wall
-time of the whole mode; the sweep's ratio is against the loop. The issue's goals:
+time of the whole mode; the sweep's ratio is against the loop. The project's goals:
 start-up < 10 s, sweep throughput >= 90% of the plain loop.
 
 Short by default (4 runs of 320 samples); ``--samples`` sizes the runs (the fast preset

@@ -37,7 +37,7 @@ matmuls, convolutions and their backward (2 FLOPs per multiply-add). Two gaps ar
 Peak: a ``--peak-size`` square float32 ``torch.mm`` (default 4096, 2 n^3 FLOPs), best of
 ``--peak-reps``, timed in this run with the same thread count before and after the
 model timings; the better of the two is the peak. Fraction of peak = FLOPs per sample x
-samples/s / peak. The issue's goals: paper >= 60%, fast >= 40%.
+samples/s / peak. The project's goals: paper >= 60%, fast >= 40%.
 
 Results go to ``bench/results/train_step.json``; ``--seconds`` and ``--min-steps`` bound
 the timing per row. ``peak_rss_mb`` is the process's peak resident memory over the
@@ -67,7 +67,7 @@ PRESETS = ("paper", "fast")
 #: The other domain/preset pairs need well under 1 GiB per sample.
 MEMORY_PER_SAMPLE_GB = {("latex-ocr", "paper"): 1.5, ("latex-ocr", "fast"): 0.8}
 BASE_MEMORY_GB = 2.0
-#: the issue's goals, as fractions of the measured float32 peak
+#: the project's goals, as fractions of the measured float32 peak
 GOAL = {"paper": 0.60, "fast": 0.40, "eager-reference": None}
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sweeps this project runs on a GPU lease (no Ray or MLflow there), in one call:
+# The sweeps this project runs on a borrowed GPU machine (no Ray or MLflow there), in one run:
 #
 #   OUT=/some/dir bash bench/gpu_lease.sh        # on the GPU machine, .whl/ carried
 #

@@ -3,7 +3,7 @@
     .venv/bin/python bench/probe_train.py [--config FILE] [--set key=value ...]
         [--seconds S] [--device cpu|cuda] [--threads N] [--eval-samples N] [--out FILE]
 
-Used to choose the ``fast`` preset's training settings (issue 4) before committing hours
+Used to choose the ``fast`` preset's training settings (``docs/results.md``) before committing hours
 of CPU to a run: it trains the library's own :class:`sparling.train.Trainer` on samples
 generated on the fly (the same pure function of (seed, index) the sharded generator
 writes, so no dataset has to exist first), stops when the time is up or the run ends, and

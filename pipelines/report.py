@@ -8,7 +8,7 @@ values of every swept field, and writes into one folder:
 
 - ``report.md``: every table, the plots linked, and a header saying whether the sweep is
   complete or *partial* (runs missing, failed or still running), with the counts;
-- ``main.*``: the paper-style table (SPARLING.md section 7): FPE, FNE, CE, E2EE and the
+- ``main.*``: the paper-style table (docs/method.md section 7): FPE, FNE, CE, E2EE and the
   measured density in %, each as the mean over seeds with a 95% percentile-bootstrap
   interval, e.g. ``1.48 [0.07-4.23]``; the number of seeds; how many reached the
   domain's reported density;
@@ -85,7 +85,7 @@ __all__ = [
 
 #: Output formats for the tables (plots are always written, as PNG).
 FORMATS: tuple[str, ...] = ("md", "csv", "tex")
-#: Bootstrap settings of every interval in a report (SPARLING.md section 6).
+#: Bootstrap settings of every interval in a report (docs/method.md section 6).
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 0

@@ -2,7 +2,7 @@
 
 ``evaluate_checkpoint`` rebuilds the model a checkpoint describes (its resolved config
 sits beside it), runs ``g`` and the bottleneck on test inputs, and scores the surviving
-activations against the true motifs (SPARLING.md section 6): FPE, FNE, CE (Hungarian for
+activations against the true motifs (docs/method.md section 6): FPE, FNE, CE (Hungarian for
 DigitCircle, majority for the others), E2EE of greedy decoding, and the measured density.
 
 Motif errors read the non-negative part of the activations: for Sparling and the sparse

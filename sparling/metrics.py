@@ -1,6 +1,6 @@
 """Evaluation metrics: motif errors (FPE, FNE, CE), end-to-end error, density, bootstrap CIs.
 
-This implements SPARLING.md section 6. The motif errors compare the output of ``g`` plus
+This implements docs/method.md section 6. The motif errors compare the output of ``g`` plus
 the sparsity layer (one activation map per held-out input) with the ground-truth motifs
 of that input (a symbol and a box per true motif):
 
@@ -304,7 +304,7 @@ def motif_errors(
     assignment: Assignment,
     symbols: Sequence[str] | None = None,
 ) -> MotifErrors:
-    """FPE, FNE and CE of sparse activation maps against the true motifs (SPARLING.md section 6).
+    """FPE, FNE and CE of sparse activation maps against the true motifs (docs/method.md section 6).
 
     Args:
         activations: one map per sample, each shaped (C, H, W) or (C, L), as a sequence of

@@ -1,4 +1,4 @@
-"""Adaptive sparsity training (AST), SPARLING.md section 3.
+"""Adaptive sparsity training (AST), docs/method.md section 3.
 
 The schedule is plain Python (no torch state): the training loop validates every V samples
 and calls :meth:`AdaptiveSparsitySchedule.observe`, which returns the density to use next.

@@ -1,4 +1,4 @@
-"""The spatial sparsity layer of Sparling (SPARLING.md section 2).
+"""The spatial sparsity layer of Sparling (docs/method.md section 2).
 
 ``SpatialSparsity`` batch-normalises each channel, keeps a per-channel threshold that tracks
 the ``1 - density`` quantile of the normalised values seen in training, and outputs
@@ -218,7 +218,7 @@ def _kth_largest_bracketed(y: Tensor, m: int) -> Tensor:
 
 
 def _quantile_rank(count: int, density: float) -> int:
-    """How many of ``count`` values are >= the (1 - density) quantile (SPARLING.md sec. 2).
+    """How many of ``count`` values are >= the (1 - density) quantile (docs/method.md sec. 2).
 
     The quantile is the k-th smallest value, k = max(1, floor(count * (1 - density))),
     which is the (count - k + 1)-th largest.

@@ -70,8 +70,8 @@ with ``"\frac{"``). Its box bounds the pixels where that glyph alone has coverag
 ``box_pad`` pixels and clipped to the image; characters cropped away entirely get no
 motif. Scripts, braces and ``}{`` draw nothing and have no motif. That gives 20 motif
 classes (16 symbols, ``+``, two parentheses, the bar), as in the authors' evaluation
-(``compute_stamps``, which labels the bar FRACBAR); the "19 true classes" of the
-design notes is those without the bar, which ``fraction_bar_motif=False`` reproduces.
+(``compute_stamps``, which labels the bar FRACBAR); the "19 true classes" of
+docs/method.md are those without the bar, which ``fraction_bar_motif=False`` reproduces.
 """
 
 from __future__ import annotations
