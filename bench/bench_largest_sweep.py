@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from mlflow import MlflowClient
 
-    from pipelines.tracking import load_settings, tracking_uri
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="sparling-largest-"))
     sweep = {

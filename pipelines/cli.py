@@ -278,7 +278,8 @@ def _report_text(
     sweep_name: str, work_dir: Path, out: Path | None, formats: tuple[str, ...]
 ) -> str:
     from pipelines.report import report_command
-    from pipelines.tracking import load_settings, tracking_uri
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
 
     settings = load_settings(work_dir)
     out_dir = out or work_dir / "reports" / sweep_name
@@ -301,7 +302,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from pipelines.tracking import run_ui
+    from pipelines.ui import run_ui
 
     run_ui(Path(args.work_dir).resolve(), port=args.port)
     return 0

@@ -99,7 +99,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     import torch
 
     from pipelines.sweep import evaluate_run, log_run_results
-    from pipelines.tracking import append_to_spool
+    from pipelines.tracking.logger import append_to_spool
     from sparling.config import RunConfig
     from sparling.shards import ShardedDataset
     from sparling.train import Callbacks, make_trainer
@@ -114,7 +114,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     tracking = job.get("tracking")
     logger = None
     if tracking:
-        from pipelines.tracking import MetricLogger
+        from pipelines.tracking.logger import MetricLogger
 
         logger = MetricLogger(tracking["uri"], tracking["run_id"], spool=spool)
         # A run resumed on another machine (its folder copied, not its MLflow store):
@@ -174,7 +174,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     work_dir = Path(job["work_dir"])
     metrics = evaluate_run(run, work_dir, test_dir=Path(job["test"]), device=job["device"])
     if tracking:
-        from pipelines.tracking import Tracker
+        from pipelines.tracking.finder import Tracker
 
         log_run_results(Tracker(tracking["uri"]), tracking["run_id"], run, work_dir, metrics)
 

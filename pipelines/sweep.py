@@ -27,17 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.sweep_spec import PlannedRun, Sweep
-from pipelines.tracking import (
-    TAG_DOMAIN,
-    TAG_EXPECTED,
+from pipelines.tracking.tags import (
+    STATUS_FAILED,
+    STATUS_FINISHED,
     TAG_FAILURE,
-    TAG_KIND,
-    TAG_METHOD,
-    TAG_RUN_ID,
-    TAG_SEED,
     TAG_STATUS,
-    TAG_SWEPT,
-    TAG_SWEPT_FIELDS,
+    child_tags,
+    parent_tags,
 )
 from pipelines.train_job import prepare_datasets, read_json, run_dir_for, run_training
 
@@ -96,7 +92,7 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
     mlflow_run = None
     try:
         if tracking:
-            from pipelines.tracking import Tracker
+            from pipelines.tracking.finder import Tracker
 
             tracker = Tracker(tracking["uri"])
             mlflow_run = tracking["runs"].get(run.key)
@@ -129,7 +125,7 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
         reason = _reason(e)
         if tracker is not None and mlflow_run is not None:
             try:
-                tracker.set_tags(mlflow_run, {TAG_STATUS: "failed", TAG_FAILURE: reason})
+                tracker.set_tags(mlflow_run, {TAG_STATUS: STATUS_FAILED, TAG_FAILURE: reason})
                 tracker.set_terminated(mlflow_run, "FAILED")
             except Exception:  # the tracking server itself may be what failed
                 pass
@@ -231,7 +227,7 @@ def log_run_results(
     tracker.log_artifact(mlflow_run, run_dir / "config.json")
     for ckpt in sorted((run_dir / "checkpoints").glob("density-*")):
         tracker.log_artifacts(mlflow_run, ckpt, f"checkpoints/{ckpt.name}")
-    tracker.set_tags(mlflow_run, {TAG_STATUS: "finished"})
+    tracker.set_tags(mlflow_run, {TAG_STATUS: STATUS_FINISHED})
     tracker.set_terminated(mlflow_run, "FINISHED")
 
 
@@ -308,13 +304,11 @@ def _tracking_context(
     sweep: Sweep, work_dir: Path, todo: list[PlannedRun]
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The tracking server (started or reused), the sweep's parent run and each run's child."""
-    from pipelines.tracking import (
-        MetricLogger,
-        Tracker,
-        environment_tags,
-        load_settings,
-        tracking_uri,
-    )
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.logger import MetricLogger
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+    from pipelines.tracking.tags import environment_tags
 
     settings = load_settings(work_dir)
     with tracking_uri(settings) as uri:
@@ -323,13 +317,7 @@ def _tracking_context(
             settings.experiment_for(sweep=sweep.name), settings.experiment_artifact_location
         )
         parent = tracker.parent_run(
-            experiment,
-            sweep.name,
-            {
-                TAG_EXPECTED: str(len(sweep.runs)),
-                TAG_SWEPT_FIELDS: json.dumps(sweep.swept_fields),
-                "sparling.sweep_file": sweep.source,
-            },
+            experiment, sweep.name, parent_tags(len(sweep.runs), sweep.swept_fields, sweep.source)
         )
         # Children a killed driver left RUNNING: mark them KILLED; they resume below.
         tracker.mark_stale(parent, keep=set())
@@ -367,16 +355,7 @@ def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dic
         run.key,
         run.name,
         params=config.flat(),
-        tags={
-            **env,
-            TAG_KIND: "run",
-            TAG_RUN_ID: run.key,
-            TAG_METHOD: run.method,
-            TAG_DOMAIN: config.domain.name,
-            TAG_SEED: str(run.seed),
-            TAG_SWEPT: json.dumps(run.swept, sort_keys=True),
-            TAG_STATUS: "running",
-        },
+        tags={**env, **child_tags(run.key, run.method, config.domain.name, run.seed, run.swept)},
     )
     return str(run_id)
 
@@ -516,13 +495,13 @@ def _launch_local(
 
 def _mark_ended(tracking: dict[str, Any], run: PlannedRun, status: str, reason: str) -> None:
     """A failed run's child FAILED with the reason; a stopped one KILLED (it resumes)."""
-    from pipelines.tracking import Tracker
+    from pipelines.tracking.finder import Tracker
 
     child = tracking["runs"][run.key]
     try:
         tracker = Tracker(tracking["uri"])
         if status == "failed":
-            tracker.set_tags(child, {TAG_STATUS: "failed", TAG_FAILURE: reason})
+            tracker.set_tags(child, {TAG_STATUS: STATUS_FAILED, TAG_FAILURE: reason})
         tracker.set_terminated(child, "FAILED" if status == "failed" else "KILLED")
     except Exception:  # the tracking server itself may be what failed
         pass

@@ -170,7 +170,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     tracking = loop_config.get("tracking")
     logger = None
     if tracking and rank == 0:
-        from pipelines.tracking import MetricLogger
+        from pipelines.tracking.logger import MetricLogger
 
         # The spool keeps unsent points on disk, so a crashed worker's retry sends them.
         logger = MetricLogger(

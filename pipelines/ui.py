@@ -16,15 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from pipelines.tracking import (
-    UI_QUERY,
-    LocalTrackingServer,
-    TrackingConfigError,
-    experiment_url,
-    load_settings,
-    redact_uri,
-    server_healthy,
-)
+from pipelines.tracking.errors import TrackingConfigError
+from pipelines.tracking.procs import server_healthy
+from pipelines.tracking.redaction import redact_uri
+from pipelines.tracking.server import LocalTrackingServer
+from pipelines.tracking.settings import load_settings
+from pipelines.tracking.tags import UI_QUERY, experiment_url
 
 _LOOPBACK = ("127.0.0.1", "localhost")
 
@@ -47,7 +44,7 @@ def run_ui(
     ``mlflow server`` on the local store (on ``port``, or a free one). If the server goes
     away (its process was killed), it starts another on the same port. On the ``server``
     profile there is nothing to start: it prints the server's address and returns.
-    Raises :class:`~pipelines.tracking.TrackingError` (a ``SparlingError``) on bad
+    Raises :class:`~pipelines.tracking.errors.TrackingError` (a ``SparlingError``) on bad
     settings or a server that does not start.
     """
     if host not in _LOOPBACK:

@@ -36,7 +36,8 @@ def _sparling(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[s
 def _children(work: Path, sweep: str) -> list[Any]:
     from mlflow import MlflowClient
 
-    from pipelines.tracking import load_settings, tracking_uri
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
 
     settings = load_settings(work)
     with tracking_uri(settings) as uri:

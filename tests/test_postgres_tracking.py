@@ -88,7 +88,7 @@ def postgres() -> Iterator[str]:
 def test_sweep_logs_to_a_postgres_backed_server(postgres: str, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.tracking import LocalTrackingServer
+    from pipelines.tracking.server import LocalTrackingServer
 
     server = LocalTrackingServer(postgres, tmp_path / "artifacts", tmp_path / "state")
     uri = server.start()

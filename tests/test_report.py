@@ -556,7 +556,7 @@ def test_sensitivity_pools_over_the_other_swept_fields() -> None:
 
 
 def test_passwords_in_the_tracking_uri_are_not_written(report: Report) -> None:
-    from pipelines.tracking import redact_uri as _redact
+    from pipelines.tracking.redaction import redact_uri as _redact
 
     assert (
         _redact("https://me:s3cret@mlflow.example:5000/x") == "https://me:***@mlflow.example:5000/x"

@@ -37,7 +37,8 @@ def _children(work: Path) -> list[dict[str, str]]:
     """Every child run of the sweep in MLflow: (key, status) read back through the server."""
     from mlflow import MlflowClient
 
-    from pipelines.tracking import load_settings, tracking_uri
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
 
     settings = load_settings(work)
     with tracking_uri(settings) as uri:
@@ -123,7 +124,8 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
     MLflow at the end, once, and the runs are FINISHED."""
     from mlflow import MlflowClient
 
-    from pipelines.tracking import SERVER_FILE, load_settings
+    from pipelines.tracking.server import SERVER_FILE
+    from pipelines.tracking.settings import load_settings
 
     sweep = {
         "name": "restart",
@@ -265,7 +267,8 @@ def test_unwritable_artifact_location_fails_clearly_and_keeps_earlier_results(
     the earlier run's artifacts are untouched; once writable again the rerun completes."""
     from mlflow import MlflowClient
 
-    from pipelines.tracking import load_settings, tracking_uri
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
 
     sweep = {"name": "ro", "base": tiny_config(), "methods": ["sparling"], "seeds": [0]}
     path = tmp_path / "s.yaml"

@@ -40,9 +40,14 @@ from typing import Any
 import pytest
 from conftest import REPO, tiny_config
 
-from pipelines.tracking import (
-    REDACTED,
-    SERVER_FILE,
+from pipelines.tracking.errors import TrackingConfigError, TrackingError, TrackingServerError
+from pipelines.tracking.finder import Tracker
+from pipelines.tracking.logger import MetricLogger
+from pipelines.tracking.procs import server_healthy
+from pipelines.tracking.redaction import REDACTED, is_secret_key, redact_uri, scrub
+from pipelines.tracking.server import SERVER_FILE, LocalTrackingServer, tracking_uri
+from pipelines.tracking.settings import TrackingSettings, load_settings
+from pipelines.tracking.tags import (
     TAG_COMMIT,
     TAG_EXPERIMENT_KIND,
     TAG_KIND,
@@ -50,21 +55,8 @@ from pipelines.tracking import (
     TAG_RUN_ID,
     TAG_SWEEP,
     TAG_VERSIONS,
-    LocalTrackingServer,
-    MetricLogger,
-    Tracker,
-    TrackingConfigError,
-    TrackingError,
-    TrackingServerError,
-    TrackingSettings,
     environment_tags,
-    is_secret_key,
-    load_settings,
-    redact_uri,
     run_name,
-    scrub,
-    server_healthy,
-    tracking_uri,
 )
 from sparling.config import load_config
 
@@ -228,6 +220,35 @@ def test_environment_tags(tmp_path: Path) -> None:
     outside = environment_tags(tmp_path)  # not a git checkout
     assert outside[TAG_COMMIT] == "unknown" and "sparling.git_dirty" not in outside
     assert run_name("sparling-st", 1) == "sparling-st seed=1"
+
+
+def test_tag_contract_and_package_names() -> None:
+    """The tag dicts the sweep driver writes, and ``from pipelines.tracking import X``."""
+    import pipelines.tracking as package
+    from pipelines.tracking import finder, logger, server, settings, tags
+
+    assert tags.PROJECT_ROOT == REPO
+    assert tags.parent_tags(3, ["train.lr"], "s.yaml") == {
+        "sparling.expected_runs": "3",
+        "sparling.swept_fields": '["train.lr"]',
+        "sparling.sweep_file": "s.yaml",
+    }
+    child = tags.child_tags("abc", "sparling", "digit-circle", 2, {"b": 1, "a": "x"})
+    assert child == {
+        "sparling.kind": "run",
+        "sparling.run_id": "abc",
+        "sparling.method": "sparling",
+        "sparling.domain": "digit-circle",
+        "sparling.seed": "2",
+        "sparling.swept": '{"a": "x", "b": 1}',
+        "sparling.status": "running",
+    }
+    assert set(tags.STATUSES) == {"running", "finished", "failed"}
+    assert all(hasattr(package, name) for name in package.__all__)
+    assert package.Tracker is finder.Tracker and package.MetricLogger is logger.MetricLogger
+    assert package.tracking_uri is server.tracking_uri
+    assert package.load_settings is settings.load_settings and package.TAG_SWEEP is tags.TAG_SWEEP
+    assert not hasattr(package, "run_ui")  # served by pipelines.ui
 
 
 # -- the server without starting one -----------------------------------------------------------

@@ -24,19 +24,18 @@ from typing import Any
 import pytest
 from conftest import REPO
 
-from pipelines.tracking import (
-    SERVER_FILE,
+from pipelines.tracking.finder import Tracker
+from pipelines.tracking.logger import MetricLogger
+from pipelines.tracking.procs import server_healthy
+from pipelines.tracking.server import SERVER_FILE, LocalTrackingServer
+from pipelines.tracking.settings import load_settings
+from pipelines.tracking.tags import (
     TAG_DOMAIN,
     TAG_METHOD,
     TAG_SEED,
     UI_QUERY,
-    LocalTrackingServer,
-    MetricLogger,
-    Tracker,
     environment_tags,
-    load_settings,
     run_name,
-    server_healthy,
 )
 from pipelines.ui import HEADLESS_CHROMIUM_ARGS
 

@@ -1,0 +1,292 @@
+"""The run API (:class:`Tracker`): experiments, one parent run per sweep and one child run
+per training run, found again by their tags (never duplicated), stale runs marked KILLED.
+
+The tags are those of :mod:`pipelines.tracking.tags`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.tracking.errors import TrackingError
+from pipelines.tracking.limits import (
+    METRICS_PER_BATCH,
+    PARAMS_PER_BATCH,
+    check_key,
+    param_value,
+    tag_value,
+)
+from pipelines.tracking.redaction import scrub
+from pipelines.tracking.settings import EXPERIMENT_ENV
+from pipelines.tracking.tags import (
+    EXPERIMENT_KIND,
+    KIND_RUN,
+    KIND_SWEEP,
+    TAG_EXPERIMENT_KIND,
+    TAG_KIND,
+    TAG_PARENT,
+    TAG_RUN_ID,
+    TAG_SWEEP,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+_log = logging.getLogger(__name__)
+
+_TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+def _quote(value: str) -> str:
+    """A string literal for an MLflow filter (which has no escapes inside quotes)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise TrackingError(f"a name may hold ' or \" but not both: {value!r}")
+
+
+class Tracker:
+    """Sweep and run bookkeeping on an MLflow tracking server (a thin layer on
+    :class:`mlflow.MlflowClient`).
+
+    Every ``find-or-create`` looks runs up by tags and, after creating one, looks again:
+    if two processes created the same run at once, both keep the oldest and the other is
+    deleted, so the store ends with one run per key.
+    """
+
+    def __init__(self, uri: str) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.client: MlflowClient = MlflowClient(tracking_uri=uri)
+
+    # -- experiments -------------------------------------------------------------------------
+    def experiment(self, name: str, artifact_location: str | None = None) -> str:
+        """The id of experiment ``name``, created (with ``artifact_location``) if missing.
+
+        The experiment is tagged ``mlflow.experimentKind=custom_model_development``: the
+        MLflow 3 UI then shows its runs table rather than the GenAI (traces) pages.
+        """
+        from mlflow.exceptions import MlflowException
+
+        for _ in range(3):
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage != "active":
+                    raise TrackingError(
+                        f"MLflow experiment {name!r} (id {exp.experiment_id}) is deleted: "
+                        f"restore it (mlflow experiments restore --experiment-id "
+                        f"{exp.experiment_id}) or choose another name ({EXPERIMENT_ENV})"
+                    )
+                if exp.tags.get(TAG_EXPERIMENT_KIND) is None:
+                    self.client.set_experiment_tag(
+                        exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND
+                    )
+                return str(exp.experiment_id)
+            try:
+                return str(
+                    self.client.create_experiment(
+                        name, artifact_location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+                    )
+                )
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                # another process created it between our look-up and create: look again
+        raise TrackingError(f"could not get or create MLflow experiment {name!r}")
+
+    # -- runs --------------------------------------------------------------------------------
+    def _search(self, experiment_ids: list[str], filter_string: str) -> list[Run]:
+        from mlflow.entities import ViewType
+
+        runs: list[Run] = []
+        token: str | None = None
+        while True:
+            page = self.client.search_runs(
+                experiment_ids,
+                filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _find_or_create(
+        self, experiment_id: str, filter_string: str, create: Any
+    ) -> tuple[Run, bool]:
+        found = self._search([experiment_id], filter_string)
+        if found:
+            return _oldest(found), True
+        mine: Run = create()
+        found = self._search([experiment_id], filter_string)
+        winner = _oldest(found) if found else mine
+        if winner.info.run_id != mine.info.run_id:
+            # Lost a race with another process creating the same run: keep theirs.
+            self.client.delete_run(mine.info.run_id)
+            return winner, True
+        return mine, False
+
+    def parent_run(
+        self, experiment_id: str, sweep_name: str, tags: Mapping[str, Any] | None = None
+    ) -> str:
+        """The id of the sweep's parent run (tags ``sparling.kind=sweep`` and
+        ``sparling.sweep_name``), created if missing, named after the sweep."""
+        filter_string = _parent_filter(sweep_name)
+        all_tags = {**scrub(dict(tags or {})), TAG_KIND: KIND_SWEEP, TAG_SWEEP: sweep_name}
+
+        def create() -> Run:
+            return self.client.create_run(experiment_id, tags=_tags(all_tags), run_name=sweep_name)
+
+        run, _ = self._find_or_create(experiment_id, filter_string, create)
+        return str(run.info.run_id)
+
+    def child_run(
+        self,
+        experiment_id: str,
+        parent_id: str,
+        key: str,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """``(run_id, existed)`` of the run ``key`` (tag ``sparling.run_id``) under the parent.
+
+        A new run gets ``mlflow.parentRunId`` (the UI nests it), the name, the tags and the
+        params (credential-like ones redacted, long values cut to MLflow's limit). For an
+        existing run, only params it does not have yet are logged: MLflow params are
+        immutable, and one whose value differs (e.g. ``data.root`` on another machine)
+        is left as first logged, with a warning.
+        """
+        filter_string = (
+            f"tags.`{TAG_PARENT}` = {_quote(parent_id)} and tags.`{TAG_RUN_ID}` = {_quote(key)}"
+        )
+        all_tags = {
+            **scrub(dict(tags or {})),
+            TAG_PARENT: parent_id,
+            TAG_KIND: KIND_RUN,
+            TAG_RUN_ID: key,
+        }
+
+        def create() -> Run:
+            return self.client.create_run(experiment_id, tags=_tags(all_tags), run_name=name)
+
+        run, existed = self._find_or_create(experiment_id, filter_string, create)
+        self._log_params(run, params)
+        return str(run.info.run_id), existed
+
+    def _log_params(self, run: Run, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        have = dict(run.data.params) if run.data.params else {}
+        todo: list[Param] = []
+        for k, v in scrub(dict(params)).items():
+            value = param_value(v)
+            if k in have:
+                if have[k] != value:
+                    _log.warning(
+                        "run %s: param %s already logged as %r, not changed to %r",
+                        run.info.run_id,
+                        k,
+                        have[k][:80],
+                        value[:80],
+                    )
+                continue
+            todo.append(Param(check_key(k), value))
+        for i in range(0, len(todo), PARAMS_PER_BATCH):
+            self.client.log_batch(run.info.run_id, params=todo[i : i + PARAMS_PER_BATCH])
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run as ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        if status not in _TERMINAL:
+            raise TrackingError(f"status must be one of {', '.join(_TERMINAL)}, got {status!r}")
+        self.client.set_terminated(run_id, status)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """Set a run's status: ``RUNNING`` (e.g. a resumed run that was marked KILLED or
+        FAILED) or a terminal one (then as :meth:`set_terminated`, with an end time)."""
+        if status in _TERMINAL:
+            self.set_terminated(run_id, status)
+        elif status in ("RUNNING", "SCHEDULED"):
+            self.client.update_run(run_id, status=status)
+        else:
+            raise TrackingError(
+                f"status must be RUNNING, SCHEDULED or one of {', '.join(_TERMINAL)}, "
+                f"got {status!r}"
+            )
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set tags on a run (credential-like ones redacted, long values cut)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in _tags(scrub(dict(tags))).items()]
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, tags=items[i : i + PARAMS_PER_BATCH])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log final metrics from the driver in one batch (workers use :class:`MetricLogger`)."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(check_key(k), float(v), ts, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(items), METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=items[i : i + METRICS_PER_BATCH])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        """Upload a folder's files into the run (through the server's artifact proxy)."""
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        """Upload one file into the run."""
+        self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def children(self, parent_id: str) -> list[Run]:
+        """The parent's active child runs, oldest first."""
+        experiment_id = self.client.get_run(parent_id).info.experiment_id
+        return self._search([experiment_id], f"tags.`{TAG_PARENT}` = {_quote(parent_id)}")
+
+    def find_child(self, parent_id: str, key: str) -> Run | None:
+        """The child run with ``sparling.run_id == key`` under the parent, if any."""
+        runs = [r for r in self.children(parent_id) if r.data.tags.get(TAG_RUN_ID) == key]
+        return _oldest(runs) if runs else None
+
+    def mark_stale(self, parent_id: str, keep: Collection[str]) -> list[str]:
+        """Mark KILLED the children still RUNNING whose key is not in ``keep`` (left behind
+        by a driver that was killed); returns their keys, sorted."""
+        stale = []
+        for run in self.children(parent_id):
+            key = run.data.tags.get(TAG_RUN_ID, "")
+            if run.info.status == "RUNNING" and key not in keep:
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                stale.append(key)
+        return sorted(stale)
+
+    def find_parent(self, experiment_name: str, sweep_name: str) -> Run | None:
+        """The parent run of a sweep in an experiment, if both exist."""
+        exp = self.client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            return None
+        runs = self._search([exp.experiment_id], _parent_filter(sweep_name))
+        return _oldest(runs) if runs else None
+
+
+def _parent_filter(sweep_name: str) -> str:
+    """The MLflow filter that finds a sweep's parent run."""
+    return f"tags.`{TAG_KIND}` = '{KIND_SWEEP}' and tags.`{TAG_SWEEP}` = {_quote(sweep_name)}"
+
+
+def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {check_key(k): tag_value(v) for k, v in tags.items()}
+
+
+def _oldest(runs: list[Run]) -> Run:
+    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))

@@ -1,0 +1,154 @@
+"""The MLflow tag contract: what the sweep driver writes on its runs and a report reads back.
+
+A sweep logs one *parent* run per sweep and one *child* run per training run (nested
+under it by ``mlflow.parentRunId``). The driver (:mod:`pipelines.sweep`, through
+:class:`~pipelines.tracking.finder.Tracker`) writes these tags; the report finds runs and
+reads their results back by them. Every tag value is a string:
+
+==========================  ===========  ==================================================
+tag                         on           value
+==========================  ===========  ==================================================
+``sparling.kind``           both         ``sweep`` on a parent run, ``run`` on a child run
+``sparling.sweep_name``     parent       the sweep's name
+``sparling.expected_runs``  parent       how many runs the sweep file plans, e.g. ``12``
+``sparling.swept_fields``   parent       JSON list of the swept config fields, in order
+``sparling.sweep_file``     parent       the sweep file the sweep was read from
+``sparling.run_id``         child        the run's config hash (``RunConfig.run_id()``)
+``sparling.method``         child        bottleneck name, e.g. ``sparling``, ``sparling-st``
+``sparling.domain``         child        e.g. ``digit-circle``
+``sparling.seed``           child        the run seed, e.g. ``0``
+``sparling.swept``          child        JSON object: swept field -> this run's value
+``sparling.status``         child        ``running``, then ``finished`` or ``failed``
+``sparling.failure``        child        why a ``failed`` run failed
+``sparling.git_commit``     child        ``git rev-parse HEAD`` of the project, or ``unknown``
+``sparling.git_dirty``      child        ``true`` when the work tree had uncommitted changes
+``sparling.versions``       child        ``sparling=... torch=... ray=... mlflow=...``
+``mlflow.parentRunId``      child        the parent's run id (the MLflow UI nests it)
+==========================  ===========  ==================================================
+
+A child without ``sparling.status`` (an older or crashed driver) is read by MLflow's own
+run status. Experiments carry ``mlflow.experimentKind=custom_model_development`` and UI
+links end in :data:`UI_QUERY`, so that the MLflow 3 UI shows the runs table rather than
+its GenAI pages.
+
+Child run names are ``"<method> seed=<seed>"`` (:func:`run_name`); a parent run is named
+after its sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+#: The project root (for ``git rev-parse``).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# Tag keys.
+TAG_KIND = "sparling.kind"
+TAG_SWEEP = "sparling.sweep_name"
+TAG_EXPECTED = "sparling.expected_runs"
+TAG_SWEPT_FIELDS = "sparling.swept_fields"
+TAG_SWEEP_FILE = "sparling.sweep_file"
+TAG_SWEPT = "sparling.swept"
+TAG_STATUS = "sparling.status"
+TAG_FAILURE = "sparling.failure"
+TAG_RUN_ID = "sparling.run_id"
+TAG_METHOD = "sparling.method"
+TAG_DOMAIN = "sparling.domain"
+TAG_SEED = "sparling.seed"
+TAG_COMMIT = "sparling.git_commit"
+TAG_DIRTY = "sparling.git_dirty"
+TAG_VERSIONS = "sparling.versions"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+
+# Tag values.
+#: ``sparling.kind`` of a sweep's parent run and of a training run's child run.
+KIND_SWEEP = "sweep"
+KIND_RUN = "run"
+#: ``sparling.status`` of a child run: set to running when created, then to one of the others.
+STATUS_RUNNING = "running"
+STATUS_FINISHED = "finished"
+STATUS_FAILED = "failed"
+STATUSES = (STATUS_FINISHED, STATUS_FAILED, STATUS_RUNNING)
+#: ``mlflow.experimentKind`` of every experiment a sweep logs to.
+EXPERIMENT_KIND = "custom_model_development"
+#: Query to add to UI links: the MLflow 3 UI opens in its GenAI mode otherwise.
+UI_QUERY = "workflowType=machine_learning"
+
+
+def parent_tags(expected_runs: int, swept_fields: Sequence[str], sweep_file: str) -> dict[str, str]:
+    """The tags the driver gives a sweep's parent run, besides ``sparling.kind`` and
+    ``sparling.sweep_name`` (which :meth:`~pipelines.tracking.finder.Tracker.parent_run`
+    sets and finds the run by)."""
+    return {
+        TAG_EXPECTED: str(expected_runs),
+        TAG_SWEPT_FIELDS: json.dumps(swept_fields),
+        TAG_SWEEP_FILE: sweep_file,
+    }
+
+
+def child_tags(
+    key: str, method: str, domain: str, seed: int, swept: Mapping[str, Any]
+) -> dict[str, str]:
+    """The tags the driver gives a training run's child run when it creates or resumes it
+    (status ``running``); :func:`environment_tags` are added beside them."""
+    return {
+        TAG_KIND: KIND_RUN,
+        TAG_RUN_ID: key,
+        TAG_METHOD: method,
+        TAG_DOMAIN: domain,
+        TAG_SEED: str(seed),
+        TAG_SWEPT: json.dumps(swept, sort_keys=True),
+        TAG_STATUS: STATUS_RUNNING,
+    }
+
+
+def run_name(method: str, seed: int) -> str:
+    """The display name of a child run: ``"sparling seed=0"``, ``"sparling-st seed=1"``."""
+    return f"{method} seed={seed}"
+
+
+def experiment_url(uri: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table (in the UI's model-training mode)."""
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_QUERY}"
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def environment_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """``sparling.git_commit`` (``unknown`` outside a git checkout), ``sparling.git_dirty``
+    and ``sparling.versions``: what a result was produced with."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout
+
+    commit = (git("rev-parse", "HEAD") or "").strip() or "unknown"
+    tags = {TAG_COMMIT: commit}
+    if commit != "unknown":
+        status = git("status", "--porcelain", "--untracked-files=no")
+        if status is not None:
+            tags[TAG_DIRTY] = "true" if status.strip() else "false"
+    versions = {d: _version(d) for d in ("sparling", "torch", "ray", "mlflow")}
+    tags[TAG_VERSIONS] = " ".join(f"{k}={v}" for k, v in versions.items())
+    return tags
