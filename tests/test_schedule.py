@@ -13,7 +13,7 @@ from sparling.schedule import AdaptiveSparsitySchedule
 def test_hand_computed_sequence() -> None:
     s = AdaptiveSparsitySchedule(target_density=0.1)
     assert (s.density, s.threshold, s.done) == (0.5, 1.0, False)
-    # each step worked out by hand from SPARLING.md section 3 (d_T = 1e-7 per sample)
+    # each step worked out by hand from docs/method.md section 3 (d_T = 1e-7 per sample)
     # T = 1 - 1e-7 * 20k = 0.998; 0.40 is not above: keep; T = max(0.998, 0.40)
     assert s.observe(20_000, 0.40) == 0.5
     assert s.threshold == pytest.approx(0.998)

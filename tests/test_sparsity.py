@@ -30,7 +30,7 @@ def _per_group(y: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
 
 
 def _quantile(y: torch.Tensor, density: float, per_channel: bool = True) -> torch.Tensor:
-    """SPARLING.md section 2: k-th smallest, k = max(1, floor(count * (1 - density)))."""
+    """docs/method.md section 2: k-th smallest, k = max(1, floor(count * (1 - density)))."""
     g = _per_group(y, per_channel)
     k = max(1, math.floor(g.shape[1] * (1 - density)))
     return g.kthvalue(k, dim=1).values
