@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-#: The values of the ``sparling.status`` tag of a run.
-
 
 def _client(tracking_uri: str) -> MlflowClient:
     """A client for ``tracking_uri``, refusing a local store that does not exist.
