@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
+
+from sparling.fileio import atomic_write_json  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 #: Datasets and run folders the benchmarks create (git-ignored, reused between runs).
@@ -308,9 +309,7 @@ def write_report(
         "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, out)
+    atomic_write_json(out, report, indent=2, default=_json_default)
     return report
 
 

@@ -290,14 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         print(plot(paths, args.out))
         return 0
 
-    import yaml
+    from sparling.fileio import load_yaml
 
     overrides: dict[str, Any] = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = load_yaml(value, source=f"--set {key}")
     out = RECORDS / f"{args.label or args.setting}.json"
 
     def write(result: dict[str, Any]) -> None:

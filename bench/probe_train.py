@@ -110,16 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "probe_train.json")
     args = parser.parse_args(argv)
 
-    import yaml
-
     from sparling.config import load_config
+    from sparling.fileio import load_yaml
 
     updates = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--set takes KEY=VALUE, got {item!r}")
-        updates[key] = yaml.safe_load(value)
+        updates[key] = load_yaml(value, source=f"--set {key}")
     if args.device.startswith("cuda"):
         updates.setdefault("compute.gpus_per_worker", 1)
     cfg = load_config(args.config).with_updates(updates)

@@ -7,16 +7,17 @@ problem in one stage never breaks another.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sparling.errors import SparlingError
+from sparling.fileio import load_yaml
 
 
-class UsageError(Exception):
+class UsageError(SparlingError):
     """A bad command-line value; printed without a traceback."""
 
 
@@ -27,7 +28,7 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UsageError(f"{flag} expects key=value, got {item!r}")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        out[key.strip()] = load_yaml(raw, source=f"{flag} {key.strip()}") if raw.strip() else ""
     return out
 
 
@@ -308,6 +309,30 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DomainName(argparse.Action):
+    """``--domain NAME``; its help lists the registered domains, read only when help is
+    shown (reading the registry imports every domain)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+
+    @property
+    def help(self) -> str:
+        from sparling import domains
+
+        return "a registered domain: " + ", ".join(domains.names())
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        pass  # the help is always the registry's list
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparling",
@@ -321,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = data_sub.add_parser(
         "generate", help="generate a sharded dataset with one Ray task per shard"
     )
-    gen.add_argument("--domain", required=True, help="digit-circle, latex-ocr or audio-digits")
+    gen.add_argument("--domain", required=True, action=_DomainName)
     gen.add_argument(
         "--param", action="append", metavar="K=V", help="a domain parameter (repeatable)"
     )
@@ -439,9 +464,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a message is logged (not when the handler
+    was made), so that a redirected stderr gets the messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+_LOG_HANDLER = _StderrHandler()
+
+
+def configure_logging() -> None:
+    """Show the project's log messages (INFO and above) on stderr, one plain line each.
+
+    Idempotent: ``main`` calls it on every command.
+    """
+    for name in ("sparling", "pipelines"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if _LOG_HANDLER not in logger.handlers:
+            logger.addHandler(_LOG_HANDLER)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         return int(args.func(args))
     except (UsageError, SparlingError, ValueError, FileNotFoundError, FileExistsError) as e:

@@ -19,7 +19,6 @@ module only plans, schedules and records. In short:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from pipelines.ray_env import ensure_ray
 from sparling.domains import Domain
 from sparling.errors import SparlingError
+from sparling.fileio import file_lock
 from sparling.shards import (
     MANIFEST_NAME,
     DatasetConflictError,
@@ -157,21 +157,14 @@ def _folder_lock(out: Path) -> Iterator[None]:
 
     A second caller waits, then finds the dataset complete and returns without work.
     """
-    try:
-        f = open(out / LOCK_NAME, "a+")  # noqa: SIM115 -- closed by the with below
-    except OSError:
-        f = None
-    if f is None:
-        # A read-only folder (e.g. a shared cache) can still be verified; nobody can be
-        # writing it through us, and any attempt to write will fail loudly anyway.
-        yield
-        return
-    with f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    with contextlib.ExitStack() as held:
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            held.enter_context(file_lock(out / LOCK_NAME))
+        except OSError:
+            # A read-only folder (e.g. a shared cache) can still be verified; nobody can be
+            # writing it through us, and any attempt to write will fail loudly anyway.
+            pass
+        yield
 
 
 def _existing_manifest(out: Path, plan: DatasetPlan) -> Manifest | None:

@@ -35,6 +35,7 @@ from typing import Any
 
 from pipelines.sweep_spec import PlannedRun
 from pipelines.train_job import prepare_datasets, read_json, run_dir_for, write_result
+from sparling.fileio import atomic_write_json
 
 #: how often the driver looks at its runs (seconds)
 POLL_SECONDS = 5.0
@@ -124,9 +125,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     t0 = time.time()
 
     def write_progress(info: dict[str, Any]) -> None:
-        tmp = progress_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**info, "pid": os.getpid()}))
-        os.replace(tmp, progress_path)
+        atomic_write_json(progress_path, {**info, "pid": os.getpid()})
 
     holder: dict[str, Any] = {}
 
@@ -138,9 +137,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
             {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
             for r in holder["trainer"].history
         ]
-        tmp = run_dir / "history.json.tmp"
-        tmp.write_text(json.dumps(history, indent=1) + "\n")
-        os.replace(tmp, run_dir / "history.json")
+        atomic_write_json(run_dir / "history.json", history, indent=1)
         points = _points(record)
         if logger is not None:
             logger.log(points, int(record["samples"]))

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,9 +50,11 @@ from pydantic import (
 from sparling.bottlenecks import bottleneck_names
 from sparling.config import RunConfig, flatten, load_config, set_path
 from sparling.domains.base import canonical_hash
+from sparling.errors import SparlingError, format_validation_errors
+from sparling.fileio import YAMLLoadError, load_yaml
 
 
-class SweepError(ValueError):
+class SweepError(SparlingError, ValueError):
     """A sweep file that cannot run; the message names the file and the place in it."""
 
 
@@ -220,17 +221,6 @@ class Sweep:
         return canonical_hash(sorted(r.key for r in self.runs))[:16]
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        # pydantic reports which member of a union failed ("str", "MethodSpec"): not a path
-        if isinstance(part, str) and part in ("field", "zip") and out.endswith("]"):
-            continue  # the discriminator's tag, not a key of the file
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "<top>"
-
-
 def _check_field(path: str, source: str, where: str) -> None:
     """An axis or override must name an existing run-config field."""
     probe = RunConfig().model_dump(mode="json")
@@ -278,9 +268,9 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SweepError(f"{path}: not valid YAML: {e}") from None
+        data = load_yaml(path)
+    except YAMLLoadError as e:
+        raise SweepError(str(e)) from None
     if not isinstance(data, dict):
         raise SweepError(f"{path}: a sweep file must be a mapping")
     return build_sweep(data, source=str(path), base_dir=path.parent)
@@ -293,15 +283,19 @@ def build_sweep(
         spec = SweepSpec.model_validate(data)
     except ValidationError as e:
         lines = [f"{source}: invalid sweep:"]
-        for err in e.errors():
-            lines.append(f"  {_loc(err['loc'])}: {err['msg']}")
+        # the axes' tags (field, zip, vary) are no keys of the file
+        problems = format_validation_errors(e, root="<top>", union_tags=("field", "zip", "vary"))
+        lines += [f"  {problem}" for problem in problems]
         raise SweepError("\n".join(lines)) from None
 
     if isinstance(spec.base, str):
         base_path = (base_dir / spec.base).resolve()
         if not base_path.is_file():
             raise SweepError(f"{source}: base: run config file not found: {base_path}")
-        base = yaml.safe_load(base_path.read_text()) or {}
+        try:
+            base = load_yaml(base_path) or {}
+        except YAMLLoadError as e:
+            raise SweepError(f"{source}: base: {e}") from None
         base_source = str(base_path)
     else:
         base, base_source = dict(spec.base), f"{source}: base"

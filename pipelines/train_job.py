@@ -27,6 +27,7 @@ from typing import Any
 
 from sparling.config import RunConfig
 from sparling.errors import SparlingError
+from sparling.fileio import atomic_write_json
 
 DEFAULT_WORK_DIR = Path("sparling-work")
 
@@ -132,9 +133,7 @@ class _ProgressFile:
         now = time.monotonic()
         if force or now - self._last >= self.interval:
             self._last = now
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.latest))
-            os.replace(tmp, self.path)
+            atomic_write_json(self.path, self.latest)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
+from sparling.errors import format_validation_errors
 from sparling.sparsity import (
     ChannelBatchNorm,
     SpatialSparsity,
@@ -193,9 +194,7 @@ def make_bottleneck(name: str, *, channels: int, **params: Any) -> Bottleneck:
     try:
         parsed = cls.Params(**params)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(format_validation_errors(err, root="(params)"))
         raise ValueError(
             f"invalid parameters for bottleneck {name!r}: {problems}. "
             f"Accepted parameters: {_describe(cls.Params)}"

@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .domains.base import canonical_hash
+from .errors import format_validation_errors
+from .fileio import load_yaml
 
 if TYPE_CHECKING:
     from .models.presets import ArchitectureConfig
@@ -27,10 +28,18 @@ class _Strict(BaseModel):
 
 
 class DomainConfig(_Strict):
-    name: Literal["digit-circle", "latex-ocr", "audio-digits"] = "digit-circle"
-    """Which domain to train on."""
+    name: str = "digit-circle"
+    """Which domain to train on: a name from the domain registry (``sparling.domains.names()``)."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Domain parameters (see ``sparling.domains.make``); defaults are the paper's."""
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from . import domains
+
+        domains.get(v)  # raises naming the registered domains
+        return v
 
 
 class DataConfig(_Strict):
@@ -183,7 +192,7 @@ class RunConfig(_Strict):
             # Stored resolved, so that spelling out a default gives the same run (and hash).
             b.params = bottleneck_params(b.name).model_validate(b.params).model_dump(mode="json")
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            problems = "; ".join(format_validation_errors(e, root="(params)"))
             raise ValueError(f"bottleneck.params for {b.name!r}: {problems}") from None
         self.architecture()
         return self
@@ -255,9 +264,7 @@ def set_path(d: dict[str, Any], path: str, value: Any) -> None:
 
 def describe_errors(e: ValidationError, source: str) -> str:
     lines = [f"invalid run config ({source}):"]
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "<root>"
-        lines.append(f"  {loc}: {err['msg']}")
+    lines += [f"  {problem}" for problem in format_validation_errors(e)]
     return "\n".join(lines)
 
 
@@ -268,7 +275,7 @@ def load_config(data: dict[str, Any] | str | Path, *, source: str | None = None)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         source = source or str(path)
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path, source=source) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a run config must be a mapping, got {type(loaded).__name__}")
         data = loaded

@@ -22,6 +22,8 @@ import torch
 
 from . import domains
 from .config import RunConfig, load_config
+from .errors import SparlingError
+from .fileio import atomic_write
 from .models import SparlingModel
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ FORMAT = "sparling-model/1"
 _EXTRA = "_extra_state"
 
 
-class ExportError(ValueError):
+class ExportError(SparlingError, ValueError):
     """The file is not a Sparling model export (or is damaged); the message says which."""
 
 
@@ -93,9 +95,8 @@ def export_model(
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(out)  # atomic: a failed export leaves no half-written file
+    # atomic: a failed export leaves no half-written file
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return metadata
 
 

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from . import domains
 from .domains import Domain, Sample
 from .metrics import Assignment, MotifErrors, motif_errors
 
@@ -54,8 +55,9 @@ def collate_inputs(samples: Sequence[Sample]) -> torch.Tensor:
 
 
 def assignment_for(domain_name: str) -> Assignment:
-    """The paper's channel-to-symbol assignment for CE: Hungarian for DigitCircle, else majority."""
-    return "hungarian" if domain_name == "digit-circle" else "majority"
+    """The channel-to-symbol assignment CE uses for a registered domain (its
+    ``assignment``; the paper's: Hungarian for DigitCircle, majority for the others)."""
+    return domains.get(domain_name).assignment
 
 
 @torch.no_grad()
@@ -71,7 +73,7 @@ def batch_motif_errors(
     errors = motif_errors(
         acts.numpy(),
         [s.motifs for s in batch],
-        assignment=assignment_for(domain.name),
+        assignment=domain.assignment,
         symbols=domain.motif_symbols,
     )
     return errors, acts

@@ -44,9 +44,7 @@ import bisect
 import contextlib
 import hashlib
 import json
-import os
 import re
-import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -59,6 +57,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sparling.domains import Domain, Motif, Sample, canonical_hash
+from sparling.errors import SparlingError
+from sparling.fileio import TMP_MARK, atomic_write, atomic_write_text
 
 #: Bumped whenever the on-disk layout changes; part of the dataset hash, so a dataset
 #: written in another format is a different dataset (never silently mixed).
@@ -85,10 +85,9 @@ SCHEMA = pa.schema(
 )
 
 _SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.parquet$")
-_TMP_MARK = ".tmp."
 
 
-class DatasetError(ValueError):
+class DatasetError(SparlingError, ValueError):
     """A dataset folder, manifest or shard is malformed, incomplete or fails its checksum."""
 
 
@@ -517,7 +516,7 @@ def write_manifest(folder: Path | str, manifest: Manifest) -> Path:
     manifest.written_at = datetime.now(UTC).isoformat(timespec="seconds")
     manifest.software = _software_versions()
     text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
-    return _atomic_write(Path(folder) / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
+    return atomic_write_text(Path(folder) / MANIFEST_NAME, text, fsync=True)
 
 
 def _software_versions() -> dict[str, str]:
@@ -555,42 +554,11 @@ def verify_shard(folder: Path | str, info: ShardInfo) -> str | None:
     return None
 
 
-def _atomic_write(path: Path, write: Any) -> Path:
-    """Run ``write(tmp_path)`` then fsync and ``os.replace`` onto ``path``.
-
-    The temp name lives in the same folder (``os.replace`` is atomic only within one
-    file system) and does not end in ``.parquet``, so readers globbing shards never see
-    a half-written file.
-    """
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}.{secrets.token_hex(4)}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform, hence best-effort.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def remove_stale_temps(folder: Path | str) -> list[Path]:
     """Delete temp files an interrupted writer left behind (only names this module makes)."""
     removed = []
     for p in Path(folder).iterdir():
-        base, mark, _ = p.name.partition(_TMP_MARK)
+        base, mark, _ = p.name.partition(TMP_MARK)
         if mark and (base == MANIFEST_NAME or _SHARD_RE.match(base)):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
@@ -644,7 +612,8 @@ def write_shard(
             write_page_checksum=True,
         )
 
-    _atomic_write(path, write)
+    # The temp name does not end in .parquet: readers globbing shards never see it.
+    atomic_write(path, write, fsync=True)
     return ShardInfo(
         shard=shard,
         file=path.name,

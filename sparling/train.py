@@ -12,7 +12,6 @@ state, so a run resumed from any checkpoint continues bitwise as if never stoppe
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import math
 import time
@@ -29,6 +28,7 @@ from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkp
 from .config import RUN_REF_PREFIX, RunConfig, parse_run_ref
 from .domains import Domain, Sample
 from .errors import SparlingError
+from .fileio import LockTimeout, file_lock
 from .metrics import combine_motif_errors, end_to_end_error
 from .models import SparlingModel, build_model, sequence_loss
 from .schedule import AdaptiveSparsitySchedule
@@ -382,23 +382,17 @@ class Trainer:
             yield
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "train.lock", "a+") as handle:
-            deadline = time.monotonic() + wait_seconds
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TrainingFailed(
-                            f"run {self.config.run_id()} is being trained by another process "
-                            f"(lock {self.run_dir / 'train.lock'} held for {wait_seconds:.0f} s)"
-                        ) from None
-                    time.sleep(1.0)
+        with contextlib.ExitStack() as held:
             try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                held.enter_context(
+                    file_lock(self.run_dir / "train.lock", timeout=wait_seconds, poll_interval=1.0)
+                )
+            except LockTimeout:
+                raise TrainingFailed(
+                    f"run {self.config.run_id()} is being trained by another process "
+                    f"(lock {self.run_dir / 'train.lock'} held for {wait_seconds:.0f} s)"
+                ) from None
+            yield
 
     def fit(self) -> RunResult:
         with self._exclusive():

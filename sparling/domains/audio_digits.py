@@ -385,6 +385,7 @@ class AudioDigits(Domain):
     kind = "audio"
     storage = "float32"
     Params = AudioDigitsParams
+    context_radius = 16  # the paper's g context radius for audio, in frames
 
     #: tries at drawing recordings whose total length fits the clip before giving up
     MAX_DRAWS = 100

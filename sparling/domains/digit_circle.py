@@ -67,7 +67,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -75,6 +75,9 @@ from pydantic import Field, field_validator, model_validator
 from . import register
 from .base import Domain, DomainParams, Motif, Sample, Split, stream_seed
 from .stamps import DIGITS, ink_fraction, load_stamps, max_extent
+
+if TYPE_CHECKING:
+    from ..metrics import Assignment
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class DigitCircle(Domain):
     #: Bump when samples change for the same params, including a re-rendered default
     #: stamp set (assets/digit_stamps.npz is not hashed into the spec).
     version: ClassVar[int] = 1
+    #: the paper's g context radius for DigitCircle
+    context_radius: ClassVar[int | None] = 8
+    #: as many channels as digits: CE maps them one-to-one
+    assignment: ClassVar[Assignment] = "hungarian"
 
     class Params(DomainParams):
         """Parameters of DigitCircle; the defaults are the paper's setting."""

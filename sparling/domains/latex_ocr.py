@@ -390,6 +390,7 @@ class LatexOCR(Domain):
     name: ClassVar[str] = "latex-ocr"
     kind = "image"
     storage = "bits"
+    context_radius = 32  # the paper's g context radius for LaTeX-OCR
 
     class Params(DomainParams):
         """Parameters of LaTeX-OCR (defaults: the paper's setting)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from .downstream import DownstreamConfig, DownstreamModel, sequence_loss
 from .motif import MotifConfig, MotifModel, ResidualUnit
 from .presets import (
-    DOMAIN_NAMES,
     PRESET_NAMES,
     ArchitectureConfig,
     DomainInfo,
@@ -25,7 +24,6 @@ from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Tokenizer
 
 __all__ = [
     "BOS_ID",
-    "DOMAIN_NAMES",
     "EOS_ID",
     "PAD_ID",
     "PRESET_NAMES",

@@ -1,12 +1,13 @@
 """Model sizes per domain (``paper`` and ``fast``) and :func:`build_model`.
 
 ``paper`` is the published setting, number for number from the authors' code
-(kavigupta/sparling-repro): ``g`` of width 64 and context radius 8/32/16; ``h`` with
-a 1x1 re-embedding to 512 channels, max-pool 8, a one-layer bidirectional LSTM of
-256 per direction along each row (images), sinusoidal positional encodings with
-dropout 0.1, and PyTorch's default ``nn.TransformerEncoderLayer`` /
-``nn.TransformerDecoderLayer`` at 512 channels (8 heads, ff 2048, dropout 0.1,
-ReLU, post-norm), 6 layers each, no final LayerNorm.
+(kavigupta/sparling-repro): ``g`` of width 64 and context radius 8/32/16 (each
+domain's ``context_radius``, read from the domain registry); ``h`` with a 1x1
+re-embedding to 512 channels, max-pool 8, a one-layer bidirectional LSTM of 256 per
+direction along each row (images), sinusoidal positional encodings with dropout 0.1,
+and PyTorch's default ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer``
+at 512 channels (8 heads, ff 2048, dropout 0.1, ReLU, post-norm), 6 layers each, no
+final LayerNorm.
 
 ``fast`` is DigitCircle's CPU preset (and the same shrink for the other domains), chosen
 with ``bench/learning_curve.py`` (records in ``docs/learning-curve/``, figure
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..errors import format_validation_errors
 from .downstream import DownstreamConfig, DownstreamModel
 from .motif import Dims, MotifConfig, MotifModel
 from .sparling_model import SparlingModel
@@ -55,7 +57,6 @@ if TYPE_CHECKING:
 
 PresetName = Literal["paper", "fast"]
 PRESET_NAMES: tuple[str, ...] = ("paper", "fast")
-DOMAIN_NAMES: tuple[str, ...] = ("digit-circle", "latex-ocr", "audio-digits")
 
 
 class ArchitectureConfig(BaseModel):
@@ -103,7 +104,6 @@ class DomainInfo:
 
 # -- the presets ------------------------------------------------------------------------------
 _PAPER_H = DownstreamConfig()  # the defaults are the paper's
-_PAPER_CR = {"digit-circle": 8, "latex-ocr": 32, "audio-digits": 16}
 
 # The fast h (see the module docstring for the measurements behind each choice).
 _FAST_H = DownstreamConfig(
@@ -127,12 +127,17 @@ _FAST_G_WIDTH = 16
 
 
 def _preset(domain: str, preset: str) -> tuple[MotifConfig, DownstreamConfig]:
-    if domain not in DOMAIN_NAMES:
-        raise ValueError(f"no model presets for domain {domain!r}; accepted: {DOMAIN_NAMES}")
+    from .. import domains
+
+    cls = domains.get(domain)  # raises naming the registered domains
+    cr = cls.context_radius  # the domain's own (g's context radius in the paper)
+    if cr is None:
+        raise ValueError(
+            f"no model presets for domain {domain!r}: {cls.__qualname__} sets no context_radius"
+        )
     if preset not in PRESET_NAMES:
         raise ValueError(f"unknown preset {preset!r}; accepted: {PRESET_NAMES}")
-    cr = _PAPER_CR[domain]
-    audio = domain == "audio-digits"
+    audio = cls.kind == "audio"
     if preset == "paper":
         g, h = MotifConfig(width=64, cr=cr), _PAPER_H
     else:
@@ -170,7 +175,7 @@ def preset_config(
             }
         )
     except ValidationError as e:
-        lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        lines = [f"  {problem}" for problem in format_validation_errors(e)]
         raise ValueError(
             f"invalid model config for {domain}/{preset} with overrides {overrides}, "
             f"channels={channels}:\n" + "\n".join(lines)

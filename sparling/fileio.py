@@ -1,0 +1,204 @@
+"""File-system pieces shared by the library and the pipelines.
+
+* Atomic writes (:func:`atomic_write_bytes`, :func:`atomic_write_text`,
+  :func:`atomic_write_json`, and :func:`atomic_write` for writers that want a path): the
+  content goes to a temp file in the target's folder, which then replaces the target in
+  one ``os.replace``. A reader sees the old file or the new one, never half of one; a
+  failed write leaves the old file and no temp file behind. With ``fsync=True`` the data
+  and the rename are flushed to disk before returning (for files that must survive a
+  power cut, such as dataset shards and manifests).
+* :func:`file_lock`: an exclusive lock between processes (``flock`` on POSIX, through
+  the ``filelock`` package), released when its holder exits, however it exits.
+* :func:`load_yaml`: safe YAML loading whose errors name the file (or the option the
+  text came from), the line and the column.
+
+No Ray, no MLflow, no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import SparlingError
+
+__all__ = [
+    "TMP_MARK",
+    "LockTimeout",
+    "YAMLLoadError",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_lock",
+    "fsync_dir",
+    "load_yaml",
+]
+
+TMP_MARK = ".tmp."
+"""Temp files of the atomic writes are named ``<name>.tmp.<pid>.<random>``: unique per
+writer, and never ending in the target's suffix, so readers that glob ``*.parquet`` or
+``*.json`` never pick one up."""
+
+
+# -- atomic writes ------------------------------------------------------------------------------
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, fsync: bool = False) -> Path:
+    """Run ``write(tmp)`` to fill a temp file beside ``path``, then move it onto ``path``.
+
+    For writers that take a file name (Parquet, safetensors). ``fsync=True`` flushes the
+    file and then the folder entry to disk. Returns ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(
+    path: str | Path, data: bytes | bytearray | memoryview, *, fsync: bool = False
+) -> Path:
+    """Replace ``path`` by ``data`` atomically (see the module docstring)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), fsync=fsync)
+
+
+def atomic_write_text(
+    path: str | Path, text: str, *, fsync: bool = False, encoding: str = "utf-8"
+) -> Path:
+    """Replace ``path`` by ``text`` atomically (see the module docstring)."""
+    return atomic_write_bytes(path, text.encode(encoding), fsync=fsync)
+
+
+def atomic_write_json(
+    path: str | Path,
+    obj: Any,
+    *,
+    indent: int | None = None,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] | None = None,
+    fsync: bool = False,
+) -> Path:
+    """Replace ``path`` by the JSON of ``obj`` atomically.
+
+    Indented JSON is written as a text file (ending in a newline); compact JSON
+    (``indent=None``) as one line without one.
+    """
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default)
+    return atomic_write_text(path, text + "\n" if indent is not None else text, fsync=fsync)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk; best effort, as not every
+    platform can open a folder."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- locks ------------------------------------------------------------------------------------------
+class LockTimeout(SparlingError):
+    """Another process held a lock longer than the caller would wait."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__(f"another process holds the lock {path} (waited {timeout:.0f} s)")
+        self.path = path
+        self.timeout = timeout
+
+
+@contextlib.contextmanager
+def file_lock(
+    path: str | Path, *, timeout: float | None = None, poll_interval: float = 0.1
+) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` for the ``with`` block.
+
+    The lock is the operating system's (``flock`` on POSIX): other processes, and other
+    threads of this one, wait for it, and it is released when the holder exits, even if
+    it is killed. ``path`` is created if missing (its folder must exist; the file stays
+    after release, so waiters share it). Waits up to ``timeout`` seconds (``None``: as
+    long as it takes), checking every ``poll_interval`` seconds, then raises
+    :class:`LockTimeout`. A lock file that cannot be created or opened raises ``OSError``
+    (``PermissionError`` in a read-only folder).
+    """
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=-1 if timeout is None else timeout, poll_interval=poll_interval)
+    except Timeout:
+        raise LockTimeout(path, timeout or 0.0) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# -- YAML ---------------------------------------------------------------------------------------------
+class YAMLLoadError(SparlingError, ValueError):
+    """YAML that cannot be read; the message names where it came from, the line and the column."""
+
+
+def load_yaml(path_or_text: str | Path, *, source: str | None = None) -> Any:
+    """Parse YAML with the safe loader (plain data only: no Python objects).
+
+    A :class:`~pathlib.Path` is read as a UTF-8 file; a ``str`` is the YAML text itself.
+    ``source`` names it in error messages (default: the path, or ``<text>``), e.g. the
+    command-line option a value came from. Returns what the YAML holds (``None`` for an
+    empty document); a syntax error raises :class:`YAMLLoadError`, a missing file
+    ``FileNotFoundError``.
+    """
+    import yaml
+
+    if isinstance(path_or_text, Path):
+        source = source or str(path_or_text)
+        try:
+            text = path_or_text.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise YAMLLoadError(
+                f"{source}: not UTF-8 text ({e.reason} at byte {e.start})"
+            ) from None
+    else:
+        source, text = source or "<text>", path_or_text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise YAMLLoadError(
+            f"{source}: not valid YAML: {_describe_yaml_error(e, source)}"
+        ) from None
+
+
+def _describe_yaml_error(e: Exception, source: str) -> str:
+    """One line: where (line and column, 1-based) and what, with the construct being read."""
+    import yaml
+
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark = e.problem_mark
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {e.problem or 'invalid'}"
+        if e.context:
+            ctx = e.context_mark
+            same = ctx is not None and (ctx.line, ctx.column) == (mark.line, mark.column)
+            where = (
+                "" if ctx is None or same else f", at line {ctx.line + 1}, column {ctx.column + 1}"
+            )
+            text += f" ({e.context}{where})"
+        return text
+    # e.g. a character YAML does not allow; pyyaml names the text "<unicode string>"
+    return " ".join(str(e).replace('"<unicode string>"', f'"{source}"').split())

@@ -1,0 +1,189 @@
+"""The shared file pieces (atomic writes, the lock, YAML loading), pydantic error messages,
+the user-facing error classes and the command line's logging."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from pipelines import cli
+from pipelines.sweep_spec import SweepError, load_sweep
+from sparling.config import load_config
+from sparling.errors import SparlingError, format_validation_errors
+from sparling.export import ExportError
+from sparling.fileio import (
+    LockTimeout,
+    YAMLLoadError,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_lock,
+    load_yaml,
+)
+from sparling.shards import DatasetConflictError, DatasetError
+
+
+def test_atomic_writes_replace_the_file_and_leave_nothing_else(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    target.write_text("old")
+    atomic_write_json(target, {"b": 1, "a": [1, 2]}, indent=2, sort_keys=True, fsync=True)
+    assert target.read_text() == json.dumps({"a": [1, 2], "b": 1}, indent=2, sort_keys=True) + "\n"
+    atomic_write_json(target, {"x": 1})  # compact: one line, no newline
+    assert target.read_text() == '{"x": 1}'
+    atomic_write_text(tmp_path / "t.txt", "héllo\n")
+    assert (tmp_path / "t.txt").read_bytes() == "héllo\n".encode()
+    atomic_write_bytes(tmp_path / "b.bin", b"\0\1")
+    assert (tmp_path / "b.bin").read_bytes() == b"\0\1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.bin", "t.txt"]
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "model.bin"
+    target.write_bytes(b"old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, half_then_fail, fsync=True)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.bin"]
+
+
+def test_file_lock_excludes_other_holders_and_times_out(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with file_lock(path):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(10)
+        start = time.monotonic()
+        with pytest.raises(LockTimeout, match="x.lock") as info:
+            with file_lock(path, timeout=0.3, poll_interval=0.05):
+                pass
+        assert time.monotonic() - start >= 0.3
+        assert isinstance(info.value, SparlingError)
+    finally:
+        release.set()
+        thread.join(10)
+    with file_lock(path, timeout=1):  # free again
+        pass
+    assert path.exists()  # the lock file stays, so that waiters share it
+
+
+def test_file_lock_in_a_read_only_folder_raises_oserror(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OSError):
+            with file_lock(folder / ".lock"):
+                pass
+    finally:
+        folder.chmod(0o755)
+
+
+def test_load_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 1\nschedule: [1, 2\n")
+    with pytest.raises(YAMLLoadError) as info:
+        load_yaml(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid YAML: line 3, column 1:")
+    assert "<unicode string>" not in message
+    assert "line 2, column 11" in message  # where the unclosed list starts
+    assert isinstance(info.value, SparlingError) and isinstance(info.value, ValueError)
+
+    with pytest.raises(YAMLLoadError, match="^--set a: not valid YAML: line 1"):
+        load_yaml("[1", source="--set a")
+    with pytest.raises(YAMLLoadError, match="could not determine a constructor"):
+        load_yaml("x: !!python/object/apply:os.getcwd []")  # the safe loader builds no objects
+    assert load_yaml("a: [1, 2]") == {"a": [1, 2]} and load_yaml("") is None
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(YAMLLoadError, match="binary.yaml: not UTF-8"):
+        load_yaml(tmp_path / "binary.yaml")
+
+
+def test_config_and_sweep_files_report_yaml_errors_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("domain:\n  name: [digit-circle\n")
+    with pytest.raises(YAMLLoadError, match=r"bad\.yaml: not valid YAML: line 3"):
+        load_config(bad)
+    with pytest.raises(SweepError, match=r"bad\.yaml: not valid YAML: line 3"):
+        load_sweep(bad)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\nbase: bad.yaml\n")
+    with pytest.raises(SweepError, match=r"sweep\.yaml: base: .*bad\.yaml: not valid YAML"):
+        load_sweep(sweep)
+
+
+def test_format_validation_errors_writes_paths_as_in_the_file() -> None:
+    class Inner(BaseModel):
+        values: list[int]
+
+    class Outer(BaseModel):
+        items: list[Inner]
+        name: str
+
+    with pytest.raises(ValidationError) as info:
+        Outer.model_validate({"items": [{"values": [1, "x"]}]})
+    assert format_validation_errors(info.value) == [
+        "items[0].values[1]: Input should be a valid integer, unable to parse string as an integer",
+        "name: Field required",
+    ]
+    with pytest.raises(ValidationError) as info:
+        Inner.model_validate([1])
+    assert format_validation_errors(info.value, root="(params)")[0].startswith("(params): ")
+
+
+def test_user_errors_are_sparling_errors_and_still_value_errors() -> None:
+    for cls in (SweepError, DatasetError, DatasetConflictError, ExportError, YAMLLoadError):
+        assert issubclass(cls, SparlingError) and issubclass(cls, ValueError), cls
+
+
+def test_the_cli_prints_sweep_errors_as_before(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [x\n")
+    assert cli.main(["sweep", str(bad), "--dry-run", "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sparling sweep: error: {bad}: not valid YAML: line 2")
+    assert cli.main(["train", str(tmp_path / "r.yaml")]) == 2  # a missing file, as before
+    assert capsys.readouterr().err.startswith("sparling train: error: config file not found")
+    (tmp_path / "r.yaml").write_text("seed: 1\n")
+    assert cli.main(["train", str(tmp_path / "r.yaml"), "--set", "seed=[1"]) == 2
+    assert "sparling train: error: --set seed: not valid YAML" in capsys.readouterr().err
+
+
+def test_the_cli_shows_info_messages_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    loggers = [logging.getLogger(n) for n in ("sparling", "pipelines")]
+    before = [(lg.level, list(lg.handlers)) for lg in loggers]
+    try:
+        cli.configure_logging()
+        cli.configure_logging()  # idempotent: one line per message
+        logging.getLogger("pipelines.generate").info("dataset %s is ready", "d")
+        logging.getLogger("sparling.train").debug("not shown")
+        logging.getLogger("sparling.train").warning("careful")
+        assert capsys.readouterr().err == "dataset d is ready\ncareful\n"
+    finally:
+        for lg, (level, handlers) in zip(loggers, before):
+            lg.setLevel(level)
+            lg.handlers[:] = handlers
