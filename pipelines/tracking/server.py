@@ -15,8 +15,6 @@ user holds a lease and the last one to leave stops it.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -42,6 +40,7 @@ from pipelines.tracking.procs import (
     server_healthy,
 )
 from pipelines.tracking.settings import TrackingSettings, sqlite_path
+from sparling.fileio import LockTimeout, atomic_write_json, file_lock
 
 _log = logging.getLogger(__name__)
 
@@ -75,33 +74,20 @@ def ensure_writable(folder: Path, what: str) -> None:
 
 @contextlib.contextmanager
 def _file_lock(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive ``flock`` (released if the process dies), waiting up to ``timeout``."""
+    """An exclusive lock (released if the process dies), waiting up to ``timeout``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise TrackingServerError(
-                        f"another process holds {path} for more than {timeout:.0f} s "
-                        "(starting or stopping the local MLflow server)"
-                    ) from None
-                time.sleep(0.1)
-        try:
+    try:
+        with file_lock(path, timeout=timeout):
             yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except LockTimeout:
+        raise TrackingServerError(
+            f"another process holds {path} for more than {timeout:.0f} s "
+            "(starting or stopping the local MLflow server)"
+        ) from None
 
 
 def _atomic_write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, dict(data), indent=2)
 
 
 @dataclass

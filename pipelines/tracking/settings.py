@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.tracking.errors import TrackingConfigError
 from pipelines.tracking.redaction import has_userinfo_password, is_secret_key, redact_uri
+from sparling.errors import format_validation_errors
+from sparling.fileio import YAMLLoadError, load_yaml
 
 #: The default settings file, looked for in the current folder.
 SETTINGS_FILE = "mlflow.yaml"
@@ -166,9 +167,7 @@ def load_settings(
         parsed = _SettingsFile.model_validate(raw)
     except ValidationError as e:
         lines = [f"{source}: invalid MLflow settings:"]
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"]) or "<root>"
-            lines.append(f"  {loc}: {err['msg']}")
+        lines += [f"  {line}" for line in format_validation_errors(e)]
         raise TrackingConfigError("\n".join(lines)) from None
 
     overrides: list[str] = []
@@ -256,9 +255,9 @@ def _read_settings_file(path: Path | None, env: Mapping[str, str]) -> tuple[str,
     if not path.is_file():
         raise TrackingConfigError(f"MLflow settings file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise TrackingConfigError(f"{path}: not valid YAML: {e}") from None
+        loaded = load_yaml(path)
+    except YAMLLoadError as e:
+        raise TrackingConfigError(str(e)) from None
     if loaded is None:
         return str(path), {}
     if not isinstance(loaded, dict):
