@@ -7,3 +7,7 @@ traceback.
 
 class SparlingError(RuntimeError):
     """Base of the project's user-facing errors."""
+
+
+class TrainingFailed(SparlingError):
+    """The run stopped on an error it can name (e.g. a non-finite loss)."""
