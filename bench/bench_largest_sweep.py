@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.tracking.server import tracking_uri
     from pipelines.tracking.settings import load_settings
+    from sparling.runs import RunFolder
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="sparling-largest-"))
     sweep = {
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         lost = doubled = points = 0
         for r in children:
             result = json.loads(
-                (work / "runs" / r.data.tags["sparling.run_id"] / "result.json").read_text()
+                RunFolder.of(r.data.tags["sparling.run_id"], work).result_path.read_text()
             )
             for metric in ("val_accuracy", "train_loss", "density"):
                 steps = [m.step for m in client.get_metric_history(r.info.run_id, metric)]

@@ -133,14 +133,15 @@ def startup(first: float | None, start: float, step: float | None) -> float | No
 # -- plain loop ------------------------------------------------------------------------------
 def plain_run(config: Any, paths: dict[str, Path], run_dir: Path, evaluate: bool) -> dict:
     """One run without Ray or MLflow: make_trainer().fit(), then (optionally) evaluation."""
-    from sparling.evaluate import evaluate_checkpoint, select_checkpoint
+    from sparling.evaluate import evaluate_checkpoint
+    from sparling.runs import RunFolder
     from sparling.shards import ShardedDataset
     from sparling.train import Callbacks, make_trainer
 
     points: list[tuple[float, int]] = []
     start = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json())  # as run_training writes it
+    folder = RunFolder(run_dir)
+    folder.write_config(config)  # as run_training writes it
     trainer = make_trainer(
         config,
         ShardedDataset(paths["train"]),
@@ -153,9 +154,9 @@ def plain_run(config: Any, paths: dict[str, Path], run_dir: Path, evaluate: bool
     trained = time.time()
     if evaluate:
         evaluate_checkpoint(
-            select_checkpoint(run_dir),
+            folder.select_checkpoint(),
             ShardedDataset(paths["test"]),
-            out_dir=run_dir / "evaluation",
+            out_dir=folder.evaluation_dir,
         )
     end = time.time()
     step = step_estimate(points, config.batch_size)
@@ -173,11 +174,13 @@ def plain_run(config: Any, paths: dict[str, Path], run_dir: Path, evaluate: bool
 
 
 def mode_loop(sweep: Any, paths: dict[str, Path], work: Path, threads: int) -> dict[str, Any]:
+    from sparling.runs import RunFolder
+
     benchlib.set_threads(threads)
     t0 = time.time()
     per_run = []
     for run in sweep.runs:
-        row = plain_run(run.config, paths, work / "runs" / run.key, evaluate=True)
+        row = plain_run(run.config, paths, RunFolder.of(run.key, work).path, evaluate=True)
         per_run.append({"key": run.key, "name": run.name, "status": "finished", **row})
     wall = time.time() - t0
     for r in per_run:
@@ -207,10 +210,10 @@ def timed_execute_run(run: Any, work_dir: Path, tracking: Any) -> Any:
 class ProgressPoller:
     """Polls each run's ``progress.json``: when it appeared and (time, samples) changes."""
 
-    def __init__(self, run_dirs: dict[str, Path], interval: float = 0.05) -> None:
-        self.run_dirs = run_dirs
+    def __init__(self, progress_files: dict[str, Path], interval: float = 0.05) -> None:
+        self.progress_files = progress_files
         self.interval = interval
-        self.points: dict[str, list[tuple[float, int]]] = {k: [] for k in run_dirs}
+        self.points: dict[str, list[tuple[float, int]]] = {k: [] for k in progress_files}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -225,9 +228,9 @@ class ProgressPoller:
     def _loop(self) -> None:
         while not self._stop.is_set():
             now = time.time()
-            for key, run_dir in self.run_dirs.items():
+            for key, path in self.progress_files.items():
                 try:
-                    info = json.loads((run_dir / "progress.json").read_text())
+                    info = json.loads(path.read_text())
                 except (OSError, ValueError):
                     continue
                 samples = info.get("samples")
@@ -241,16 +244,16 @@ def mode_sweep(sweep: Any, work: Path, track: bool) -> dict[str, Any]:
     import ray
 
     import pipelines.sweep as sweep_mod
-    from pipelines.train_job import run_dir_for
+    from sparling.runs import RunFolder
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # Ray's workers inherit it (as in CI)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    run_dirs = {r.key: run_dir_for(r.config, work) for r in sweep.runs}
+    folders = {r.key: RunFolder.for_config(r.config, work) for r in sweep.runs}
     original = sweep_mod.execute_run
     sweep_mod.execute_run = timed_execute_run  # looked up when run_sweep builds its task
     t0 = time.time()
     try:
-        with ProgressPoller(run_dirs) as poller:
+        with ProgressPoller({k: f.progress_path for k, f in folders.items()}) as poller:
             summary = sweep_mod.run_sweep(sweep, work, progress=False, track=track)
     finally:
         sweep_mod.execute_run = original
@@ -261,7 +264,7 @@ def mode_sweep(sweep: Any, work: Path, track: bool) -> dict[str, Any]:
         pts = poller.points[run.key]
         stamp = _read(work / "bench-timing" / f"{run.key}.json")
         task_start = stamp.get("task_start")
-        result = _read(run_dirs[run.key] / "result.json")
+        result = _read(folders[run.key].result_path)
         step = step_estimate(pts, run.config.batch_size)
         first = pts[0][0] if pts else None
         per_run.append(
@@ -286,7 +289,7 @@ def mode_sweep(sweep: Any, work: Path, track: bool) -> dict[str, Any]:
                 "progress_points": len(pts),
                 "startup_breakdown_s": startup_breakdown(
                     task_start,
-                    _read(run_dirs[run.key] / "progress.json").get("startup"),
+                    _read(folders[run.key].progress_path).get("startup"),
                     first,
                     step,
                 ),

@@ -69,6 +69,7 @@ def _load_run_config(path: str, sets: list[str] | None) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pipelines.train_job import run_training
+    from sparling.runs import RunFolder
 
     config = _load_run_config(args.config, args.set)
     print(
@@ -81,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{result['status']}: {result['samples']} samples, density {result['density']:.3e}, "
         f"last validation accuracy {last.get('val_accuracy', float('nan')):.3f}"
     )
-    print(f"checkpoints: {Path(args.work_dir) / 'runs' / config.run_id() / 'checkpoints'}")
+    print(f"checkpoints: {RunFolder.for_config(config, args.work_dir).checkpoints_dir}")
     return 0
 
 
@@ -139,7 +140,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.train_job import prepare_datasets
     from sparling.checkpoint import CONFIG_FILE
     from sparling.config import load_config
-    from sparling.evaluate import evaluate_checkpoint, select_checkpoint
+    from sparling.evaluate import evaluate_checkpoint
+    from sparling.runs import RunFolder, select_checkpoint
     from sparling.shards import ShardedDataset
 
     if Path(args.path).suffix == ".safetensors":
@@ -150,12 +152,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--data-seed applies to an exported .safetensors file only")
     checkpoint = select_checkpoint(Path(args.path), args.density)
     config = load_config(checkpoint / CONFIG_FILE)
-    # A checkpoint lives in <work_dir>/runs/<id>/checkpoints/<name>.
-    work_dir = checkpoint.resolve().parents[3]
+    run = RunFolder.of_checkpoint(checkpoint)
     test = ShardedDataset(
-        prepare_datasets(config, work_dir, splits=("test",), progress=False)["test"]
+        prepare_datasets(config, run.work_dir, splits=("test",), progress=False)["test"]
     )
-    out = Path(args.out) if args.out else checkpoint.parent.parent / "evaluation" / checkpoint.name
+    out = Path(args.out) if args.out else run.evaluation_dir / checkpoint.name
     result = evaluate_checkpoint(
         checkpoint, test, samples=args.samples, out_dir=out, device=args.device
     )
@@ -267,9 +268,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(summary.table())
     if args.pack:
         from pipelines.local_executor import pack
-        from pipelines.train_job import run_dir_for
+        from sparling.runs import RunFolder
 
-        pack(args.pack, [run_dir_for(r.config, work_dir) for r in sweep.runs])
+        pack(args.pack, [RunFolder.for_config(r.config, work_dir).path for r in sweep.runs])
     if not args.no_tracking and not args.no_report:
         print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex")))
     return 1 if summary.failed else 0

@@ -34,46 +34,20 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.sweep_spec import PlannedRun
-from pipelines.train_job import prepare_datasets, read_json, run_dir_for, write_result
-from sparling.fileio import atomic_write_json
+from pipelines.train_job import prepare_datasets
+from sparling.runs import RUNS_DIR, RunFolder
 
 #: how often the driver looks at its runs (seconds)
 POLL_SECONDS = 5.0
 
 
-def _write_shard(args: tuple[Any, ...]) -> Any:
-    from sparling.shards import write_shard
-
-    domain, seed, start, stop, folder, k, n, ds_hash = args
-    return write_shard(domain, seed, start, stop, folder, shard=k, num_shards=n, ds_hash=ds_hash)
-
-
 def local_generator(pool: Any) -> Callable[..., Path]:
     """A dataset generator for :func:`pipelines.train_job.prepare_datasets` that writes the
     shards in ``pool`` (processes) instead of Ray tasks: the same files, hashes, manifest."""
-    from sparling.shards import plan_dataset, read_manifest, write_manifest
+    from sparling.datasets import generate_dataset_here
 
-    def generate(
-        domain: str,
-        params: dict[str, Any],
-        split: str,
-        seed: int,
-        count: int,
-        shards: int,
-        out: Path,
-        *,
-        progress: bool = True,
-    ) -> Path:
-        plan = plan_dataset(domain, params, split, seed, count, shards)
-        manifest = read_manifest(out) if out.is_dir() else None
-        if manifest is None or not manifest.complete:
-            out.mkdir(parents=True, exist_ok=True)
-            jobs = [
-                (plan.domain, plan.seed, a, b, str(out), k, plan.shards, plan.dataset_hash)
-                for k, (a, b) in enumerate(plan.ranges)
-            ]
-            write_manifest(out, plan.manifest(pool.map(_write_shard, jobs)))
-        return out
+    def generate(*args: Any, progress: bool = True) -> Path:
+        return generate_dataset_here(*args, progress=False, mapper=pool.map)
 
     return generate
 
@@ -107,11 +81,9 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
 
     torch.set_num_threads(job["threads"])
     config = RunConfig.model_validate(job["config"])
-    run_dir = Path(job["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json())
-    spool = run_dir / "metrics.spool.jsonl"
-    progress_path = run_dir / "progress.json"
+    folder = RunFolder(job["run_dir"])
+    folder.write_config(config)
+    spool = folder.spool_path
     tracking = job.get("tracking")
     logger = None
     if tracking:
@@ -120,12 +92,12 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         logger = MetricLogger(tracking["uri"], tracking["run_id"], spool=spool)
         # A run resumed on another machine (its folder copied, not its MLflow store):
         # send the validations it made before; the logger drops points already there.
-        for record in _saved_history(run_dir):
+        for record in folder.read_history():
             logger.log(_points(record), int(record["samples"]))
     t0 = time.time()
 
     def write_progress(info: dict[str, Any]) -> None:
-        atomic_write_json(progress_path, {**info, "pid": os.getpid()})
+        folder.write_progress({**info, "pid": os.getpid()})
 
     holder: dict[str, Any] = {}
 
@@ -133,11 +105,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         numeric = _numeric(record)
         # every validation so far (the trainer's history survives resumption), kept in
         # the run folder for good: the spool is emptied once MLflow has the points
-        history = [
-            {k: v for k, v in r.items() if isinstance(v, (int, float, str))}
-            for r in holder["trainer"].history
-        ]
-        atomic_write_json(run_dir / "history.json", history, indent=1)
+        folder.write_history(holder["trainer"].history)
         points = _points(record)
         if logger is not None:
             logger.log(points, int(record["samples"]))
@@ -149,7 +117,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         config,
         ShardedDataset(job["train"]),
         ShardedDataset(job["val"]),
-        run_dir,
+        folder.path,
         callbacks=Callbacks(on_validation=on_validation),
         progress=False,
         device=job["device"],
@@ -158,8 +126,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     result = trainer.fit()
     if logger is not None:
         logger.close()
-    write_result(
-        run_dir,
+    folder.write_result(
         result,
         node_id=None,
         node_ip=socket.gethostname(),
@@ -185,14 +152,6 @@ def _points(record: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in _numeric(record).items() if k != "samples"}
 
 
-def _saved_history(run_dir: Path) -> list[dict[str, Any]]:
-    try:
-        history = json.loads((run_dir / "history.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    return [r for r in history if isinstance(r, dict) and "samples" in r]
-
-
 def _child_main(job: dict[str, Any]) -> None:
     try:
         train_and_evaluate(job)
@@ -200,7 +159,7 @@ def _child_main(job: dict[str, Any]) -> None:
         traceback.print_exc(file=sys.stderr)
         # the reason, for the driver's summary (the last line of the error)
         reason = traceback.format_exc().strip().splitlines()[-1]
-        Path(job["run_dir"], "failure.txt").write_text(reason[:500] + "\n")
+        RunFolder(job["run_dir"]).failure_path.write_text(reason[:500] + "\n")
         raise SystemExit(1) from None
 
 
@@ -239,7 +198,7 @@ def run_local(
                     "name": f"{run.key[:8]} {run.name}",
                     "method": run.method,
                     "config": c.model_dump(mode="json"),
-                    "run_dir": str(run_dir_for(c, work_dir)),
+                    "run_dir": str(RunFolder.for_config(c, work_dir).path),
                     "work_dir": str(work_dir),
                     "train": str(paths["train"]),
                     "val": str(paths["val"]),
@@ -262,7 +221,7 @@ def run_local(
         late = deadline is not None and time.monotonic() - start > deadline
         while pending and len(running) < parallel and not late:
             job = pending.pop(0)
-            (Path(job["run_dir"]) / "failure.txt").unlink(missing_ok=True)
+            RunFolder(job["run_dir"]).failure_path.unlink(missing_ok=True)
             p = ctx.Process(target=_child_main, args=(job,), name=job["name"])
             p.start()
             running[job["key"]] = (p, job, time.monotonic())
@@ -272,7 +231,7 @@ def run_local(
                 if p.exitcode == 0:
                     outcome[key] = ("finished", "")
                 else:
-                    failure = Path(job["run_dir"]) / "failure.txt"
+                    failure = RunFolder(job["run_dir"]).failure_path
                     why = failure.read_text().strip() if failure.is_file() else ""
                     outcome[key] = ("failed", why or f"its process exited with {p.exitcode}")
                 if progress:
@@ -295,9 +254,7 @@ def run_local(
             pending = []
         if running:
             line = " | ".join(
-                describe_progress(
-                    job["name"], read_json(Path(job["run_dir"]) / "progress.json") or {}
-                )
+                describe_progress(job["name"], RunFolder(job["run_dir"]).read_progress() or {})
                 for _p, job, _t in running.values()
             )
             if progress and line != last_line:  # a line per validation, not per poll
@@ -314,7 +271,8 @@ def pack(prefix: str, run_dirs: Sequence[Path], part_bytes: int = 12_000_000) ->
     parts: list[Path] = []
     tar = None
     for run_dir in run_dirs:
-        if not run_dir.is_dir():
+        folder = RunFolder(run_dir)
+        if not folder.path.is_dir():
             continue
         if tar is None or parts[-1].stat().st_size > part_bytes:
             if tar is not None:
@@ -322,10 +280,9 @@ def pack(prefix: str, run_dirs: Sequence[Path], part_bytes: int = 12_000_000) ->
             parts.append(Path(f"{prefix}-{len(parts) + 1}.tgz"))
             parts[-1].parent.mkdir(parents=True, exist_ok=True)
             tar = tarfile.open(parts[-1], "w:gz")
-        for path in sorted(run_dir.rglob("*")):
-            rel = path.relative_to(run_dir)
-            if path.is_file() and rel.parts[0] != "checkpoints" and path.name != "train.lock":
-                tar.add(path, arcname=f"runs/{run_dir.name}/{rel.as_posix()}")
+        for path in folder.records():
+            rel = path.relative_to(folder.path).as_posix()
+            tar.add(path, arcname=f"{RUNS_DIR}/{folder.run_id}/{rel}")
         tar.fileobj.flush()  # type: ignore[union-attr,attr-defined]
     if tar is not None:
         tar.close()

@@ -35,7 +35,8 @@ from pipelines.tracking.tags import (
     child_tags,
     parent_tags,
 )
-from pipelines.train_job import prepare_datasets, read_json, run_dir_for, run_training
+from pipelines.train_job import prepare_datasets, run_training
+from sparling.runs import CHECKPOINTS_DIR, EVALUATION_DIR, RunFolder
 
 #: CPU a run's driver task asks for. Zero: its Train workers ask for the real resources,
 #: and any fraction here would be taken from them (8 tasks x 0.01 CPU on a 2-CPU machine
@@ -81,8 +82,8 @@ class SweepSummary:
 
 
 def run_is_finished(config: Any, work_dir: Path) -> bool:
-    result = read_json(run_dir_for(config, work_dir) / "result.json")
-    return bool(result) and (run_dir_for(config, work_dir) / "evaluation.json").is_file()
+    folder = RunFolder.for_config(config, work_dir)
+    return bool(folder.read_result()) and folder.evaluation_path.is_file()
 
 
 # -- the per-run task -------------------------------------------------------------------------
@@ -187,18 +188,18 @@ def evaluate_run(
     test split (``test_dir``: its dataset folder, already generated; by default prepared
     here), the model on ``device``; writes ``evaluation.json`` and the figures."""
     from sparling import domains
-    from sparling.evaluate import evaluate_checkpoint, select_checkpoint
+    from sparling.evaluate import evaluate_checkpoint
     from sparling.shards import ShardedDataset
 
-    run_dir = run_dir_for(run.config, work_dir)
-    checkpoint = select_checkpoint(run_dir)
+    folder = RunFolder.for_config(run.config, work_dir)
+    checkpoint = folder.select_checkpoint()
     if test_dir is None:
         test_dir = prepare_datasets(run.config, work_dir, splits=("test",), progress=False)["test"]
     test = ShardedDataset(test_dir)
-    result = evaluate_checkpoint(checkpoint, test, out_dir=run_dir / "evaluation", device=device)
+    result = evaluate_checkpoint(checkpoint, test, out_dir=folder.evaluation_dir, device=device)
     domain = domains.make(run.config.domain.name, **run.config.domain.params)
     m = result.metrics
-    summary = read_json(run_dir / "result.json") or {}
+    summary = folder.read_result() or {}
     metrics = {
         "test_fpe": m["fpe"],
         "test_fne": m["fne"],
@@ -213,20 +214,20 @@ def evaluate_run(
         ),
         "wall_seconds": float(summary.get("wall_seconds", 0.0)),
     }
-    (run_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2))
+    folder.write_evaluation(metrics)
     return metrics
 
 
 def log_run_results(
     tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path, metrics: dict[str, float]
 ) -> None:
-    run_dir = run_dir_for(run.config, work_dir)
+    folder = RunFolder.for_config(run.config, work_dir)
     step = int(metrics["test_checkpoint_samples"])
     tracker.log_metrics(mlflow_run, metrics, step)
-    tracker.log_artifacts(mlflow_run, run_dir / "evaluation", "evaluation")
-    tracker.log_artifact(mlflow_run, run_dir / "config.json")
-    for ckpt in sorted((run_dir / "checkpoints").glob("density-*")):
-        tracker.log_artifacts(mlflow_run, ckpt, f"checkpoints/{ckpt.name}")
+    tracker.log_artifacts(mlflow_run, folder.evaluation_dir, EVALUATION_DIR)
+    tracker.log_artifact(mlflow_run, folder.config_path)
+    for ckpt in folder.density_checkpoint_folders():
+        tracker.log_artifacts(mlflow_run, ckpt, f"{CHECKPOINTS_DIR}/{ckpt.name}")
     tracker.set_tags(mlflow_run, {TAG_STATUS: STATUS_FINISHED})
     tracker.set_terminated(mlflow_run, "FINISHED")
 
@@ -332,10 +333,10 @@ def _tracking_context(
             child = tracker.find_child(parent, run.key)
             if child is None or child.info.status != "FINISHED":
                 child_id = _child(tracker, experiment, parent, run, env)
-                run_dir = run_dir_for(run.config, work_dir)
+                folder = RunFolder.for_config(run.config, work_dir)
                 # points its worker had not sent yet are in its spool: send them first
-                MetricLogger(uri, child_id, spool=run_dir / "metrics.spool.jsonl").close()
-                saved = read_json(run_dir / "evaluation.json") or {}
+                MetricLogger(uri, child_id, spool=folder.spool_path).close()
+                saved = folder.read_evaluation() or {}
                 log_run_results(tracker, child_id, run, work_dir, saved)
         for run in todo:
             runs[run.key] = _child(tracker, experiment, parent, run, env)
@@ -485,7 +486,7 @@ def _launch_local(
         for run in ready:
             status, reason = results.get(run.key, ("failed", "no outcome"))
             if status == "finished":
-                metrics = read_json(run_dir_for(run.config, work_dir) / "evaluation.json") or {}
+                metrics = RunFolder.for_config(run.config, work_dir).read_evaluation() or {}
                 outcomes[run.key] = RunOutcome(run.key, run.name, "finished", metrics=metrics)
             else:
                 outcomes[run.key] = RunOutcome(run.key, run.name, status, reason)
@@ -535,13 +536,13 @@ class _Display:
             self.overall = tqdm(total=len(todo), unit="run", desc="sweep", position=0)
 
     def _progress(self, run: PlannedRun) -> dict[str, Any] | None:
-        path = run_dir_for(run.config, self.work_dir) / "progress.json"
+        folder = RunFolder.for_config(run.config, self.work_dir)
         try:
-            if path.stat().st_mtime < self.started:
+            if folder.progress_path.stat().st_mtime < self.started:
                 return None  # left by an earlier, interrupted sweep: not running now
         except FileNotFoundError:
             return None
-        return read_json(path)
+        return folder.read_progress()
 
     def refresh(self) -> None:
         if not self.enabled:

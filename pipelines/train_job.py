@@ -8,14 +8,12 @@ checkpoint. The library's loop knows nothing of Ray: this module is the whole br
 Where things live (``work_dir`` defaults to ``./sparling-work``)::
 
     work_dir/data/<domain>-<split>-<hash>/   shared datasets (one per config hash)
-    work_dir/runs/<run_id>/                   config.json, progress.json, result.json,
-                                              checkpoints/{last,density-*}/
+    work_dir/runs/<run_id>/                   the run folder (:mod:`sparling.runs`)
     work_dir/ray/<run_id>/                    Ray Train's own storage (reported checkpoints)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -27,7 +25,7 @@ from typing import Any
 
 from sparling.config import RunConfig
 from sparling.errors import SparlingError
-from sparling.fileio import atomic_write_json
+from sparling.runs import RunFolder
 
 DEFAULT_WORK_DIR = Path("sparling-work")
 
@@ -57,36 +55,21 @@ def prepare_datasets(
     ``generate``: what makes one dataset, with the signature of
     :func:`pipelines.generate.generate_dataset` (the default: Ray tasks, one per shard).
     """
-    from sparling.shards import dataset_dir
+    from sparling import datasets
 
     make = generate
     if make is None:
         from pipelines.generate import generate_dataset
 
         make = generate_dataset
-
-    d = config.data
-    root = (Path(d.root) if d.root else Path(work_dir) / "data").resolve()
-    sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
-    out: dict[str, Path] = {}
-    for split in splits:
-        count = sizes[split]
-        shards = max(1, min(d.shards, count))
-        params = dict(config.domain.params)
-        folder = dataset_dir(root, config.domain.name, params, split, d.seed, count, shards)
-        out[split] = make(
-            config.domain.name, params, split, d.seed, count, shards, folder, progress=progress
-        )
-    return out
-
-
-def run_dir_for(config: RunConfig, work_dir: Path) -> Path:
-    return (work_dir / "runs" / config.run_id()).resolve()
+    return datasets.prepare_datasets(
+        config, work_dir, progress=progress, splits=splits, generate=make
+    )
 
 
 # -- the worker side -----------------------------------------------------------------------
 def _restore_from_ray(run_dir: Path) -> None:
-    """Make ``run_dir/checkpoints/last`` at least as new as Ray Train's latest checkpoint.
+    """Make the run's last checkpoint at least as new as Ray Train's latest checkpoint.
 
     On one machine they are the same; on a cluster a retried worker may land on another
     node, where only Ray's persisted copy exists.
@@ -98,7 +81,7 @@ def _restore_from_ray(run_dir: Path) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return
-    last = run_dir / "checkpoints" / "last"
+    last = RunFolder(run_dir).last
     with ckpt.as_directory() as src:
         theirs = read_meta(Path(src))["samples"]
         try:
@@ -121,8 +104,8 @@ def _numeric(record: dict[str, Any]) -> dict[str, float]:
 class _ProgressFile:
     """Writes ``progress.json`` at most every ``interval`` seconds (for the live displays)."""
 
-    def __init__(self, path: Path, interval: float = 1.0) -> None:
-        self.path = path
+    def __init__(self, folder: RunFolder, interval: float = 1.0) -> None:
+        self.folder = folder
         self.interval = interval
         self._last = 0.0
         # the worker process writing it: what an operator (or a fault test) kills
@@ -133,7 +116,7 @@ class _ProgressFile:
         now = time.monotonic()
         if force or now - self._last >= self.interval:
             self._last = now
-            atomic_write_json(self.path, self.latest)
+            self.folder.write_progress(self.latest)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -156,6 +139,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     startup["imports"] = time.time()
     config = RunConfig.model_validate(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
+    folder = RunFolder(run_dir)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(int(config.compute.threads or max(1, config.compute.cpus_per_worker)))
@@ -165,16 +149,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     train = ShardedDataset(loop_config["train"])
     val = ShardedDataset(loop_config["val"])
     startup["data"] = time.time()
-    progress = _ProgressFile(run_dir / "progress.json")
+    progress = _ProgressFile(folder)
     tracking = loop_config.get("tracking")
     logger = None
     if tracking and rank == 0:
         from pipelines.tracking.logger import MetricLogger
 
         # The spool keeps unsent points on disk, so a crashed worker's retry sends them.
-        logger = MetricLogger(
-            tracking["uri"], tracking["run_id"], spool=run_dir / "metrics.spool.jsonl"
-        )
+        logger = MetricLogger(tracking["uri"], tracking["run_id"], spool=folder.spool_path)
 
     def on_validation(record: dict[str, Any], checkpoint: Path | None) -> None:
         metrics = _numeric(record)
@@ -222,24 +204,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),
         }
-        write_result(run_dir, result, **where)
+        folder.write_result(result, **where)
         progress({"state": "finished", "status": result.status}, force=True)
-
-
-def write_result(run_dir: Path, result: Any, **extra: Any) -> dict[str, Any]:
-    """``result.json``: how a run ended (a :class:`sparling.train.RunResult`) plus ``extra``."""
-    summary = {
-        "status": result.status,
-        "samples": result.samples,
-        "density": result.density,
-        "density_checkpoints": result.density_checkpoints,
-        "validations": len(result.history),
-        "wall_seconds": result.wall_seconds,
-        "last": result.history[-1] if result.history else None,
-        **extra,
-    }
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
 
 
 # -- the driver side -------------------------------------------------------------------------
@@ -280,14 +246,6 @@ def build_trainer(
     )
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def run_training(
     config: RunConfig,
     *,
@@ -302,16 +260,16 @@ def run_training(
     checkpoint; a run that already finished returns at once with its result.
     """
     from pipelines.ray_env import ensure_ray
-    from sparling.train import resolve_init_from
+    from sparling.runs import resolve_init_from
 
     work_dir = Path(work_dir).resolve()
-    run_dir = run_dir_for(config, work_dir)
+    folder = RunFolder.for_config(config, work_dir)
+    run_dir = folder.path
     if config.init_from:
         # A missing source of g is the config's error, not the worker's: refuse it here,
         # before Ray Train would start (and retry) a job that cannot succeed.
         resolve_init_from(config.init_from, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json())
+    folder.write_config(config)
     datasets = prepare_datasets(config, work_dir, progress=progress)
     paths = RunPaths(datasets["train"], datasets["val"], datasets["test"], run_dir)
     ensure_ray()
@@ -327,10 +285,10 @@ def run_training(
 
     thread = threading.Thread(target=fit, name=f"fit-{config.run_id()}", daemon=True)
     thread.start()
-    _watch(thread, run_dir, config, progress)
+    _watch(thread, folder, config, progress)
     if errors:
         raise RunFailed(f"run {config.run_id()} failed: {_root_cause(errors[0])}") from errors[0]
-    result = read_json(run_dir / "result.json")
+    result = folder.read_result()
     if result is None:
         raise RunFailed(f"run {config.run_id()} ended without a result (see {run_dir})")
     return result
@@ -342,7 +300,7 @@ def _root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _watch(thread: threading.Thread, run_dir: Path, config: RunConfig, progress: bool) -> None:
+def _watch(thread: threading.Thread, folder: RunFolder, config: RunConfig, progress: bool) -> None:
     """A progress bar fed by the worker's ``progress.json`` (samples, density, accuracy)."""
     if not progress:
         thread.join()
@@ -355,7 +313,7 @@ def _watch(thread: threading.Thread, run_dir: Path, config: RunConfig, progress:
     try:
         while thread.is_alive():
             thread.join(timeout=1.0)
-            info = read_json(run_dir / "progress.json") or {}
+            info = folder.read_progress() or {}
             if "samples" in info and info != seen:
                 seen = info
                 bar.n = min(int(info["samples"]), config.budget_samples)

@@ -3,8 +3,9 @@
 A network ``h(sparse(g(x)))`` whose sparsity layer keeps a tiny, scheduled fraction of
 ``g``'s activations. This package is plain PyTorch: the method (:class:`SpatialSparsity`,
 :class:`AdaptiveSparsitySchedule`), its baselines (:func:`make_bottleneck`), the domains
-(:mod:`sparling.domains`) and the metrics (:mod:`sparling.metrics`). Orchestration with
-Ray and MLflow lives in the separate ``pipelines`` package.
+(:mod:`sparling.domains`) and the metrics (:mod:`sparling.metrics`). :func:`fit` trains
+one run in this process, in a run folder (:class:`RunFolder`) the command line shares.
+Orchestration with Ray and MLflow lives in the separate ``pipelines`` package.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .bottlenecks import Bottleneck, bottleneck_names, make_bottleneck
     from .export import export_model, load_model
+    from .fitting import fit
+    from .runs import RunFolder
     from .schedule import AdaptiveSparsitySchedule
     from .seeding import set_seed
     from .sparsity import SpatialSparsity
@@ -24,9 +27,11 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "AdaptiveSparsitySchedule": "schedule",
     "Bottleneck": "bottlenecks",
+    "RunFolder": "runs",
     "SpatialSparsity": "sparsity",
     "bottleneck_names": "bottlenecks",
     "export_model": "export",
+    "fit": "fitting",
     "load_model": "export",
     "make_bottleneck": "bottlenecks",
     "set_seed": "seeding",
@@ -35,9 +40,11 @@ _EXPORTS = {
 __all__ = [
     "AdaptiveSparsitySchedule",
     "Bottleneck",
+    "RunFolder",
     "SpatialSparsity",
     "bottleneck_names",
     "export_model",
+    "fit",
     "load_model",
     "make_bottleneck",
     "set_seed",

@@ -41,3 +41,7 @@ def format_validation_errors(
                 path += f".{part}" if path else str(part)
         lines.append(f"{path or root}: {problem['msg']}")
     return lines
+
+
+class TrainingFailed(SparlingError):
+    """The run stopped on an error it can name (e.g. a non-finite loss)."""

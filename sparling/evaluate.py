@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from . import domains
-from .checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, read_meta
+from .checkpoint import CONFIG_FILE, load_checkpoint
 from .config import RunConfig, load_config
 from .domains import Domain, Sample
 from .metrics import MotifErrors, combine_motif_errors, end_to_end_error
 from .models import SparlingModel
+from .runs import build_run_model
+from .runs import select_checkpoint as select_checkpoint  # how `sparling evaluate RUN` chooses
 from .scoring import SampleSource, batch_motif_errors, collate_inputs
-from .train import build_run_model
 
 
 @dataclass
@@ -49,48 +50,7 @@ class Evaluation:
         }
 
 
-# -- choosing a checkpoint -----------------------------------------------------------------
-def density_checkpoints(run_dir: Path) -> dict[float, Path]:
-    """The run's per-density checkpoints: density -> folder."""
-    out: dict[float, Path] = {}
-    for folder in sorted((Path(run_dir) / "checkpoints").glob("density-*")):
-        try:
-            out[float(read_meta(folder)["density"])] = folder
-        except (CheckpointError, KeyError, ValueError):
-            continue
-    return out
-
-
-def select_checkpoint(path: Path, density: float | None = None) -> Path:
-    """Resolve a run folder or checkpoint folder to one checkpoint.
-
-    For a run folder: with ``density``, the checkpoint kept at the lowest density at or
-    above it; without, the one at the domain's reported density when the run got there,
-    else the lowest density it reached, else ``last``.
-    """
-    path = Path(path)
-    if (path / "meta.json").is_file():
-        if density is not None:
-            raise ValueError("--density selects among a run's checkpoints: pass the run folder")
-        return path
-    if not (path / "checkpoints").is_dir():
-        raise FileNotFoundError(f"neither a run folder nor a checkpoint: {path}")
-    kept = density_checkpoints(path)
-    if density is None:
-        config = load_config(path / CONFIG_FILE)
-        reported = domains.make(config.domain.name, **config.domain.params).reported_density
-        density = reported if any(d <= reported * (1 + 1e-9) for d in kept) else None
-    if density is None:
-        return min(kept.items())[1] if kept else path / "checkpoints" / "last"
-    above = {d: p for d, p in kept.items() if d >= density * (1 - 1e-9)}
-    if not above:
-        reached = ", ".join(f"{d:.3e}" for d in sorted(kept)) or "none"
-        raise ValueError(
-            f"run {path} has no checkpoint at density >= {density:g} (kept: {reached})"
-        )
-    return min(above.items())[1]
-
-
+# -- loading a checkpoint's model ---------------------------------------------------------
 def load_model(
     checkpoint: Path, device: torch.device | str = "cpu"
 ) -> tuple[SparlingModel, RunConfig, dict[str, Any]]:

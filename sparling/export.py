@@ -25,6 +25,7 @@ from .config import RunConfig, load_config
 from .errors import SparlingError
 from .fileio import atomic_write
 from .models import SparlingModel
+from .runs import build_run_model, select_checkpoint
 
 if TYPE_CHECKING:
     from .domains import Domain
@@ -79,7 +80,6 @@ def export_model(
     from safetensors.torch import save_file
 
     from .evaluate import load_model as load_checkpoint_model
-    from .evaluate import select_checkpoint
 
     checkpoint = select_checkpoint(Path(path), density)
     model, config, meta = load_checkpoint_model(checkpoint)
@@ -127,8 +127,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Sparling
     run id) at ``model.export_metadata``.
     """
     from safetensors.torch import load_file
-
-    from .train import build_run_model
 
     metadata = read_export_metadata(path)
     config: RunConfig = load_config(json.loads(metadata["config"]), source=str(path))

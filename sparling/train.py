@@ -25,19 +25,16 @@ import torch
 
 from . import domains
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
-from .config import RUN_REF_PREFIX, RunConfig, parse_run_ref
+from .config import RunConfig
 from .domains import Domain, Sample
-from .errors import SparlingError
+from .errors import TrainingFailed
 from .fileio import LockTimeout, file_lock
 from .metrics import combine_motif_errors, end_to_end_error
-from .models import SparlingModel, build_model, sequence_loss
+from .models import SparlingModel, sequence_loss
+from .runs import RunFolder, build_run_model, density_checkpoint_name, density_key
 from .schedule import AdaptiveSparsitySchedule
 from .scoring import SampleSource, batch_motif_errors, collate_inputs
 from .seeding import set_seed
-
-
-class TrainingFailed(SparlingError):
-    """The run stopped on an error it can name (e.g. a non-finite loss)."""
 
 
 @dataclass
@@ -59,6 +56,11 @@ class RunResult:
     density_checkpoints: dict[str, str] = field(default_factory=dict)
     run_dir: Path | None = None
     wall_seconds: float = 0.0
+
+    @property
+    def val_accuracy(self) -> float:
+        """The last validation's exact-match accuracy (NaN before any validation)."""
+        return float(self.history[-1]["val_accuracy"]) if self.history else math.nan
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,7 +103,8 @@ def batch_positions(
 
 
 class Trainer:
-    """Trains one run. ``fit()`` resumes from ``run_dir/last`` when it exists.
+    """Trains one run in the run folder ``run_dir`` (:class:`~sparling.runs.RunFolder`);
+    ``fit()`` resumes from its last checkpoint when there is one.
 
     ``model`` is a :class:`~sparling.models.SparlingModel` (``wrapped`` may be its DDP
     wrapper); its ``bottleneck`` is a :class:`sparling.bottlenecks.Bottleneck`.
@@ -134,6 +137,7 @@ class Trainer:
         self.train_data = train
         self.val_data = val
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.callbacks = callbacks or Callbacks()
         self.progress = progress and rank == 0
         self.rank = rank
@@ -232,16 +236,15 @@ class Trainer:
             "density": self.schedule.density if density is None else density,
             "name": name,
         }
-        folder = self.run_dir / "checkpoints" / name
+        folder = self.folder.checkpoint(name)
         try:
             return save_checkpoint(folder, self.state(), meta, self.config.to_json())
         except OSError as e:
             # Disk full, quota, read-only or missing folder: say where, and that what was
             # written before is intact (checkpoints are replaced atomically).
-            last = self.run_dir / "checkpoints" / "last"
             kept = (
-                f"the last complete checkpoint ({last}) is intact"
-                if (last / "meta.json").exists()
+                f"the last complete checkpoint ({self.folder.last}) is intact"
+                if self.folder.has_checkpoint()
                 else "no earlier checkpoint exists"
             )
             raise TrainingFailed(
@@ -251,9 +254,9 @@ class Trainer:
             ) from e
 
     def try_resume(self) -> bool:
-        last = self.run_dir / "checkpoints" / "last"
-        if not (last / "meta.json").exists():
+        if not self.folder.has_checkpoint():
             return False
+        last = self.folder.last
         meta = read_meta(last)
         if meta.get("run_id") != self.config.run_id():
             raise CheckpointError(
@@ -286,7 +289,7 @@ class Trainer:
             raise TrainingFailed(
                 f"non-finite loss at sample {self.samples} (loss={loss.item()}, "
                 f"penalty={float(penalty)}); last good checkpoint kept in "
-                f"{self.run_dir / 'checkpoints' / 'last'}"
+                f"{self.folder.last}"
             )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -352,8 +355,8 @@ class Trainer:
         if stepped:
             # The model as it is now reached the accuracy bar at density ``before``:
             # keep it as that density's checkpoint, so any density can be evaluated later.
-            name = f"density-{before:.6e}"
-            self.density_checkpoints[f"{before:.6e}"] = name
+            name = density_checkpoint_name(before)
+            self.density_checkpoints[density_key(before)] = name
             record["density_checkpoint"] = name
             record.update(self.motif_scores())
             # labelled with the density it reached the bar at, not the next one
@@ -375,7 +378,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def _exclusive(self, wait_seconds: float = 120.0) -> Iterator[None]:
-        """Hold ``run_dir/train.lock`` while training: a second trainer of the same run (an
+        """Hold the run folder's lock while training: a second trainer of the same run (an
         orphan of a killed driver, a duplicate launch) waits for the first to end, then
         resumes from its checkpoint, instead of both writing the same checkpoints."""
         if self.rank != 0:
@@ -385,12 +388,12 @@ class Trainer:
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(
-                    file_lock(self.run_dir / "train.lock", timeout=wait_seconds, poll_interval=1.0)
+                    file_lock(self.folder.lock_path, timeout=wait_seconds, poll_interval=1.0)
                 )
             except LockTimeout:
                 raise TrainingFailed(
                     f"run {self.config.run_id()} is being trained by another process "
-                    f"(lock {self.run_dir / 'train.lock'} held for {wait_seconds:.0f} s)"
+                    f"(lock {self.folder.lock_path} held for {wait_seconds:.0f} s)"
                 ) from None
             yield
 
@@ -451,59 +454,6 @@ class Trainer:
             density_checkpoints=self.density_checkpoints,
             run_dir=self.run_dir,
         )
-
-
-def resolve_init_from(init_from: str, run_dir: Path | None = None) -> Path:
-    """The checkpoint folder ``init_from`` names (see :attr:`RunConfig.init_from`).
-
-    ``run:<id>`` references are looked up beside ``run_dir`` (the run being built).
-    Raises :class:`TrainingFailed` saying what is missing.
-    """
-    from .evaluate import select_checkpoint  # evaluate imports this module
-
-    density: float | None = None
-    if init_from.startswith(RUN_REF_PREFIX):
-        key, density = parse_run_ref(init_from)
-        if run_dir is None:
-            raise TrainingFailed(
-                f"init_from {init_from!r} refers to a run beside this one: "
-                "the run's own folder is needed to find it"
-            )
-        folder = Path(run_dir).parent / key
-        if not (folder / "checkpoints").is_dir():
-            raise TrainingFailed(
-                f"init_from {init_from!r}: run {key} has no checkpoints in {folder} "
-                "(has it trained yet?)"
-            )
-    else:
-        folder = Path(init_from)
-    try:
-        return select_checkpoint(folder, density)
-    except (FileNotFoundError, ValueError) as e:
-        raise TrainingFailed(f"init_from {init_from!r}: {e}") from None
-
-
-def build_run_model(
-    config: RunConfig, domain: Domain, run_dir: Path | None = None
-) -> SparlingModel:
-    """The model a config describes, with ``init_from``/``freeze_motif_model`` applied
-    (``run_dir``: the run's folder, for ``run:`` references in ``init_from``)."""
-    overrides = dict(config.model.overrides)
-    if config.model.channels is not None:
-        overrides["channels"] = config.model.channels
-    model = build_model(
-        domain, config.model.preset, config.bottleneck.name, config.bottleneck.params, **overrides
-    )
-    if config.init_from:
-        # The Retrained method: take g from another run's checkpoint (at the density it
-        # was saved at); the rest of the model starts fresh.
-        state, _ = load_checkpoint(resolve_init_from(config.init_from, run_dir))
-        g_state = {k[2:]: v for k, v in state["model"].items() if k.startswith("g.")}
-        model.g.load_state_dict(g_state)
-    if config.freeze_motif_model:
-        for p in model.g.parameters():
-            p.requires_grad_(False)
-    return model
 
 
 def make_trainer(

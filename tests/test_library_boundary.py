@@ -7,9 +7,10 @@ from conftest import run_python
 CODE = """
 import sys
 import sparling
-from sparling import domains, export, showcase, train, evaluate
+from sparling import domains, export, showcase, train, evaluate, runs, datasets, fitting
 from sparling.models import build_model
 build_model("digit-circle", "fast")
+sparling.fit, sparling.RunFolder
 loaded = sorted(m for m in ("ray", "mlflow") if m in sys.modules)
 print(",".join(loaded) or "none")
 """

@@ -1,0 +1,354 @@
+"""The run folder: where one training run keeps everything it writes.
+
+A run lives in ``<work_dir>/runs/<run id>/`` (the id is its config's hash,
+:meth:`~sparling.config.RunConfig.run_id`)::
+
+    config.json             the resolved run config
+    checkpoints/last/       the latest checkpoint: what a stopped run resumes from
+    checkpoints/density-*/  the model as it reached the accuracy bar at that density
+    progress.json           the latest progress record (for live displays)
+    history.json            every validation record so far
+    result.json             how the run ended
+    metrics.spool.jsonl     metric points not yet accepted by a tracking server
+    train.lock              held by the process training the run
+    evaluation.json         test scores (with the figures in ``evaluation/``)
+    failure.txt             why the last attempt failed (the local executor's)
+
+:class:`RunFolder` names these paths, lists and chooses the checkpoints, and reads and
+writes the JSON records; :func:`build_run_model` builds the model a run's config
+describes (with ``init_from`` resolved against the run folders beside it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import domains
+from .checkpoint import CONFIG_FILE, META_FILE, CheckpointError, load_checkpoint, read_meta
+from .config import RUN_REF_PREFIX, RunConfig, load_config, parse_run_ref
+from .errors import TrainingFailed
+from .fileio import atomic_write_text
+from .models import SparlingModel, build_model
+
+if TYPE_CHECKING:
+    from .domains import Domain
+    from .train import RunResult
+
+#: the work dir's folder of run folders
+RUNS_DIR = "runs"
+CHECKPOINTS_DIR = "checkpoints"
+#: the checkpoint a run resumes from
+LAST = "last"
+DENSITY_PREFIX = "density-"
+RESULT_FILE = "result.json"
+PROGRESS_FILE = "progress.json"
+HISTORY_FILE = "history.json"
+SPOOL_FILE = "metrics.spool.jsonl"
+LOCK_FILE = "train.lock"
+EVALUATION_FILE = "evaluation.json"
+EVALUATION_DIR = "evaluation"
+FAILURE_FILE = "failure.txt"
+__all__ = [
+    "CONFIG_FILE",
+    "RunFolder",
+    "build_run_model",
+    "density_checkpoint_name",
+    "density_key",
+    "read_json",
+    "resolve_init_from",
+    "select_checkpoint",
+]
+
+
+def density_key(density: float) -> str:
+    """How a density is written in checkpoint names and ``result.json``: ``5.000000e-01``."""
+    return f"{density:.6e}"
+
+
+def density_checkpoint_name(density: float) -> str:
+    """The name of the checkpoint kept when the run reached the accuracy bar at ``density``."""
+    return f"{DENSITY_PREFIX}{density_key(density)}"
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when the file is missing or not (yet) JSON."""
+    try:
+        data: dict[str, Any] = json.loads(Path(path).read_text())
+        return data
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _scalars(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if isinstance(v, (int, float, str))}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder (``path``); it need not exist yet."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    # -- locating ---------------------------------------------------------------------------
+    @classmethod
+    def of(cls, run_id: str, work_dir: Path | str) -> RunFolder:
+        """The folder of run ``run_id`` in ``work_dir``, as an absolute path (a worker may
+        run in another working directory)."""
+        return cls((Path(work_dir) / RUNS_DIR / run_id).resolve())
+
+    @classmethod
+    def for_config(cls, config: RunConfig, work_dir: Path | str) -> RunFolder:
+        """The folder of the run ``config`` describes, in ``work_dir``."""
+        return cls.of(config.run_id(), work_dir)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path | str) -> RunFolder:
+        """The run folder holding ``checkpoint`` (``<run folder>/checkpoints/<name>``)."""
+        return cls(Path(checkpoint).parent.parent)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def work_dir(self) -> Path:
+        """The work dir this run folder is in (``<work_dir>/runs/<run id>``), absolute."""
+        return self.path.resolve().parent.parent
+
+    def sibling(self, run_id: str) -> RunFolder:
+        """The folder of run ``run_id`` beside this one (in the same work dir)."""
+        return RunFolder(self.path.parent / run_id)
+
+    # -- files ------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def result_path(self) -> Path:
+        return self.path / RESULT_FILE
+
+    @property
+    def progress_path(self) -> Path:
+        return self.path / PROGRESS_FILE
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / HISTORY_FILE
+
+    @property
+    def spool_path(self) -> Path:
+        return self.path / SPOOL_FILE
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
+    def evaluation_path(self) -> Path:
+        return self.path / EVALUATION_FILE
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.path / EVALUATION_DIR
+
+    @property
+    def failure_path(self) -> Path:
+        return self.path / FAILURE_FILE
+
+    def records(self) -> list[Path]:
+        """Every file of the run but its checkpoints and lock (what a copy of its results
+        needs), in sorted order."""
+        return [
+            p
+            for p in sorted(self.path.rglob("*"))
+            if p.is_file()
+            and p.relative_to(self.path).parts[0] != CHECKPOINTS_DIR
+            and p.name != LOCK_FILE
+        ]
+
+    # -- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    def checkpoint(self, name: str) -> Path:
+        """The folder of checkpoint ``name`` (``last``, ``density-...``)."""
+        return self.checkpoints_dir / name
+
+    @property
+    def last(self) -> Path:
+        """The checkpoint a stopped run resumes from."""
+        return self.checkpoint(LAST)
+
+    def has_checkpoints(self) -> bool:
+        return self.checkpoints_dir.is_dir()
+
+    def has_checkpoint(self, name: str = LAST) -> bool:
+        """Whether checkpoint ``name`` was written (checkpoints are written atomically)."""
+        return (self.checkpoint(name) / META_FILE).exists()
+
+    def density_checkpoint_folders(self) -> list[Path]:
+        """The per-density checkpoint folders, sorted by name."""
+        return sorted(self.checkpoints_dir.glob(f"{DENSITY_PREFIX}*"))
+
+    def density_checkpoints(self) -> dict[float, Path]:
+        """The run's per-density checkpoints: density (from their metadata) -> folder."""
+        out: dict[float, Path] = {}
+        for folder in self.density_checkpoint_folders():
+            try:
+                out[float(read_meta(folder)["density"])] = folder
+            except (CheckpointError, KeyError, ValueError):
+                continue
+        return out
+
+    def select_checkpoint(self, density: float | None = None) -> Path:
+        """One of the run's checkpoints.
+
+        With ``density``, the checkpoint kept at the lowest density at or above it;
+        without, the one at the domain's reported density when the run got there, else
+        the lowest density it reached, else ``last``.
+        """
+        if not self.has_checkpoints():
+            raise FileNotFoundError(f"neither a run folder nor a checkpoint: {self.path}")
+        kept = self.density_checkpoints()
+        if density is None:
+            config = self.read_config()
+            reported = domains.make(config.domain.name, **config.domain.params).reported_density
+            density = reported if any(d <= reported * (1 + 1e-9) for d in kept) else None
+        if density is None:
+            return min(kept.items())[1] if kept else self.last
+        above = {d: p for d, p in kept.items() if d >= density * (1 - 1e-9)}
+        if not above:
+            reached = ", ".join(f"{d:.3e}" for d in sorted(kept)) or "none"
+            raise ValueError(
+                f"run {self.path} has no checkpoint at density >= {density:g} (kept: {reached})"
+            )
+        return min(above.items())[1]
+
+    # -- records ----------------------------------------------------------------------------
+    def read_config(self) -> RunConfig:
+        return load_config(self.config_path)
+
+    def write_config(self, config: RunConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, config.to_json())
+
+    def read_result(self) -> dict[str, Any] | None:
+        """``result.json`` (see :meth:`write_result`), or ``None`` before the run ended."""
+        return read_json(self.result_path)
+
+    def write_result(self, result: RunResult, **extra: Any) -> dict[str, Any]:
+        """Write ``result.json``: how a run ended (a :class:`sparling.train.RunResult`)
+        plus ``extra``; returns what it wrote."""
+        summary = {
+            "status": result.status,
+            "samples": result.samples,
+            "density": result.density,
+            "density_checkpoints": result.density_checkpoints,
+            "validations": len(result.history),
+            "wall_seconds": result.wall_seconds,
+            "last": result.history[-1] if result.history else None,
+            **extra,
+        }
+        atomic_write_text(self.result_path, json.dumps(summary, indent=2, default=float))
+        return summary
+
+    def read_progress(self) -> dict[str, Any] | None:
+        return read_json(self.progress_path)
+
+    def write_progress(self, info: Mapping[str, Any]) -> None:
+        """Replace ``progress.json`` with ``info`` (atomically: displays poll it)."""
+        atomic_write_text(self.progress_path, json.dumps(dict(info)))
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """The validation records in ``history.json`` (none if it is missing or unreadable)."""
+        try:
+            history = json.loads(self.history_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+        if not isinstance(history, list):
+            return []
+        return [r for r in history if isinstance(r, dict) and "samples" in r]
+
+    def write_history(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Replace ``history.json`` with ``records`` (their number and string values)."""
+        history = [_scalars(r) for r in records]
+        atomic_write_text(self.history_path, json.dumps(history, indent=1) + "\n")
+
+    def read_evaluation(self) -> dict[str, Any] | None:
+        return read_json(self.evaluation_path)
+
+    def write_evaluation(self, metrics: Mapping[str, float]) -> None:
+        atomic_write_text(self.evaluation_path, json.dumps(dict(metrics), indent=2))
+
+
+def select_checkpoint(path: Path | str, density: float | None = None) -> Path:
+    """Resolve a run folder or a checkpoint folder to one checkpoint: a checkpoint folder
+    is itself; a run folder chooses as :meth:`RunFolder.select_checkpoint` does."""
+    path = Path(path)
+    if (path / META_FILE).is_file():
+        if density is not None:
+            raise ValueError("--density selects among a run's checkpoints: pass the run folder")
+        return path
+    return RunFolder(path).select_checkpoint(density)
+
+
+# -- a run's model -----------------------------------------------------------------------------
+def resolve_init_from(init_from: str, run_dir: Path | None = None) -> Path:
+    """The checkpoint folder ``init_from`` names (see :attr:`RunConfig.init_from`).
+
+    ``run:<id>`` references are looked up beside ``run_dir`` (the run being built).
+    Raises :class:`~sparling.errors.TrainingFailed` saying what is missing.
+    """
+    density: float | None = None
+    if init_from.startswith(RUN_REF_PREFIX):
+        key, density = parse_run_ref(init_from)
+        if run_dir is None:
+            raise TrainingFailed(
+                f"init_from {init_from!r} refers to a run beside this one: "
+                "the run's own folder is needed to find it"
+            )
+        source = RunFolder(run_dir).sibling(key)
+        if not source.has_checkpoints():
+            raise TrainingFailed(
+                f"init_from {init_from!r}: run {key} has no checkpoints in {source.path} "
+                "(has it trained yet?)"
+            )
+        folder = source.path
+    else:
+        folder = Path(init_from)
+    try:
+        return select_checkpoint(folder, density)
+    except (FileNotFoundError, ValueError) as e:
+        raise TrainingFailed(f"init_from {init_from!r}: {e}") from None
+
+
+def build_run_model(
+    config: RunConfig, domain: Domain, run_dir: Path | None = None
+) -> SparlingModel:
+    """The model a config describes, with ``init_from``/``freeze_motif_model`` applied
+    (``run_dir``: the run's folder, for ``run:`` references in ``init_from``)."""
+    overrides = dict(config.model.overrides)
+    if config.model.channels is not None:
+        overrides["channels"] = config.model.channels
+    model = build_model(
+        domain, config.model.preset, config.bottleneck.name, config.bottleneck.params, **overrides
+    )
+    if config.init_from:
+        # The Retrained method: take g from another run's checkpoint (at the density it
+        # was saved at); the rest of the model starts fresh.
+        state, _ = load_checkpoint(resolve_init_from(config.init_from, run_dir))
+        g_state = {k[2:]: v for k, v in state["model"].items() if k.startswith("g.")}
+        model.g.load_state_dict(g_state)
+    if config.freeze_motif_model:
+        for p in model.g.parameters():
+            p.requires_grad_(False)
+    return model
