@@ -156,19 +156,48 @@ class YAMLLoadError(SparlingError, ValueError):
     """YAML that cannot be read; the message names where it came from, the line and the column."""
 
 
+#: The most values a YAML document may expand to (anchors and aliases count each time they
+#: repeat); ``SPARLING_YAML_MAX_VALUES`` raises it.
+MAX_YAML_VALUES = 1_000_000
+#: The largest YAML text read, in bytes; ``SPARLING_YAML_MAX_BYTES`` raises it.
+MAX_YAML_BYTES = 16 * 1024 * 1024
+
+
+def _limit(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise YAMLLoadError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise YAMLLoadError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def load_yaml(path_or_text: str | Path, *, source: str | None = None) -> Any:
     """Parse YAML with the safe loader (plain data only: no Python objects).
 
     A :class:`~pathlib.Path` is read as a UTF-8 file; a ``str`` is the YAML text itself.
     ``source`` names it in error messages (default: the path, or ``<text>``), e.g. the
     command-line option a value came from. Returns what the YAML holds (``None`` for an
-    empty document); a syntax error raises :class:`YAMLLoadError`, a missing file
-    ``FileNotFoundError``.
+    empty document). Raises :class:`YAMLLoadError` for a syntax error, a key given twice
+    in one mapping (naming both lines), a text over :data:`MAX_YAML_BYTES` or a document
+    that expands to over :data:`MAX_YAML_VALUES` values (nested anchors can make a few
+    hundred bytes expand to billions); a missing file raises ``FileNotFoundError``.
     """
     import yaml
 
+    max_bytes = _limit("SPARLING_YAML_MAX_BYTES", MAX_YAML_BYTES)
     if isinstance(path_or_text, Path):
         source = source or str(path_or_text)
+        size = path_or_text.stat().st_size
+        if size > max_bytes:
+            raise YAMLLoadError(
+                f"{source}: {size:,} bytes is over the limit of {max_bytes:,} bytes for a "
+                "YAML file (set SPARLING_YAML_MAX_BYTES to raise it)"
+            )
         try:
             text = path_or_text.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -177,12 +206,90 @@ def load_yaml(path_or_text: str | Path, *, source: str | None = None) -> Any:
             ) from None
     else:
         source, text = source or "<text>", path_or_text
+        if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+            raise YAMLLoadError(
+                f"{source}: over the limit of {max_bytes:,} bytes for YAML text "
+                "(set SPARLING_YAML_MAX_BYTES to raise it)"
+            )
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as e:
+        raise YAMLLoadError(f"{source}: {e}") from None
     except yaml.YAMLError as e:
         raise YAMLLoadError(
             f"{source}: not valid YAML: {_describe_yaml_error(e, source)}"
         ) from None
+    max_values = _limit("SPARLING_YAML_MAX_VALUES", MAX_YAML_VALUES)
+    if _expanded_values(data, max_values) > max_values:
+        raise YAMLLoadError(
+            f"{source}: the YAML expands to more than {max_values:,} values (its anchors "
+            "and aliases repeat their content); refusing to read it (set "
+            "SPARLING_YAML_MAX_VALUES to raise the limit)"
+        )
+    return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+_LOADER: Any = None
+
+
+def _strict_loader() -> Any:
+    """yaml's SafeLoader, refusing a key given twice in one mapping (built once)."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            if isinstance(node, yaml.MappingNode):
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: the base class reports it
+                        continue
+                    if first is not None:
+                        raise _DuplicateKey(
+                            f"the key {key!r} is given twice in one mapping, at line {first} "
+                            f"and at line {line}; keep one"
+                        )
+                    seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    _LOADER = StrictLoader
+    return _LOADER
+
+
+def _expanded_values(data: Any, limit: int) -> int:
+    """How many values ``data`` holds with every shared (aliased) part counted each time it
+    appears; stops counting once over ``limit``. Linear in the distinct objects."""
+    sizes: dict[int, int] = {}
+
+    def size(obj: Any) -> int:
+        if not isinstance(obj, (dict, list)):
+            return 1
+        key = id(obj)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = limit + 1  # a cycle (a recursive alias) counts as over the limit
+        items = list(obj.items()) if isinstance(obj, dict) else [(None, v) for v in obj]
+        total = 1
+        for k, v in items:
+            total += (0 if k is None else 1) + size(v)
+            if total > limit:
+                break
+        sizes[key] = min(total, limit + 1)
+        return sizes[key]
+
+    return size(data)
 
 
 def _describe_yaml_error(e: Exception, source: str) -> str:

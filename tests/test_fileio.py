@@ -121,6 +121,56 @@ def test_load_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
         load_yaml(tmp_path / "binary.yaml")
 
 
+def test_load_yaml_refuses_a_key_given_twice_naming_both_lines(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\nseeds: [0, 1, 2]\nmethods: [sparling]\nseeds: [7]\n")
+    with pytest.raises(
+        YAMLLoadError, match=r"sweep\.yaml: the key 'seeds' is given twice .* line 2 and at line 4"
+    ):
+        load_yaml(sweep)
+    with pytest.raises(SweepError, match=r"'seeds' is given twice"):
+        load_sweep(sweep)
+    with pytest.raises(YAMLLoadError, match=r"'a' is given twice"):
+        load_yaml("outer:\n  {a: 1, a: 2}\n")
+    # a merge key's values may be overridden (that is what it is for); nesting is separate
+    assert load_yaml("x: &x {b: 1}\ny:\n  <<: *x\n  b: 2\nz: {b: {b: 3}}\n") == {
+        "x": {"b": 1},
+        "y": {"b": 2},
+        "z": {"b": {"b": 3}},
+    }
+
+
+def test_load_yaml_refuses_documents_that_expand_past_the_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 9 levels of 9 aliases: 600 bytes that would expand to 9**9 (387 million) values
+    lines = ["l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    with pytest.raises(
+        YAMLLoadError,
+        match=r"bomb\.yaml: the YAML expands to more than 1,000,000 values.*SPARLING_YAML_MAX_VALUES",
+    ):
+        load_yaml(bomb)
+    assert time.monotonic() - started < 5
+    with pytest.raises(SweepError, match="expands to more than"):
+        load_sweep(bomb)
+    monkeypatch.setenv("SPARLING_YAML_MAX_VALUES", "10")
+    with pytest.raises(YAMLLoadError, match="more than 10 values"):
+        load_yaml("a: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\n")
+    monkeypatch.setenv("SPARLING_YAML_MAX_VALUES", "ten")
+    with pytest.raises(YAMLLoadError, match="SPARLING_YAML_MAX_VALUES must be a whole number"):
+        load_yaml("a: 1\n")
+    monkeypatch.delenv("SPARLING_YAML_MAX_VALUES")
+    monkeypatch.setenv("SPARLING_YAML_MAX_BYTES", "100")
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * 200 + "\n")
+    with pytest.raises(YAMLLoadError, match=r"big\.yaml: 204 bytes is over the limit of 100 bytes"):
+        load_yaml(big)
+
+
 def test_config_and_sweep_files_report_yaml_errors_with_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("domain:\n  name: [digit-circle\n")
