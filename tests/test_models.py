@@ -462,23 +462,3 @@ def test_model_with_salience_decodes_as_its_naive_reference() -> None:
     # no activation anywhere: every cell weighs the same, nothing is undefined
     empty = model.h(torch.zeros(2, 4, 16, 16), torch.full((2, 3), BOS_ID))
     assert torch.isfinite(empty).all()
-
-
-def test_learned_salience_scale_multiplies_the_bias_and_trains() -> None:
-    config = tiny_h_config(2).model_copy(update={"salience": True, "pool_first": True})
-    fixed = DownstreamModel(4, 13, config, 2)
-    learned = DownstreamModel(4, 13, config.model_copy(update={"salience_learned": True}), 2)
-    assert fixed.salience_scale is None and learned.salience_scale is not None
-    motifs = torch.zeros(2, 4, 8, 8)
-    motifs[0, 1, 0, 0] = 1.0
-    motifs[1, 2, 7, 7] = 3.0
-    _, base = learned.encode_with_bias(motifs)
-    with torch.no_grad():
-        learned.salience_scale.fill_(2.5)
-    _, scaled = learned.encode_with_bias(motifs)
-    assert base is not None and scaled is not None
-    torch.testing.assert_close(scaled, 2.5 * base)
-    ids = torch.randint(3, 13, (2, 5))
-    ids[:, 0] = BOS_ID
-    learned(motifs, ids).square().mean().backward()
-    assert learned.salience_scale.grad is not None and learned.salience_scale.grad != 0
