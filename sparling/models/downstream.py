@@ -64,11 +64,6 @@ class DownstreamConfig(BaseModel):
     added to the attention logits. Where the sparsity layer lets few activations through,
     attention starts on the cells that hold them (an empty cell weighs 1/1000 of a cell
     with an activation of 1), instead of spreading over every cell of the grid."""
-    salience_learned: bool = False
-    """With ``salience``: multiply the bias by a learned scale (starting at 1), so that
-    ``h`` can sharpen (or soften) how strongly the cells' activation steers attention;
-    where every cell holds activations (density 0.5) the fixed bias barely separates
-    them."""
     pool: int = Field(default=8, ge=1)
     """Max-pool kernel (and stride), per spatial axis."""
     pool_first: bool = False
@@ -128,10 +123,6 @@ class DownstreamModel(nn.Module):
         self.position_proj = (
             nn.Linear(2 * dims * config.fourier_bands, d) if config.position == "fourier" else None
         )
-        #: the learned multiplier of the salience bias (``salience_learned``)
-        self.salience_scale = (
-            nn.Parameter(torch.ones(())) if config.salience and config.salience_learned else None
-        )
         self.drop = nn.Dropout(config.dropout)
         args = (d, config.heads, config.ff, config.dropout, config.norm_first)
         self.encoder = nn.ModuleList(EncoderLayer(*args) for _ in range(config.encoder_layers))
@@ -162,8 +153,6 @@ class DownstreamModel(nn.Module):
         if pooled is not None and self.config.salience:
             mass = pooled.float().clamp_min(0).flatten(2).sum(1)  # (N, S), row-major cells
             bias = torch.log(mass + SALIENCE_FLOOR)[:, None, None, :]
-            if self.salience_scale is not None:
-                bias = bias * self.salience_scale
         if self.config.pool_first:
             assert pooled is not None
             z = self.reembed(pooled)
