@@ -1,0 +1,24 @@
+"""The committed result runs resume only while their run ids stay what they are: an id is
+the hash of the run's config with the model preset resolved, so a new config or
+architecture field, a changed default or a changed preset changes every id (and strands
+the committed checkpoints). This pins the ids of the shipped DigitCircle result runs;
+change it only together with the runs under results/digit-circle/runs/."""
+
+from __future__ import annotations
+
+from conftest import REPO
+
+# (sweep method, seed) -> run id, as `sparling sweep ... --dry-run` lists them
+PINNED = {
+    ("sparling", 0): "63bd76789083c802",
+    ("sparling", 1): "f0edd3e5ed5bf2b9",
+    ("sparling", 2): "cd31790e8239abf5",
+}
+
+
+def test_the_shipped_result_runs_keep_their_ids() -> None:
+    from pipelines.sweep_spec import load_sweep
+
+    sweep = load_sweep(REPO / "pipelines" / "sweeps" / "digit-circle-result.yaml")
+    ids = {(r.method, r.seed): r.config.run_id() for r in sweep.runs}
+    assert {k: ids.get(k) for k in PINNED} == PINNED
