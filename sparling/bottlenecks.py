@@ -194,7 +194,7 @@ def make_bottleneck(name: str, *, channels: int, **params: Any) -> Bottleneck:
     try:
         parsed = cls.Params(**params)
     except ValidationError as err:
-        problems = "; ".join(format_validation_errors(err, root="(params)"))
+        problems = "; ".join(format_validation_errors(err, root="(params)", model=cls.Params))
         raise ValueError(
             f"invalid parameters for bottleneck {name!r}: {problems}. "
             f"Accepted parameters: {_describe(cls.Params)}"

@@ -192,7 +192,9 @@ class RunConfig(_Strict):
             # Stored resolved, so that spelling out a default gives the same run (and hash).
             b.params = bottleneck_params(b.name).model_validate(b.params).model_dump(mode="json")
         except ValidationError as e:
-            problems = "; ".join(format_validation_errors(e, root="(params)"))
+            problems = "; ".join(
+                format_validation_errors(e, root="(params)", model=bottleneck_params(b.name))
+            )
             raise ValueError(f"bottleneck.params for {b.name!r}: {problems}") from None
         self.architecture()
         return self
@@ -264,7 +266,7 @@ def set_path(d: dict[str, Any], path: str, value: Any) -> None:
 
 def describe_errors(e: ValidationError, source: str) -> str:
     lines = [f"invalid run config ({source}):"]
-    lines += [f"  {problem}" for problem in format_validation_errors(e)]
+    lines += [f"  {problem}" for problem in format_validation_errors(e, model=RunConfig)]
     return "\n".join(lines)
 
 

@@ -7,11 +7,11 @@ messages, one ``path: problem`` per problem.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pydantic import ValidationError
+    from pydantic import BaseModel, ValidationError
 
 
 class SparlingError(RuntimeError):
@@ -19,7 +19,11 @@ class SparlingError(RuntimeError):
 
 
 def format_validation_errors(
-    error: ValidationError, *, root: str = "<root>", union_tags: Collection[str] = ()
+    error: ValidationError,
+    *,
+    root: str = "<root>",
+    union_tags: Collection[str] = (),
+    model: type[BaseModel] | None = None,
 ) -> list[str]:
     """``"path: message"`` for each problem in ``error``, the path written as in the file:
     keys joined by dots, list positions in brackets (``axes[0].values``).
@@ -27,6 +31,8 @@ def format_validation_errors(
     ``root`` stands for the path of a problem with the object as a whole. ``union_tags``
     are the tags of tagged unions in lists: pydantic puts the tag of the member it tried
     right after the list position, but it is no key of the file, so it is left out.
+    ``model``, the class that was validated, lets an unknown key's line say which keys
+    are accepted there, and the nearest one (``method``: did you mean ``methods``?).
     """
     lines = []
     for problem in error.errors():
@@ -39,8 +45,68 @@ def format_validation_errors(
                 path += f"[{part}]"
             else:
                 path += f".{part}" if path else str(part)
-        lines.append(f"{path or root}: {problem['msg']}")
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden" and model is not None and loc:
+            accepted = accepted_keys(model, loc[:-1])
+            if accepted:
+                message = f"unknown key{_suggestion(str(loc[-1]), accepted)}; accepted here: "
+                message += ", ".join(accepted)
+        lines.append(f"{path or root}: {message}")
     return lines
+
+
+def _suggestion(key: str, accepted: Sequence[str]) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def accepted_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """The keys that the (nested) model at ``loc`` inside ``model`` accepts, in declaration
+    order; empty where ``loc`` leads to no model (a free-form mapping, a list of scalars)."""
+    candidates = [model]
+    for part in loc:
+        following: list[Any] = []
+        for c in candidates:
+            if isinstance(part, int):
+                following += [a for a in _members(c) if a is not None]
+            elif _is_model(c) and part in c.model_fields:
+                following += _members(c.model_fields[part].annotation)
+            elif _is_model(c):
+                continue
+            else:  # a union tag, or a key of a mapping: look inside the member types
+                following += [m for m in _members(c) if _is_model(m) and m is not c] or [c]
+        candidates = [c for c in following if c is not None]
+    models = [c for c in candidates for c in _members(c) if _is_model(c)]
+    keys: list[str] = []
+    for m in models:
+        keys += [k for k in m.model_fields if k not in keys]
+    return keys
+
+
+def _is_model(t: Any) -> bool:
+    from pydantic import BaseModel
+
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _members(t: Any) -> list[Any]:
+    """The types a value of annotation ``t`` may hold: union members, list items, mapping
+    values, unwrapped from ``Annotated``; ``t`` itself when it is none of those."""
+    import typing
+
+    origin = typing.get_origin(t)
+    if origin is None:
+        return [t]
+    args = typing.get_args(t)
+    if origin is typing.Annotated:
+        return _members(args[0])
+    if origin in (list, tuple, set, frozenset, Sequence):
+        return [m for a in args if a is not Ellipsis for m in _members(a)]
+    if origin is dict or origin is Mapping:
+        return _members(args[1]) if len(args) == 2 else []
+    return [m for a in args for m in _members(a)]  # Union, Optional, X | Y
 
 
 class TrainingFailed(SparlingError):

@@ -203,6 +203,38 @@ def test_format_validation_errors_writes_paths_as_in_the_file() -> None:
     assert format_validation_errors(info.value, root="(params)")[0].startswith("(params): ")
 
 
+def test_unknown_keys_say_what_is_accepted_and_the_nearest_match(tmp_path: Path) -> None:
+    from sparling.config import RunConfig
+    from sparling.models.presets import preset_config
+
+    bad = tmp_path / "run.yaml"
+    bad.write_text(
+        "domain: {name: digit-circle}\noptm: {lr: 0.1}\nschedule: {intial_density: 0.1}\n"
+    )
+    with pytest.raises(ValueError) as caught:
+        load_config(bad)
+    text = str(caught.value)
+    assert "optm: unknown key (did you mean 'optim'?); accepted here: domain, data," in text
+    assert "schedule.intial_density: unknown key (did you mean 'initial_density'?)" in text
+    assert "accepted here: enabled, initial_density, delta_update" in text
+    # a bottleneck's parameters, and a key under a list of models
+    with pytest.raises(ValueError, match=r"densty: unknown key \(did you mean 'density'\?\)"):
+        load_config(
+            {
+                "domain": {"name": "digit-circle"},
+                "bottleneck": {"name": "sparling", "params": {"densty": 0.1}},
+            }
+        )
+    # no near match: only the accepted keys
+    try:
+        RunConfig.model_validate({"domain": {"name": "digit-circle"}, "zzz": 1})
+    except ValidationError as e:
+        (line,) = format_validation_errors(e, model=RunConfig)
+        assert line.startswith("zzz: unknown key; accepted here: domain,")
+    with pytest.raises(ValueError, match=r"salince: did you mean 'salience'\?"):
+        preset_config("digit-circle", "fast", channels=10, salince=True)
+
+
 def test_user_errors_are_sparling_errors_and_still_value_errors() -> None:
     for cls in (SweepError, DatasetError, DatasetConflictError, ExportError, YAMLLoadError):
         assert issubclass(cls, SparlingError) and issubclass(cls, ValueError), cls

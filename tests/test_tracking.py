@@ -134,9 +134,13 @@ def test_profiles_and_environment_overrides(
     ("content", "env", "expected"),
     [
         ("profile: cloud\n", {}, r"profile: Input should be 'local' or 'server'"),
-        ("profiles:\n  local:\n    prot: 5000\n", {}, r"profiles\.local\.prot: Extra inputs"),
+        (
+            "profiles:\n  local:\n    prot: 5000\n",
+            {},
+            r"profiles\.local\.prot: unknown key \(did you mean .port.\?\)",
+        ),
         ("profiles:\n  local:\n    port: abc\n", {}, r"profiles\.local\.port: Input should be"),
-        ("experiment_prefix: x\n", {}, r"experiment_prefix: Extra inputs"),
+        ("experiment_prefix: x\n", {}, r"experiment_prefix: unknown key.*accepted here"),
         ("profile: [local\n", {}, r"not valid YAML"),
         ("- local\n", {}, r"must be a mapping, got list"),
         ("experiment_name: 'x-{user}'\n", {}, r"experiment_name='x-\{user\}': unknown placeholder"),

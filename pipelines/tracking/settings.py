@@ -167,7 +167,7 @@ def load_settings(
         parsed = _SettingsFile.model_validate(raw)
     except ValidationError as e:
         lines = [f"{source}: invalid MLflow settings:"]
-        lines += [f"  {line}" for line in format_validation_errors(e)]
+        lines += [f"  {line}" for line in format_validation_errors(e, model=_SettingsFile)]
         raise TrackingConfigError("\n".join(lines)) from None
 
     overrides: list[str] = []

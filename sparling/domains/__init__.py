@@ -116,7 +116,7 @@ def make(name: str, *, split: str = "train", **params: Any) -> Domain:
     try:
         return cls(split=split, **params)  # type: ignore[arg-type]
     except ValidationError as e:
-        problems = "; ".join(format_validation_errors(e, root="(params)"))
+        problems = "; ".join(format_validation_errors(e, root="(params)", model=cls.Params))
         raise DomainError(f"bad parameters for domain {name!r}: {problems}") from None
 
 

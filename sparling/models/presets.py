@@ -160,8 +160,14 @@ def preset_config(
     g_fields, h_fields = set(MotifConfig.model_fields), set(DownstreamConfig.model_fields)
     unknown = sorted(set(overrides) - g_fields - h_fields)
     if unknown:
+        import difflib
+
         accepted = sorted(g_fields | h_fields | {"channels"})
-        raise ValueError(f"unknown model override(s) {unknown}; accepted: {accepted}")
+        near = {k: difflib.get_close_matches(k, accepted, n=1) for k in unknown}
+        hints = "".join(f" ({k}: did you mean {m[0]!r}?)" for k, m in near.items() if m)
+        raise ValueError(
+            f"unknown model override(s) {unknown}{hints}; accepted: {', '.join(accepted)}"
+        )
     g_over = {k: v for k, v in overrides.items() if k in g_fields}
     h_over = {k: v for k, v in overrides.items() if k in h_fields}
     try:
@@ -175,7 +181,9 @@ def preset_config(
             }
         )
     except ValidationError as e:
-        lines = [f"  {problem}" for problem in format_validation_errors(e)]
+        lines = [
+            f"  {problem}" for problem in format_validation_errors(e, model=ArchitectureConfig)
+        ]
         raise ValueError(
             f"invalid model config for {domain}/{preset} with overrides {overrides}, "
             f"channels={channels}:\n" + "\n".join(lines)
