@@ -221,8 +221,16 @@ def test_environment_tags(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", tags[TAG_COMMIT])
     assert f"mlflow={mlflow.__version__}" in tags[TAG_VERSIONS]
     assert "torch=" in tags[TAG_VERSIONS] and "ray=" in tags[TAG_VERSIONS]
+    # MLflow's own columns: User, Source, Version
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
+    assert tags.get("mlflow.source.git.commit") == (
+        None if tags[TAG_COMMIT] == "unknown" else tags[TAG_COMMIT]
+    )
+    named = environment_tags(source="sparling sweep quickstart")
+    assert named["mlflow.source.name"] == "sparling sweep quickstart"
     outside = environment_tags(tmp_path)  # not a git checkout
     assert outside[TAG_COMMIT] == "unknown" and "sparling.git_dirty" not in outside
+    assert "mlflow.source.git.commit" not in outside
     assert run_name("sparling-st", 1) == "sparling-st seed=1"
 
 

@@ -126,9 +126,10 @@ def _version(dist: str) -> str:
         return "absent"
 
 
-def environment_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
+def environment_tags(root: Path = PROJECT_ROOT, source: str | None = None) -> dict[str, str]:
     """``sparling.git_commit`` (``unknown`` outside a git checkout), ``sparling.git_dirty``
-    and ``sparling.versions``: what a result was produced with."""
+    and ``sparling.versions``: what a result was produced with; with MLflow's standard
+    context tags (:func:`mlflow_context_tags`; ``source`` names the run's source)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -151,4 +152,33 @@ def environment_tags(root: Path = PROJECT_ROOT) -> dict[str, str]:
             tags[TAG_DIRTY] = "true" if status.strip() else "false"
     versions = {d: _version(d) for d in ("sparling", "torch", "ray", "mlflow")}
     tags[TAG_VERSIONS] = " ".join(f"{k}={v}" for k, v in versions.items())
+    return {**mlflow_context_tags(commit, source), **tags}
+
+
+def mlflow_context_tags(commit: str, source: str | None = None) -> dict[str, str]:
+    """MLflow's own context tags (the UI's User, Source and Version columns): what
+    ``mlflow.tracking.context.registry.resolve_tags`` finds (user, source type, ...), with
+    the source named as the command that made the run and the project's git commit."""
+    import getpass
+    import sys
+
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+        MLFLOW_USER,
+    )
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (e.g. in a container)
+        user = "unknown"
+    name = source or " ".join(["sparling", *sys.argv[1:2]]).strip()
+    tags = {str(k): str(v) for k, v in resolve_tags().items()}
+    tags.update({MLFLOW_USER: user, MLFLOW_SOURCE_NAME: name, MLFLOW_SOURCE_TYPE: "LOCAL"})
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    else:
+        tags.pop(MLFLOW_GIT_COMMIT, None)
     return tags
