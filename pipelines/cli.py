@@ -140,10 +140,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pipelines.train_job import prepare_datasets
     from sparling.checkpoint import CONFIG_FILE
     from sparling.config import load_config
+    from sparling.devices import resolve_device
     from sparling.evaluate import evaluate_checkpoint
     from sparling.runs import RunFolder, select_checkpoint
     from sparling.shards import ShardedDataset
 
+    resolve_device(args.device, what="--device")  # before any data is generated
     if Path(args.path).suffix == ".safetensors":
         if args.density is not None:
             raise UsageError("--density selects among a run's checkpoints; a file has one")
@@ -228,14 +230,10 @@ def _local_options(args: argparse.Namespace) -> Any:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if args.deadline is not None and args.deadline <= 0:
         raise UsageError(f"--deadline must be a positive number of seconds, got {args.deadline}")
-    device = args.device or "cpu"
-    if device.startswith("cuda"):
-        import torch
+    from sparling.devices import resolve_device
 
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: torch sees no GPU on this machine; use cpu")
-    elif device != "cpu":
-        raise UsageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    device = args.device or "cpu"
+    resolve_device(device, what="--device")
     return LocalOptions(
         parallel=args.parallel or 1,
         threads=args.threads or 1,

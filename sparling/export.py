@@ -22,6 +22,7 @@ import torch
 
 from . import domains
 from .config import RunConfig, load_config
+from .devices import resolve_device
 from .errors import SparlingError
 from .fileio import atomic_write
 from .models import SparlingModel
@@ -142,7 +143,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Sparling
     bottleneck: Any = model.bottleneck
     if getattr(bottleneck, "adaptive", False):
         bottleneck.set_density(float(metadata["density"]))
-    model.to(device)
+    model.to(resolve_device(device))
     model.eval()
     model.run_config = config
     model.export_metadata = metadata

@@ -26,6 +26,7 @@ import torch
 from . import domains
 from .checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from .config import RunConfig
+from .devices import resolve_device
 from .domains import Domain, Sample
 from .errors import TrainingFailed
 from .fileio import LockTimeout, file_lock
@@ -474,12 +475,12 @@ def make_trainer(
     ``device``: where to train; by default ``cuda`` when ``compute.gpus_per_worker > 0``
     (an error if no GPU is visible), else the CPU.
     """
-    device = torch.device(device if device is not None else config.compute.device_type)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingFailed(
-            "the config asks for a GPU (compute.gpus_per_worker > 0) but torch sees none; "
-            "set compute.gpus_per_worker=0 to train on the CPU"
-        )
+    if device is None:
+        device = config.compute.device_type
+        what = "compute.gpus_per_worker > 0 asks for device"
+    else:
+        what = "device"
+    device = resolve_device(device, what=what)
     set_seed(config.seed)
     domain = domains.make(config.domain.name, **config.domain.params)
     model = build_run_model(config, domain, run_dir).to(device)
