@@ -33,3 +33,28 @@ def ensure_ray(num_cpus: int | None = None) -> None:
             _node_ip_address="127.0.0.1",
             log_to_driver=log_to_driver,
         )
+
+
+def refuse_unavailable_gpus(gpus_per_worker: float, workers: int = 1) -> None:
+    """Refuse a run that asks for GPUs where Ray would wait for them forever: on the local
+    Ray instance (no ``RAY_ADDRESS``) of a machine with fewer GPUs than the run needs. A
+    cluster named by ``RAY_ADDRESS`` may grow GPU nodes on demand, so it is not checked."""
+    if gpus_per_worker <= 0 or os.environ.get("RAY_ADDRESS"):
+        return
+    from sparling.devices import describe_devices
+    from sparling.errors import SparlingError
+
+    if ray.is_initialized():
+        have = float(ray.cluster_resources().get("GPU", 0))
+    else:
+        import torch
+
+        have = float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
+    need = gpus_per_worker * workers
+    if have < need:
+        raise SparlingError(
+            f"compute.gpus_per_worker={gpus_per_worker:g} x {workers} worker(s) needs "
+            f"{need:g} GPU(s); the local Ray instance has {have:g} (this machine: "
+            f"{describe_devices()}). Set compute.gpus_per_worker=0 to train on the CPU, "
+            "or RAY_ADDRESS to a cluster with GPU nodes"
+        )

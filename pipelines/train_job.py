@@ -259,9 +259,10 @@ def run_training(
     Resumable: run it again after an interruption and it continues from the run's last
     checkpoint; a run that already finished returns at once with its result.
     """
-    from pipelines.ray_env import ensure_ray
+    from pipelines.ray_env import ensure_ray, refuse_unavailable_gpus
     from sparling.runs import resolve_init_from
 
+    refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
     work_dir = Path(work_dir).resolve()
     folder = RunFolder.for_config(config, work_dir)
     run_dir = folder.path

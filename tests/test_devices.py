@@ -40,3 +40,24 @@ def test_a_gpu_on_a_machine_without_one_is_refused_at_once(tmp_path: Path) -> No
     assert out.returncode != 0
     assert "this machine has no GPU" in out.stderr and "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU"
+)
+def test_sparling_train_asking_for_a_gpu_here_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config()))
+    work = tmp_path / "work"
+    out = run_python(
+        "-m", "pipelines.cli", "train", str(cfg), "--work-dir", str(work),
+        "--set", "compute.gpus_per_worker=1", timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0, out.stdout
+    assert "needs 1 GPU(s); the local Ray instance has 0" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not work.exists()
