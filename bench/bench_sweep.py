@@ -28,9 +28,9 @@ Modes:
 Timing of a run: ``submitted`` is when its loop iteration began (loop) or when
 ``run_sweep`` was called (sweep: all runs are submitted together, then Ray queues those
 that do not fit); ``task start`` is when the Ray task began (a thin wrapper around
-``pipelines.sweep.execute_run`` records it); ``first step`` is when the first training
-step finished (loop: the first ``on_progress`` call; sweep: ``progress.json`` appearing,
-polled every 50 ms). Start-up = first step - start - one step (the run's mean step time,
+``pipelines.executors.ray_executor.execute_run`` records it); ``first step`` is when the
+first training step finished (loop: the first ``on_progress`` call; sweep:
+``progress.json`` appearing, polled every 50 ms). Start-up = first step - start - one step (the run's mean step time,
 from its later progress), i.e. the time until the first step began. For the sweep both
 ``submit_to_first_step`` (includes Ray start, queueing and the tracking server) and
 ``task_to_first_step`` (the per-run set-up: Train controller and worker processes,
@@ -73,7 +73,7 @@ GOAL_RATIO = 0.90
 
 
 # -- the runs --------------------------------------------------------------------------------
-def sweep_spec(args: Any, data_root: Path, seeds: list[int]) -> dict[str, Any]:
+def sweep_dict(args: Any, data_root: Path, seeds: list[int]) -> dict[str, Any]:
     base = {
         "domain": {"name": "digit-circle"},
         "data": {
@@ -99,9 +99,9 @@ def sweep_spec(args: Any, data_root: Path, seeds: list[int]) -> dict[str, Any]:
 
 
 def build(args: Any, data_root: Path, seeds: list[int]) -> Any:
-    from pipelines.sweep_spec import build_sweep
+    from pipelines.plan import build_sweep
 
-    return build_sweep(sweep_spec(args, data_root, seeds), source="bench_sweep.py")
+    return build_sweep(sweep_dict(args, data_root, seeds), source="bench_sweep.py")
 
 
 def ensure_data(config: Any) -> dict[str, Path]:
@@ -190,13 +190,13 @@ def mode_loop(sweep: Any, paths: dict[str, Path], work: Path, threads: int) -> d
 
 # -- Ray sweep -------------------------------------------------------------------------------
 def timed_execute_run(run: Any, work_dir: Path, tracking: Any) -> Any:
-    """``pipelines.sweep.execute_run`` with its start/end written beside the runs (shipped to
-    the Ray worker by value; there ``pipelines.sweep`` is not patched)."""
+    """``pipelines.executors.ray_executor.execute_run`` with its start/end written beside the
+    runs (shipped to the Ray worker by value; there ``ray_executor`` is not patched)."""
     import json
     import time
     from pathlib import Path
 
-    from pipelines.sweep import execute_run
+    from pipelines.executors.ray_executor import execute_run
 
     stamp = Path(work_dir) / "bench-timing" / f"{run.key}.json"
     stamp.parent.mkdir(parents=True, exist_ok=True)
@@ -243,20 +243,21 @@ class ProgressPoller:
 def mode_sweep(sweep: Any, work: Path, track: bool) -> dict[str, Any]:
     import ray
 
-    import pipelines.sweep as sweep_mod
+    import pipelines.executors.ray_executor as ray_executor
+    from pipelines.sweep import run_sweep
     from sparling.runs import RunFolder
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # Ray's workers inherit it (as in CI)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     folders = {r.key: RunFolder.for_config(r.config, work) for r in sweep.runs}
-    original = sweep_mod.execute_run
-    sweep_mod.execute_run = timed_execute_run  # looked up when run_sweep builds its task
+    original = ray_executor.execute_run
+    ray_executor.execute_run = timed_execute_run  # looked up when the executor builds its task
     t0 = time.time()
     try:
         with ProgressPoller({k: f.progress_path for k, f in folders.items()}) as poller:
-            summary = sweep_mod.run_sweep(sweep, work, progress=False, track=track)
+            summary = run_sweep(sweep, work, progress=False, track=track)
     finally:
-        sweep_mod.execute_run = original
+        ray_executor.execute_run = original
         wall = time.time() - t0
         ray.shutdown()
     per_run = []

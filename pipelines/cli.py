@@ -210,7 +210,7 @@ def _resolve_sweep_file(name: str) -> Path:
 
 
 def _local_options(args: argparse.Namespace) -> Any:
-    from pipelines.sweep import LocalOptions
+    from pipelines.executors.local import LocalOptions
 
     local_only = {
         "--parallel": args.parallel,
@@ -244,8 +244,8 @@ def _local_options(args: argparse.Namespace) -> Any:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.plan import describe, load_sweep
     from pipelines.sweep import run_is_finished, run_sweep
-    from pipelines.sweep_spec import describe, load_sweep
 
     local = _local_options(args)
     sweep = load_sweep(_resolve_sweep_file(args.file))
@@ -265,7 +265,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     print(summary.table())
     if args.pack:
-        from pipelines.local_executor import pack
+        from pipelines.executors.local import pack
         from sparling.runs import RunFolder
 
         pack(args.pack, [RunFolder.for_config(r.config, work_dir).path for r in sweep.runs])
@@ -292,7 +292,7 @@ def _report_text(
 def _cmd_report(args: argparse.Namespace) -> int:
     name = args.sweep
     if Path(name).is_file() or name.endswith((".yaml", ".yml")):
-        from pipelines.sweep_spec import load_sweep
+        from pipelines.plan import load_sweep
 
         name = load_sweep(_resolve_sweep_file(name)).name
     formats = tuple(args.format) if args.format else ("md", "csv", "tex")

@@ -1,7 +1,7 @@
 """The MLflow tag contract: what the sweep driver writes on its runs and a report reads back.
 
 A sweep logs one *parent* run per sweep and one *child* run per training run (nested
-under it by ``mlflow.parentRunId``). The driver (:mod:`pipelines.sweep`, through
+under it by ``mlflow.parentRunId``). The sync (:mod:`pipelines.sync`, through
 :class:`~pipelines.tracking.finder.Tracker`) writes these tags; the report finds runs and
 reads their results back by them. Every tag value is a string:
 

@@ -14,6 +14,7 @@ import pytest
 import scipy.stats
 import torch
 import torchaudio
+from conftest import SHARED
 
 from sparling import domains
 from sparling.domains.audio_digits import (
@@ -25,7 +26,7 @@ from sparling.domains.audio_digits import (
     truncated_normal,
 )
 
-FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd"
+FSDD = SHARED / "data" / "fsdd"
 needs_fsdd = pytest.mark.skipif(
     not (FSDD / "recordings").is_dir(),
     reason=f"FSDD copy not found at {FSDD.resolve()} (expected recordings/*.wav there)",

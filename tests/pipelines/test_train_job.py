@@ -151,8 +151,8 @@ def _assert_same_state(a: Any, b: Any, where: str = "model") -> None:
 def test_sweep_trains_retrained_after_its_source(local_ray: None, tmp_path: Path) -> None:
     # Two runs, two CPUs: without the dependency both would start at once and the
     # Retrained run would find no checkpoint to take g from.
+    from pipelines.plan import build_sweep
     from pipelines.sweep import run_sweep
-    from pipelines.sweep_spec import build_sweep
 
     sweep = build_sweep(
         {
@@ -181,8 +181,8 @@ def test_sweep_trains_retrained_after_its_source(local_ray: None, tmp_path: Path
 
 
 def test_retrained_run_fails_when_its_source_fails(local_ray: None, tmp_path: Path) -> None:
+    from pipelines.plan import build_sweep
     from pipelines.sweep import run_sweep
-    from pipelines.sweep_spec import build_sweep
 
     missing = "run:0123456789abcdef"  # the source run refers to a run that does not exist
     sweep = build_sweep(

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from pipelines import cli
-from pipelines.sweep_spec import SweepError, load_sweep
+from pipelines.plan import SweepError, load_sweep
 from sparling.config import load_config
 from sparling.errors import SparlingError, format_validation_errors
 from sparling.export import ExportError

@@ -30,15 +30,53 @@ import tarfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.sweep_spec import PlannedRun
+from pipelines.display import describe_progress
+from pipelines.executors.base import RunOutcome, evaluate_run
+from pipelines.plan import PlannedRun
+from pipelines.sync import log_run_results, mark_ended, run_logger, validation_points
 from pipelines.train_job import prepare_datasets
 from sparling.runs import RUNS_DIR, RunFolder
 
 #: how often the driver looks at its runs (seconds)
 POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """How the local executor runs."""
+
+    parallel: int = 1
+    threads: int = 1
+    device: str = "cpu"
+    deadline: float | None = None
+    seeds_first: bool = False
+    """Start every method's first seed before any second seed (the plan's order otherwise)."""
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """``--executor local``: processes on this machine, no Ray."""
+
+    options: LocalOptions = field(default_factory=LocalOptions)
+
+    def prepare(self, todo: Sequence[PlannedRun], work_dir: Path, *, progress: bool) -> None:
+        """Nothing before tracking starts: :func:`run_local` generates the datasets itself,
+        with a process pool."""
+
+    def execute(
+        self,
+        todo: list[PlannedRun],
+        work_dir: Path,
+        tracking: dict[str, Any] | None,
+        outcomes: dict[str, RunOutcome],
+        *,
+        progress: bool,
+    ) -> None:
+        _launch_local(todo, work_dir, tracking, outcomes, progress, self.options)
 
 
 def local_generator(pool: Any) -> Callable[..., Path]:
@@ -52,28 +90,12 @@ def local_generator(pool: Any) -> Callable[..., Path]:
     return generate
 
 
-def describe_progress(name: str, info: dict[str, Any]) -> str:
-    """One run's state for the progress line: samples, density, last validation accuracy
-    and the accuracy bar, from its ``progress.json``."""
-    if "samples" not in info:
-        return f"{name} starting"
-    text = f"{name} @{int(info['samples'])}"
-    if "density" in info:
-        text += f" density {info['density']:.2e}"
-    if "val_accuracy" in info:
-        text += f" acc {info['val_accuracy']:.3f}"
-    if "threshold" in info:
-        text += f" bar {info['threshold']:.3f}"
-    return text
-
-
 # -- one run, in its own process ------------------------------------------------------------
 def train_and_evaluate(job: dict[str, Any]) -> None:
     """Train (or resume) one run, write ``result.json``, evaluate it; with ``tracking``
     (``{"uri", "run_id"}``) send its metrics and results to that MLflow run as well."""
     import torch
 
-    from pipelines.sweep import evaluate_run, log_run_results
     from pipelines.tracking.logger import append_to_spool
     from sparling.config import RunConfig
     from sparling.shards import ShardedDataset
@@ -85,15 +107,8 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     folder.write_config(config)
     spool = folder.spool_path
     tracking = job.get("tracking")
-    logger = None
-    if tracking:
-        from pipelines.tracking.logger import MetricLogger
-
-        logger = MetricLogger(tracking["uri"], tracking["run_id"], spool=spool)
-        # A run resumed on another machine (its folder copied, not its MLflow store):
-        # send the validations it made before; the logger drops points already there.
-        for record in folder.read_history():
-            logger.log(_points(record), int(record["samples"]))
+    # with tracking: validations a copied run folder made elsewhere are sent first
+    logger = run_logger(tracking, folder) if tracking else None
     t0 = time.time()
 
     def write_progress(info: dict[str, Any]) -> None:
@@ -106,7 +121,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         # every validation so far (the trainer's history survives resumption), kept in
         # the run folder for good: the spool is emptied once MLflow has the points
         folder.write_history(holder["trainer"].history)
-        points = _points(record)
+        points = validation_points(record)
         if logger is not None:
             logger.log(points, int(record["samples"]))
         else:
@@ -147,11 +162,6 @@ def _numeric(record: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
 
 
-def _points(record: dict[str, Any]) -> dict[str, float]:
-    """A validation record's metrics, as logged at the step of its sample count."""
-    return {k: v for k, v in _numeric(record).items() if k != "samples"}
-
-
 def _child_main(job: dict[str, Any]) -> None:
     try:
         train_and_evaluate(job)
@@ -164,6 +174,60 @@ def _child_main(job: dict[str, Any]) -> None:
 
 
 # -- the driver ----------------------------------------------------------------------------
+def _launch_local(
+    todo: list[PlannedRun],
+    work_dir: Path,
+    tracking: dict[str, Any] | None,
+    outcomes: dict[str, RunOutcome],
+    progress: bool,
+    options: LocalOptions,
+) -> None:
+    """The local executor: runs in processes on this machine; a Retrained run waits for
+    its source (started in a later round, once the source has finished)."""
+    waiting = sorted(todo, key=lambda r: r.seed) if options.seeds_first else list(todo)
+    todo_keys = {r.key for r in todo}
+    while waiting:
+        ready = [
+            r for r in waiting if r.after is None or r.after not in todo_keys or r.after in outcomes
+        ]
+        for run in ready:
+            waiting.remove(run)
+            source = outcomes.get(run.after) if run.after else None
+            if source is not None and source.status != "finished":
+                outcomes[run.key] = RunOutcome(
+                    run.key,
+                    run.name,
+                    "failed",
+                    f"run {source.name} ({run.after}), whose g it retrains, {source.status}",
+                )
+        ready = [r for r in ready if r.key not in outcomes]
+        if not ready:
+            for run in waiting:
+                outcomes[run.key] = RunOutcome(
+                    run.key, run.name, "failed", f"waits for run {run.after}, not in the plan"
+                )
+            break
+        results = run_local(
+            ready,
+            work_dir,
+            tracking,
+            parallel=options.parallel,
+            threads=options.threads,
+            device=options.device,
+            deadline=options.deadline,
+            progress=progress,
+        )
+        for run in ready:
+            status, reason = results.get(run.key, ("failed", "no outcome"))
+            if status == "finished":
+                metrics = RunFolder.for_config(run.config, work_dir).read_evaluation() or {}
+                outcomes[run.key] = RunOutcome(run.key, run.name, "finished", metrics=metrics)
+            else:
+                outcomes[run.key] = RunOutcome(run.key, run.name, status, reason)
+                if tracking:
+                    mark_ended(tracking, run, status, reason)
+
+
 def run_local(
     todo: Sequence[PlannedRun],
     work_dir: Path,

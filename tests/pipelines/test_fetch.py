@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from pipelines.fetch import DATASETS, FetchError, fetch_dataset
 from sparling import domains
 from sparling.domains.audio_digits import find_recordings
 
-FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd"
+FSDD = SHARED / "data" / "fsdd"
 SPEAKERS = ("george", "theo")  # theo is FSDD's default held-out speaker
 
 

@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO, tiny_config
 
 from pipelines import cli
-from pipelines.sweep_spec import SweepError, build_sweep, describe, load_sweep
+from pipelines.plan import SweepError, build_sweep, describe, load_sweep
 
 
 def _sweep(**kw: Any) -> dict[str, Any]:

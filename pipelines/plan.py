@@ -1,4 +1,5 @@
-"""Sweep files: a base run config crossed with methods, seeds and any config field.
+"""The plan: a sweep file (a base run config crossed with methods, seeds and any config
+field), validated and expanded into planned runs (:class:`PlannedRun`), one per run.
 
 A sweep file is YAML::
 

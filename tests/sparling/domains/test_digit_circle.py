@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from scipy import stats
 
 from sparling import domains
@@ -22,8 +23,7 @@ from sparling.domains.base import Domain
 from sparling.domains.base import reported_density as reported_density_of
 from sparling.domains.digit_circle import DigitCircle, Layout, reference_sample
 
-REPO = Path(__file__).resolve().parents[1]
-PAPER_STAMPS = (REPO / ".." / "shared" / "reference" / "digit_circle_stamps_paper.npz").resolve()
+PAPER_STAMPS = (SHARED / "reference" / "digit_circle_stamps_paper.npz").resolve()
 needs_paper_stamps = pytest.mark.skipif(
     not PAPER_STAMPS.is_file(),
     reason=f"the paper's stamp set is not at {PAPER_STAMPS} (shared reference data absent)",

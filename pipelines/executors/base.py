@@ -1,0 +1,66 @@
+"""What every executor shares: a run's outcome, and a trained run's evaluation.
+
+Whatever starts a run (a Ray task, a local process), it ends the same way: the run's
+checkpoint at the reported density (or the lowest reached) is scored on the test split
+(:func:`evaluate_run`, which writes ``evaluation.json`` and the figures into the run
+folder), and the driver records a :class:`RunOutcome`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.plan import PlannedRun
+from pipelines.train_job import prepare_datasets
+from sparling.runs import RunFolder
+
+
+@dataclass
+class RunOutcome:
+    key: str
+    name: str
+    status: str  # "finished" | "failed" | "skipped" | "stopped" (local executor's deadline)
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate_run(
+    run: PlannedRun,
+    work_dir: Path,
+    *,
+    test_dir: Path | None = None,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Evaluate the run's checkpoint at the reported density (or the lowest reached) on the
+    test split (``test_dir``: its dataset folder, already generated; by default prepared
+    here), the model on ``device``; writes ``evaluation.json`` and the figures."""
+    from sparling import domains
+    from sparling.evaluate import evaluate_checkpoint
+    from sparling.shards import ShardedDataset
+
+    folder = RunFolder.for_config(run.config, work_dir)
+    checkpoint = folder.select_checkpoint()
+    if test_dir is None:
+        test_dir = prepare_datasets(run.config, work_dir, splits=("test",), progress=False)["test"]
+    test = ShardedDataset(test_dir)
+    result = evaluate_checkpoint(checkpoint, test, out_dir=folder.evaluation_dir, device=device)
+    domain = domains.make(run.config.domain.name, **run.config.domain.params)
+    m = result.metrics
+    summary = folder.read_result() or {}
+    metrics = {
+        "test_fpe": m["fpe"],
+        "test_fne": m["fne"],
+        "test_ce": m["ce"],
+        "test_e2ee": m["e2ee"],
+        "test_accuracy": m["accuracy"],
+        "test_density": m["density"],
+        "test_checkpoint_density": m["checkpoint_density"],
+        "test_checkpoint_samples": m["checkpoint_samples"],
+        "test_reached_reported": float(
+            m["checkpoint_density"] <= domain.reported_density * 1.000001
+        ),
+        "wall_seconds": float(summary.get("wall_seconds", 0.0)),
+    }
+    folder.write_evaluation(metrics)
+    return metrics

@@ -1,0 +1,167 @@
+"""Sync to MLflow: a sweep's runs, as their run folders hold them, written into MLflow.
+
+One parent run per sweep, one child per planned run, found by the run's key (its config
+hash) and never duplicated (the tag contract: :mod:`pipelines.tracking.tags`). Every step
+is idempotent, so a sweep started again repairs what an interrupted one left:
+
+- children a killed driver left RUNNING are marked KILLED (their runs resume);
+- a run finished on disk whose child is not FINISHED (the driver died before MLflow heard
+  of it, or the run was trained elsewhere, e.g. by the local executor with
+  ``--no-tracking``) is logged now from its run folder: the points left in its metric
+  spool, its saved evaluation, config and checkpoints;
+- a run resumed from a copied run folder sends the validations its ``history.json`` holds
+  from before (the metric logger drops points MLflow already has).
+
+The executors call :func:`log_run_results` once a run is evaluated and
+:func:`end_child` / :func:`mark_ended` when one fails or is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.plan import PlannedRun, Sweep
+from pipelines.tracking.tags import (
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    TAG_FAILURE,
+    TAG_STATUS,
+    child_tags,
+    parent_tags,
+)
+from sparling.runs import CHECKPOINTS_DIR, EVALUATION_DIR, RunFolder
+
+if TYPE_CHECKING:
+    from pipelines.tracking.logger import MetricLogger
+
+
+@contextlib.contextmanager
+def tracking_context(
+    sweep: Sweep, work_dir: Path, todo: list[PlannedRun]
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """The tracking server (started or reused), the sweep's parent run and each run's child.
+
+    Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}}, parent id)``;
+    the runs of the sweep not in ``todo`` (finished on disk) are logged here if MLflow
+    does not have them yet."""
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+    from pipelines.tracking.tags import environment_tags
+
+    settings = load_settings(work_dir)
+    with tracking_uri(settings) as uri:
+        tracker = Tracker(uri)
+        experiment = tracker.experiment(
+            settings.experiment_for(sweep=sweep.name), settings.experiment_artifact_location
+        )
+        parent = tracker.parent_run(
+            experiment, sweep.name, parent_tags(len(sweep.runs), sweep.swept_fields, sweep.source)
+        )
+        # Children a killed driver left RUNNING: mark them KILLED; they resume below.
+        tracker.mark_stale(parent, keep=set())
+        env = environment_tags()
+        runs: dict[str, str] = {}
+        todo_keys = {r.key for r in todo}
+        for run in sweep.runs:
+            if run.key in todo_keys:
+                continue
+            # Finished on disk; if the driver died before MLflow heard of it (the run's
+            # last step is logging its results), log them now from the saved evaluation.
+            child = tracker.find_child(parent, run.key)
+            if child is None or child.info.status != "FINISHED":
+                child_id = _child(tracker, experiment, parent, run, env)
+                folder = RunFolder.for_config(run.config, work_dir)
+                # points its worker had not sent yet are in its spool: send them first
+                send_spool(uri, child_id, folder)
+                saved = folder.read_evaluation() or {}
+                log_run_results(tracker, child_id, run, work_dir, saved)
+        for run in todo:
+            runs[run.key] = _child(tracker, experiment, parent, run, env)
+        tracker.set_status(parent, "RUNNING")
+        try:
+            yield {"uri": uri, "runs": runs}, parent
+        finally:
+            tracker.set_terminated(parent, "FINISHED")
+
+
+def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dict[str, str]) -> str:
+    """Find or create the run's MLflow child under the sweep's parent."""
+    config = run.config
+    run_id, _ = tracker.child_run(
+        experiment,
+        parent,
+        run.key,
+        run.name,
+        params=config.flat(),
+        tags={**env, **child_tags(run.key, run.method, config.domain.name, run.seed, run.swept)},
+    )
+    return str(run_id)
+
+
+def send_spool(uri: str, child: str, folder: RunFolder) -> None:
+    """Send the points left in the run folder's metric spool to the run's child."""
+    from pipelines.tracking.logger import MetricLogger
+
+    MetricLogger(uri, child, spool=folder.spool_path).close()
+
+
+def log_run_results(
+    tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path, metrics: dict[str, float]
+) -> None:
+    """A finished run's test metrics, evaluation figures, config and density checkpoints
+    into its child, then the child FINISHED."""
+    folder = RunFolder.for_config(run.config, work_dir)
+    step = int(metrics["test_checkpoint_samples"])
+    tracker.log_metrics(mlflow_run, metrics, step)
+    tracker.log_artifacts(mlflow_run, folder.evaluation_dir, EVALUATION_DIR)
+    tracker.log_artifact(mlflow_run, folder.config_path)
+    for ckpt in folder.density_checkpoint_folders():
+        tracker.log_artifacts(mlflow_run, ckpt, f"{CHECKPOINTS_DIR}/{ckpt.name}")
+    tracker.set_tags(mlflow_run, {TAG_STATUS: STATUS_FINISHED})
+    tracker.set_terminated(mlflow_run, "FINISHED")
+
+
+def end_child(tracker: Any, child: str, status: str, reason: str) -> None:
+    """A failed run's child FAILED with the reason; a stopped one KILLED (it resumes).
+    Never raises: the tracking server itself may be what failed."""
+    try:
+        if status == "failed":
+            tracker.set_tags(child, {TAG_STATUS: STATUS_FAILED, TAG_FAILURE: reason})
+        tracker.set_terminated(child, "FAILED" if status == "failed" else "KILLED")
+    except Exception:
+        pass
+
+
+def mark_ended(tracking: dict[str, Any], run: PlannedRun, status: str, reason: str) -> None:
+    """:func:`end_child` for ``run``'s child in ``tracking`` (``{"uri", "runs"}``)."""
+    from pipelines.tracking.finder import Tracker
+
+    child = tracking["runs"][run.key]
+    try:
+        tracker = Tracker(tracking["uri"])
+    except Exception:  # the tracking server itself may be what failed
+        return
+    end_child(tracker, child, status, reason)
+
+
+def validation_points(record: dict[str, Any]) -> dict[str, float]:
+    """A validation record's metrics, as logged at the step of its sample count."""
+    numeric = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+    return {k: v for k, v in numeric.items() if k != "samples"}
+
+
+def run_logger(tracking: dict[str, Any], folder: RunFolder) -> MetricLogger:
+    """The metric logger of a run's child (``tracking``: ``{"uri", "run_id"}``), spooling
+    in the run folder. A run resumed on another machine (its folder copied, not its MLflow
+    store) sends the validations its ``history.json`` holds from before first; the logger
+    drops points already there."""
+    from pipelines.tracking.logger import MetricLogger
+
+    logger = MetricLogger(tracking["uri"], tracking["run_id"], spool=folder.spool_path)
+    for record in folder.read_history():
+        logger.log(validation_points(record), int(record["samples"]))
+    return logger
