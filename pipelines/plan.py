@@ -285,7 +285,9 @@ def build_sweep(
     except ValidationError as e:
         lines = [f"{source}: invalid sweep:"]
         # the axes' tags (field, zip, vary) are no keys of the file
-        problems = format_validation_errors(e, root="<top>", union_tags=("field", "zip", "vary"))
+        problems = format_validation_errors(
+            e, root="<top>", union_tags=("field", "zip", "vary"), model=SweepSpec
+        )
         lines += [f"  {problem}" for problem in problems]
         raise SweepError("\n".join(lines)) from None
 

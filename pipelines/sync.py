@@ -63,7 +63,7 @@ def tracking_context(
         )
         # Children a killed driver left RUNNING: mark them KILLED; they resume below.
         tracker.mark_stale(parent, keep=set())
-        env = environment_tags()
+        env = environment_tags(source=f"sparling sweep {_relative(sweep.source)}")
         runs: dict[str, str] = {}
         todo_keys = {r.key for r in todo}
         for run in sweep.runs:
@@ -165,3 +165,11 @@ def run_logger(tracking: dict[str, Any], folder: RunFolder) -> MetricLogger:
     for record in folder.read_history():
         logger.log(validation_points(record), int(record["samples"]))
     return logger
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the working folder where it is inside it (the UI's Source)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return path

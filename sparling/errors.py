@@ -47,7 +47,7 @@ def format_validation_errors(
                 path += f".{part}" if path else str(part)
         message = problem["msg"]
         if problem["type"] == "extra_forbidden" and model is not None and loc:
-            accepted = accepted_keys(model, loc[:-1])
+            accepted = accepted_keys(model, loc[:-1], union_tags)
             if accepted:
                 message = f"unknown key{_suggestion(str(loc[-1]), accepted)}; accepted here: "
                 message += ", ".join(accepted)
@@ -62,11 +62,20 @@ def _suggestion(key: str, accepted: Sequence[str]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def accepted_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+def accepted_keys(
+    model: type[BaseModel], loc: Sequence[str | int], union_tags: Collection[str] = ()
+) -> list[str]:
     """The keys that the (nested) model at ``loc`` inside ``model`` accepts, in declaration
-    order; empty where ``loc`` leads to no model (a free-form mapping, a list of scalars)."""
-    candidates = [model]
-    for part in loc:
+    order (a field's alias where it has one); empty where ``loc`` leads to no model (a
+    free-form mapping, a list of scalars). ``union_tags`` as for
+    :func:`format_validation_errors`: such a part right after a list position picks the
+    union member that has a field of that name."""
+    candidates: list[Any] = [model]
+    for i, part in enumerate(loc):
+        if part in union_tags and i > 0 and isinstance(loc[i - 1], int):
+            tagged = [c for c in candidates if _is_model(c) and part in c.model_fields]
+            candidates = tagged or candidates
+            continue
         following: list[Any] = []
         for c in candidates:
             if isinstance(part, int):
@@ -81,7 +90,8 @@ def accepted_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]
     models = [c for c in candidates for c in _members(c) if _is_model(c)]
     keys: list[str] = []
     for m in models:
-        keys += [k for k in m.model_fields if k not in keys]
+        names = [f.alias or k for k, f in m.model_fields.items()]
+        keys += [k for k in names if k not in keys]
     return keys
 
 

@@ -17,7 +17,7 @@ PINNED = {
 
 
 def test_the_shipped_result_runs_keep_their_ids() -> None:
-    from pipelines.sweep_spec import load_sweep
+    from pipelines.plan import load_sweep
 
     sweep = load_sweep(REPO / "pipelines" / "sweeps" / "digit-circle-result.yaml")
     ids = {(r.method, r.seed): r.config.run_id() for r in sweep.runs}

@@ -88,7 +88,17 @@ def test_adding_seeds_keeps_the_old_keys() -> None:
         ({"methods": []}, "methods: List should have at least 1 item"),
         ({"methods": ["sparling", "nope"]}, "methods[1].name: Value error, unknown method 'nope'"),
         ({"seeds": ["a"]}, "seeds[0]: Input should be a valid integer"),
-        ({"bogus": 1}, "bogus: Extra inputs are not permitted"),
+        ({"bogus": 1}, "bogus: unknown key; accepted here: name, description, base, set,"),
+        ({"method": ["sparling"]}, "method: unknown key (did you mean 'methods'?)"),
+        (
+            {"methods": [{"name": "sparling", "param": {}}]},
+            "methods[0].param: unknown key (did you mean 'params'?); accepted here: name, "
+            "params, label, set, seeds, from, density",
+        ),
+        (
+            {"axes": [{"field": "optim.lr", "values": [1e-3], "valus": [1]}]},
+            "axes[0].valus: unknown key (did you mean 'values'?); accepted here: field, values",
+        ),
         (
             {"axes": [{"field": "schedule.delta", "values": [1]}]},
             "axes[0].field: unknown config field 'schedule.delta'",
