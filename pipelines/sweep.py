@@ -94,7 +94,9 @@ def run_sweep(
         tracking: dict[str, Any] | None = None
         parent: str | None = None
         if track:
-            tracking, parent = stack.enter_context(tracking_context(sweep, work_dir, todo))
+            tracking, parent = stack.enter_context(
+                tracking_context(sweep, work_dir, todo, outcomes)
+            )
         if todo:
             runner.execute(todo, work_dir, tracking, outcomes, progress=progress)
     ordered = [outcomes[r.key] for r in sweep.runs]

@@ -19,7 +19,7 @@ The executors call :func:`log_run_results` once a run is evaluated and
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,13 +40,18 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def tracking_context(
-    sweep: Sweep, work_dir: Path, todo: list[PlannedRun]
+    sweep: Sweep,
+    work_dir: Path,
+    todo: list[PlannedRun],
+    outcomes: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The tracking server (started or reused), the sweep's parent run and each run's child.
 
     Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}}, parent id)``;
     the runs of the sweep not in ``todo`` (finished on disk) are logged here if MLflow
-    does not have them yet."""
+    does not have them yet. On leaving, the parent ends ``FAILED`` if a run of
+    ``outcomes`` (filled in while inside) failed, ``KILLED`` if one was stopped or the
+    sweep was interrupted, else ``FINISHED``."""
     from pipelines.tracking.finder import Tracker
     from pipelines.tracking.server import tracking_uri
     from pipelines.tracking.settings import load_settings
@@ -84,8 +89,24 @@ def tracking_context(
         tracker.set_status(parent, "RUNNING")
         try:
             yield {"uri": uri, "runs": runs}, parent
-        finally:
-            tracker.set_terminated(parent, "FINISHED")
+        except BaseException as e:
+            # interrupted (Ctrl-C, SIGTERM) or the driver itself failed
+            interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+            tracker.set_terminated(parent, "KILLED" if interrupted else "FAILED")
+            raise
+        tracker.set_terminated(parent, parent_status(outcomes or {}))
+
+
+def parent_status(outcomes: Mapping[str, Any]) -> str:
+    """The sweep parent's MLflow status from its runs' outcomes (``RunOutcome.status``):
+    ``FAILED`` if any run failed, ``KILLED`` if any was stopped before it finished (a
+    deadline; they resume when the sweep runs again), else ``FINISHED``."""
+    statuses = {getattr(o, "status", o) for o in outcomes.values()}
+    if "failed" in statuses:
+        return "FAILED"
+    if "stopped" in statuses:
+        return "KILLED"
+    return "FINISHED"
 
 
 def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dict[str, str]) -> str:

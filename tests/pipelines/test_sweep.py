@@ -313,3 +313,16 @@ def test_unwritable_artifact_location_fails_clearly_and_keeps_earlier_results(
         for c in children:
             names = [a.path for a in client.list_artifacts(c.info.run_id, "evaluation")]
             assert names, c.info.run_id
+
+
+def test_the_sweep_parent_status_follows_its_runs() -> None:
+    from pipelines.executors.base import RunOutcome
+    from pipelines.sync import parent_status
+
+    def outcomes(*statuses: str) -> dict[str, RunOutcome]:
+        return {str(i): RunOutcome(str(i), f"run {i}", s, "") for i, s in enumerate(statuses)}
+
+    assert parent_status(outcomes("finished", "skipped")) == "FINISHED"
+    assert parent_status(outcomes()) == "FINISHED"
+    assert parent_status(outcomes("finished", "stopped")) == "KILLED"
+    assert parent_status(outcomes("stopped", "failed", "finished")) == "FAILED"

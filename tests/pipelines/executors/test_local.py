@@ -99,6 +99,25 @@ def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
         assert steps == [16, 32]  # sent from the spool
 
 
+def _parent_status(work: Path, sweep: str) -> str:
+    from mlflow import MlflowClient
+
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+
+    settings = load_settings(work)
+    with tracking_uri(settings) as uri:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(settings.experiment_for(sweep=sweep))
+        assert exp is not None
+        (parent,) = [
+            r
+            for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("sparling.kind") == "sweep"
+        ]
+    return str(parent.info.status)
+
+
 def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
     # Enough samples that the 1-second deadline stops the runs before they end.
     path = _sweep_file(tmp_path, "deadline", budget_samples=4000, val_interval=16)
@@ -110,6 +129,7 @@ def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
     assert "2 stopped" in first.stdout
     stopped = {r.info.status for r, _ in _children(work, "deadline")}
     assert stopped <= {"KILLED", "RUNNING"}
+    assert _parent_status(work, "deadline") == "KILLED"  # not FINISHED: runs are left
     # Run again without a deadline: each run resumes from its last checkpoint and ends.
     second = _sparling(*args, timeout=900)
     assert second.returncode == 0, second.stdout + second.stderr
@@ -119,6 +139,7 @@ def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
     for child, steps in children:
         assert child.info.status == "FINISHED"
         assert steps == list(range(16, 4001, 16))  # every validation, once
+    assert _parent_status(work, "deadline") == "FINISHED"
 
 
 def test_a_run_resumed_elsewhere_keeps_its_whole_history(tmp_path: Path) -> None:
