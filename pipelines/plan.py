@@ -266,6 +266,8 @@ def _kind(axis: FieldAxis | ZipAxis | VaryAxis) -> str:
 def load_sweep(path: str | Path) -> Sweep:
     """Read, validate and expand a sweep file; raises :class:`SweepError` naming the problem."""
     path = Path(path)
+    if path.is_dir():
+        raise SweepError(f"{path} is a folder; a sweep is a YAML file")
     if not path.is_file():
         raise SweepError(f"sweep file not found: {path}")
     try:

@@ -41,6 +41,21 @@ class DomainConfig(_Strict):
         domains.get(v)  # raises naming the registered domains
         return v
 
+    @model_validator(mode="after")
+    def _params_fit(self) -> DomainConfig:
+        """Refuse parameters the domain would refuse, when the config is read (a dry run
+        sees them; nothing is written first). They are kept as given: spelling out a
+        default would otherwise change the run id of every run that leaves it out."""
+        from . import domains
+
+        cls = domains.get(self.name)
+        try:
+            cls.Params.model_validate(self.params)
+        except ValidationError as e:
+            problems = "; ".join(format_validation_errors(e, root="(params)", model=cls.Params))
+            raise ValueError(f"params for domain {self.name!r}: {problems}") from None
+        return self
+
 
 class DataConfig(_Strict):
     seed: int = Field(0, ge=0)
@@ -274,6 +289,8 @@ def load_config(data: dict[str, Any] | str | Path, *, source: str | None = None)
     """Validate a config from a dict or a YAML/JSON file; errors name the field and the file."""
     if isinstance(data, (str, Path)):
         path = Path(data)
+        if path.is_dir():
+            raise FileNotFoundError(f"{path} is a folder; a run config is a YAML file")
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         source = source or str(path)
