@@ -155,10 +155,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     checkpoint = select_checkpoint(Path(args.path), args.density)
     config = load_config(checkpoint / CONFIG_FILE)
     run = RunFolder.of_checkpoint(checkpoint)
-    test = ShardedDataset(
-        prepare_datasets(config, run.work_dir, splits=("test",), progress=False)["test"]
-    )
-    out = Path(args.out) if args.out else run.evaluation_dir / checkpoint.name
+    test: Any
+    if checkpoint.parent == run.checkpoints_dir and run.in_work_dir():
+        # a checkpoint of a run in its work dir: the work dir's test set, its folders
+        test = ShardedDataset(
+            prepare_datasets(config, run.work_dir, splits=("test",), progress=False)["test"]
+        )
+        out = Path(args.out) if args.out else run.evaluation_dir / checkpoint.name
+    else:
+        # a checkpoint copied elsewhere: the same test samples, generated here, and the
+        # report beside the checkpoint (nothing written anywhere else)
+        from sparling import domains
+        from sparling.scoring import GeneratedSamples
+
+        domain = domains.make(config.domain.name, split="test", **config.domain.params)
+        test = GeneratedSamples(domain, config.data.seed, config.data.test_size)
+        out = Path(args.out) if args.out else checkpoint.parent / f"evaluation-{checkpoint.name}"
     result = evaluate_checkpoint(
         checkpoint, test, samples=args.samples, out_dir=out, device=args.device
     )

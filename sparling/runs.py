@@ -117,6 +117,17 @@ class RunFolder:
     def run_id(self) -> str:
         return self.path.name
 
+    def in_work_dir(self) -> bool:
+        """Whether this folder sits where a work dir keeps its runs (``<work_dir>/runs/<id>``
+        with its ``config.json`` naming that id): only then are the work dir's datasets
+        and report folders this run's."""
+        if self.path.resolve().parent.name != RUNS_DIR or not self.config_path.is_file():
+            return False
+        try:
+            return self.read_config().run_id() == self.run_id
+        except (ValueError, OSError):
+            return False
+
     @property
     def work_dir(self) -> Path:
         """The work dir this run folder is in (``<work_dir>/runs/<run id>``), absolute."""

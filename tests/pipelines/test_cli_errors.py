@@ -71,3 +71,18 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(
     for w in words:
         assert w in out.stderr, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no work dir, no debris
+
+
+def test_evaluate_a_checkpoint_copied_out_of_its_run_writes_only_beside_it(tmp_path: Path) -> None:
+    import shutil
+
+    import sparling
+
+    result = sparling.fit(tiny_config(), tmp_path / "work", progress=False)
+    copy = tmp_path / "x" / "deep" / "a" / "b" / "last"
+    shutil.copytree(result.run_dir / "checkpoints" / "last", copy)
+    out = run_python("-m", "pipelines.cli", "evaluate", str(copy), "--samples", "8", timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["deep"]  # no data/ above
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["evaluation-last", "last"]
+    assert (copy.parent / "evaluation-last" / "evaluation.json").is_file()
