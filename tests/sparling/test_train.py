@@ -14,6 +14,7 @@ from sparling import bottleneck_names, domains
 from sparling.checkpoint import CheckpointError, load_checkpoint
 from sparling.config import load_config
 from sparling.domains import Sample
+from sparling.errors import SparlingError
 from sparling.train import Callbacks, Trainer, TrainingFailed, batch_positions, make_trainer
 
 
@@ -273,7 +274,7 @@ def test_a_gpu_config_without_a_gpu_is_refused_clearly(data: Any, tmp_path: Path
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     cfg = load_config(tiny_config(**{"compute.gpus_per_worker": 1}))
-    with pytest.raises(TrainingFailed, match="gpus_per_worker"):
+    with pytest.raises(SparlingError, match="gpus_per_worker > 0 asks for device 'cuda'"):
         make_trainer(cfg, data[0], data[1], tmp_path, progress=False)
 
 
