@@ -3,7 +3,7 @@
     .venv/bin/python bench/learning_curve.py run SETTING [--preset fast] [--set KEY=VALUE ...]
         [--samples N] [--eval-every N] [--val-size N] [--batch N] [--lr LR]
         [--warmup N] [--train-size N] [--seed S] [--threads T] [--label NAME]
-        [--init CHECKPOINT]
+        [--init CHECKPOINT] [--ideal-inside K] [--ideal-outside K]
     .venv/bin/python bench/learning_curve.py plot [RECORD.json ...] [--out FILE.png]
 
 SETTING is one of
@@ -37,6 +37,7 @@ import json
 import math
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,36 @@ def ideal_maps(samples: list[Any], channels: int, shape: tuple[int, int]) -> Any
             r = (rows.start + rows.stop - 1) // 2
             c = (cols.start + cols.stop - 1) // 2
             maps[i, int(m.symbol), min(max(r, 0), shape[0] - 1), min(max(c, 0), shape[1] - 1)] = 1
+    return maps
+
+
+def noisy_maps(
+    samples: list[Any], channels: int, shape: tuple[int, int], inside: int, outside: int
+) -> Any:
+    """:func:`ideal_maps` with the clutter of a real ``g``: per digit, ``inside`` more
+    activations at random places in its box, each in the digit's channel or (half the
+    time) another one; per image, ``outside`` activations at random places and channels.
+    Values uniform in [0.2, 1]. Random but a pure function of each sample (its index)."""
+    import numpy as np
+
+    maps = ideal_maps(samples, channels, shape)
+    for i, s in enumerate(samples):
+        key = repr([s.tokens, [(m.slices[0].start, m.slices[1].start) for m in s.motifs]])
+        rng = np.random.default_rng([0x51, zlib.crc32(key.encode())])
+        for m in s.motifs:
+            rows, cols = m.slices
+            for _ in range(inside):
+                ch = int(m.symbol) if rng.random() < 0.5 else int(rng.integers(channels))
+                r = int(rng.integers(max(rows.start, 0), min(rows.stop, shape[0])))
+                c = int(rng.integers(max(cols.start, 0), min(cols.stop, shape[1])))
+                maps[i, ch, r, c] = max(float(maps[i, ch, r, c]), float(rng.uniform(0.2, 1)))
+        for _ in range(outside):
+            ch, r, c = (
+                int(rng.integers(channels)),
+                int(rng.integers(shape[0])),
+                int(rng.integers(shape[1])),
+            )
+            maps[i, ch, r, c] = max(float(maps[i, ch, r, c]), float(rng.uniform(0.2, 1)))
     return maps
 
 
@@ -91,6 +122,13 @@ def run(
     params = {"density": args.density} if bottleneck == "sparling" else {}
     model = build_model(train_domain, args.preset, bottleneck, params, **overrides)
     ideal = args.setting == "h-ideal"
+    clutter = (args.ideal_inside, args.ideal_outside)
+
+    def maps_for(batch: list[Any]) -> Any:
+        if clutter == (0, 0):
+            return ideal_maps(batch, channels, shape)
+        return noisy_maps(batch, channels, shape, *clutter)
+
     channels = model.g.conv_out.out_channels
     shape = train_domain.input_shape
     trained = model.h if ideal else model
@@ -114,7 +152,7 @@ def run(
     def forward(batch: list[Any]) -> Any:
         ids = model.token_ids([s.tokens for s in batch])
         if ideal:
-            return model.h(ideal_maps(batch, channels, shape), ids[:, :-1]), ids
+            return model.h(maps_for(batch), ids[:, :-1]), ids
         return model(collate_inputs(batch), ids), ids
 
     @torch.no_grad()
@@ -126,7 +164,7 @@ def run(
             logits, ids = forward(batch)
             loss_sum += float(sequence_loss(logits, ids[:, 1:])) * len(batch)
             if ideal:
-                memory, bias = model.h.encode_with_bias(ideal_maps(batch, channels, shape))
+                memory, bias = model.h.encode_with_bias(maps_for(batch))
                 out = model.h.greedy_decode(memory, 12, bias)
                 pred = model.tokenizer.decode_batch(out)
             else:
@@ -209,6 +247,7 @@ def _summary(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
             "data_seed": args.data_seed,
             "val_size": args.val_size,
             "init": str(args.init) if args.init else None,
+            "ideal_clutter": {"inside": args.ideal_inside, "outside": args.ideal_outside},
             "threads": args.threads,
             "samples_per_s": round(pos / max(train_seconds, 1e-9), 1),
             "samples_to": {f"{int(t * 100)}%": samples_to(curve, t) for t in THRESHOLDS},
@@ -226,10 +265,14 @@ def plot(paths: list[Path], out: Path) -> Path:
 
     records = [json.loads(p.read_text())["results"][0] for p in paths]
     fig, (ax, lx) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for res in sorted(records, key=lambda r: r["label"]):
+    colours = plt.get_cmap("tab20").colors
+    for k, res in enumerate(sorted(records, key=lambda r: r["label"])):
         xs = [c["samples"] / 1000 for c in res["curve"]]
-        ax.plot(xs, [100 * c["exact_match"] for c in res["curve"]], marker=".", label=res["label"])
-        lx.plot(xs, [c["val_loss"] for c in res["curve"]], marker=".", label=res["label"])
+        # a curve started from a run's weights counts its samples from there
+        label = res["label"] + (" (from a checkpoint)" if res.get("init") else "")
+        style = {"marker": ".", "label": label, "color": colours[k % len(colours)]}
+        ax.plot(xs, [100 * c["exact_match"] for c in res["curve"]], **style)
+        lx.plot(xs, [c["val_loss"] for c in res["curve"]], **style)
     ax.axhline(95, color="grey", lw=0.6, ls="--")
     ax.set_ylabel("validation exact match (%)")
     ax.set_ylim(0, 100)
@@ -271,6 +314,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--stop-at", type=float, default=0.0, help="stop once exact match >= this")
     r.add_argument("--label", default="")
+    r.add_argument(
+        "--ideal-inside",
+        type=int,
+        default=0,
+        metavar="K",
+        help="h-ideal: K more activations at random in each digit's box (half in other channels)",
+    )
+    r.add_argument(
+        "--ideal-outside",
+        type=int,
+        default=0,
+        metavar="K",
+        help="h-ideal: K activations per image at random places and channels",
+    )
     r.add_argument(
         "--init",
         type=Path,

@@ -58,3 +58,22 @@ def test_run_writes_the_curve_and_plot_draws_it(setting: str, tmp_path: Path) ->
         assert learning_curve.plot([record], png) == png and png.stat().st_size > 1000
     finally:
         record.unlink(missing_ok=True)
+
+
+def test_noisy_maps_add_clutter_inside_boxes_and_out_deterministically() -> None:
+    d = domains.make("digit-circle", split="val")
+    samples = [d.sample(0, i) for i in range(4)]
+    clean = learning_curve.ideal_maps(samples, 10, (100, 100))
+    noisy = learning_curve.noisy_maps(samples, 10, (100, 100), 3, 20)
+    again = learning_curve.noisy_maps(list(reversed(samples)), 10, (100, 100), 3, 20)
+    assert (noisy == again.flip(0)).all()  # a function of each sample, not of its place
+    assert (noisy >= clean).all() and ((noisy > 0) & (noisy <= 1)).sum() > (clean > 0).sum()
+    for i, s in enumerate(samples):
+        active = int((noisy[i] > 0).sum())
+        # collisions may merge a few of them
+        assert len(s.tokens) * 4 + 20 - 6 <= active <= len(s.tokens) * 4 + 20
+        inside = 0
+        for m in s.motifs:
+            rows, cols = m.slices
+            inside += int((noisy[i][:, rows, cols] > 0).sum())
+        assert inside >= len(s.tokens) * 3  # the clean one and most of the extra ones
