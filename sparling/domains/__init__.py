@@ -39,17 +39,22 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from ..errors import SparlingError, format_validation_errors
-from .base import SPLITS, Domain, DomainParams, Motif, Sample, canonical_hash, stream_seed
+from ..errors import format_validation_errors
+from .base import (
+    SPLITS,
+    Domain,
+    DomainError,
+    DomainParams,
+    Motif,
+    Sample,
+    canonical_hash,
+    stream_seed,
+)
 
 _REGISTRY: dict[str, type[Domain]] = {}
 _loaded = False
 
 _D = TypeVar("_D", bound=type[Domain])
-
-
-class DomainError(SparlingError, ValueError):
-    """An unknown domain name, or parameters the domain refuses (named in the message)."""
 
 
 def register(cls: _D) -> _D:

@@ -68,7 +68,7 @@ import scipy.special
 from pydantic import Field, field_validator, model_validator
 
 from . import register
-from .base import Domain, DomainParams, Motif, Sample, Split, canonical_hash
+from .base import Domain, DomainError, DomainParams, Motif, Sample, Split, canonical_hash
 
 if TYPE_CHECKING:
     import torch
@@ -143,7 +143,7 @@ def _subdirs_with_wavs(folder: Path) -> list[Path]:
 def _parse(path: Path, root: Path) -> Recording:
     m = FILENAME_RE.match(path.name)
     if m is None:
-        raise ValueError(
+        raise DomainError(
             f"audio-digits: recording {path} in {root} is not named {{digit}}_{{speaker}}_{{take}}.wav "
             f"(digit 0-9, speaker letters/digits, take a number); {EXPECTED_LAYOUT}"
         )
@@ -160,7 +160,7 @@ def find_recordings(root: str | Path) -> RecordingIndex:
     root = Path(root).expanduser()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
-        raise ValueError(f"audio-digits: folder {root} {what}; {EXPECTED_LAYOUT}")
+        raise DomainError(f"audio-digits: folder {root} {what}; {EXPECTED_LAYOUT}")
 
     # Candidates in the order a user is most likely to point at: the dataset's own root,
     # then the inner folder itself.
@@ -172,7 +172,7 @@ def find_recordings(root: str | Path) -> RecordingIndex:
     if not found:
         flat, nested = _wavs(root), _subdirs_with_wavs(root)
         if flat and nested:
-            raise ValueError(
+            raise DomainError(
                 f"audio-digits: folder {root} holds both WAV files and folders of WAV files, "
                 f"so its layout is ambiguous; {EXPECTED_LAYOUT}"
             )
@@ -181,9 +181,9 @@ def find_recordings(root: str | Path) -> RecordingIndex:
         elif nested:
             found.append(("audiomnist", root))
     if not found:
-        raise ValueError(f"audio-digits: no recordings found in folder {root}; {EXPECTED_LAYOUT}")
+        raise DomainError(f"audio-digits: no recordings found in folder {root}; {EXPECTED_LAYOUT}")
     if len(found) > 1:
-        raise ValueError(
+        raise DomainError(
             f"audio-digits: folder {root} holds both data/ and recordings/ with WAV files; "
             f"point root at one of them; {EXPECTED_LAYOUT}"
         )
@@ -195,7 +195,7 @@ def find_recordings(root: str | Path) -> RecordingIndex:
     else:
         stray = _wavs(folder)
         if stray:
-            raise ValueError(
+            raise DomainError(
                 f"audio-digits: {stray[0]} lies directly in the AudioMNIST folder {folder}, "
                 f"outside any speaker folder; {EXPECTED_LAYOUT}"
             )
@@ -203,7 +203,7 @@ def find_recordings(root: str | Path) -> RecordingIndex:
             for p in _wavs(speaker_dir):
                 rec = _parse(p, root)
                 if rec.speaker != speaker_dir.name:
-                    raise ValueError(
+                    raise DomainError(
                         f"audio-digits: {p} names speaker {rec.speaker!r} but lies in speaker "
                         f"folder {speaker_dir.name!r} of {folder}; {EXPECTED_LAYOUT}"
                     )
@@ -221,7 +221,7 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
     try:
         rate, data = scipy.io.wavfile.read(path)
     except (ValueError, OSError) as e:
-        raise ValueError(f"audio-digits: cannot read {path} as a WAV file: {e}") from e
+        raise DomainError(f"audio-digits: cannot read {path} as a WAV file: {e}") from e
     if data.dtype == np.uint8:
         audio = (data.astype(np.float32) - 128.0) / 128.0
     elif np.issubdtype(data.dtype, np.integer):
@@ -252,7 +252,9 @@ def place_non_overlapping(
     n = len(lengths_arr)
     slack = int(total) - int(lengths_arr.sum())
     if slack < 0:
-        raise ValueError(f"clips of total length {lengths_arr.sum()} do not fit in {total} samples")
+        raise DomainError(
+            f"clips of total length {lengths_arr.sum()} do not fit in {total} samples"
+        )
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     v = np.sort(rng.choice(slack + n, size=n, replace=False)).astype(np.int64)
@@ -356,24 +358,24 @@ class AudioDigitsParams(DomainParams):
             value = [value]
         names = [f"{v:02d}" if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         if not names:
-            raise ValueError("test_speakers must name at least one speaker (or be None)")
+            raise DomainError("test_speakers must name at least one speaker (or be None)")
         if len(set(names)) != len(names):
-            raise ValueError(f"test_speakers has duplicates: {names}")
+            raise DomainError(f"test_speakers has duplicates: {names}")
         # sorted so that equal sets give equal specs (and spec hashes)
         return tuple(sorted(names))
 
     @model_validator(mode="after")
     def _consistent(self) -> AudioDigitsParams:
         if self.min_digits > self.max_digits:
-            raise ValueError(f"min_digits ({self.min_digits}) > max_digits ({self.max_digits})")
+            raise DomainError(f"min_digits ({self.min_digits}) > max_digits ({self.max_digits})")
         if self.hop_length > self.n_fft:
-            raise ValueError(f"hop_length ({self.hop_length}) > n_fft ({self.n_fft})")
+            raise DomainError(f"hop_length ({self.hop_length}) > n_fft ({self.n_fft})")
         if self.n_mels > self.n_fft // 2 + 1:
-            raise ValueError(
+            raise DomainError(
                 f"n_mels ({self.n_mels}) exceeds the {self.n_fft // 2 + 1} FFT bins of n_fft={self.n_fft}"
             )
         if round(self.clip_seconds * SAMPLE_RATE) < self.n_fft:
-            raise ValueError(f"clip_seconds ({self.clip_seconds}) is shorter than one FFT window")
+            raise DomainError(f"clip_seconds ({self.clip_seconds}) is shorter than one FFT window")
         return self
 
 
@@ -395,7 +397,7 @@ class AudioDigits(Domain):
         p = self.p
         root = p.root if p.root is not None else os.environ.get(ROOT_ENV)
         if not root:
-            raise ValueError(
+            raise DomainError(
                 f"audio-digits: no recordings folder: pass root=DIR or set ${ROOT_ENV}; {EXPECTED_LAYOUT}"
             )
         self.index = find_recordings(root)
@@ -404,7 +406,7 @@ class AudioDigits(Domain):
         if p.test_speakers is not None:
             unknown = sorted(set(p.test_speakers) - set(speakers))
             if unknown:
-                raise ValueError(
+                raise DomainError(
                     f"audio-digits: test_speakers {unknown} not found in {self.index.recordings_dir} "
                     f"(speakers there: {', '.join(speakers)})"
                 )
@@ -417,14 +419,14 @@ class AudioDigits(Domain):
         #: the speakers of train and val
         self.train_speakers: tuple[str, ...] = tuple(s for s in speakers if s not in held_out)
         if not self.train_speakers:
-            raise ValueError(
+            raise DomainError(
                 f"audio-digits: test_speakers {list(held_out)} leave no training speakers in "
                 f"{self.index.recordings_dir}"
             )
         #: the speakers this split draws from
         self.speakers: tuple[str, ...] = held_out if split == "test" else self.train_speakers
         if not self.speakers:
-            raise ValueError(
+            raise DomainError(
                 f"audio-digits: none of the default held-out speakers "
                 f"{list(DEFAULT_TEST_SPEAKERS[self.index.layout])} is in {self.index.recordings_dir}; "
                 f"pass test_speakers explicitly"
@@ -439,7 +441,7 @@ class AudioDigits(Domain):
                 if rec.digit == digit and rec.speaker in chosen:
                     by_speaker.setdefault(rec.speaker, []).append(rec)
             if not by_speaker:
-                raise ValueError(
+                raise DomainError(
                     f"audio-digits: no recording of digit {digit} by the {split} speakers "
                     f"{list(self.speakers)} in {self.index.recordings_dir}"
                 )
@@ -535,7 +537,7 @@ class AudioDigits(Domain):
             # Too long to fit (only with a short clip_seconds or unusually long takes; never
             # for the paper's data): redraw, as the authors' sampler would otherwise loop forever.
         else:
-            raise ValueError(
+            raise DomainError(
                 f"audio-digits: drew {self.MAX_DRAWS} sets of recordings too long for a "
                 f"{p.clip_seconds} s clip; raise clip_seconds or lower max_digits"
             )
@@ -583,7 +585,7 @@ class AudioDigits(Domain):
         if cached is None:
             audio, rate = read_wav(rec.path)
             if audio.size == 0:
-                raise ValueError(f"audio-digits: recording {rec.path} is empty")
+                raise DomainError(f"audio-digits: recording {rec.path} is empty")
             if rate != SAMPLE_RATE:
                 import torch
                 import torchaudio

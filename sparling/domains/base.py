@@ -17,11 +17,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ..errors import SparlingError
+
 if TYPE_CHECKING:
     from ..metrics import Assignment
 
 SPLITS = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
+
+
+class DomainError(SparlingError, ValueError):
+    """An unknown domain name, parameters the domain refuses, or input files it cannot use
+    (a recordings folder, a stamps file): the message names what and what is accepted."""
 
 
 class Motif(NamedTuple):

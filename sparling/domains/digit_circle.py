@@ -73,7 +73,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from . import register
-from .base import Domain, DomainParams, Motif, Sample, Split, stream_seed
+from .base import Domain, DomainError, DomainParams, Motif, Sample, Split, stream_seed
 from .stamps import DIGITS, ink_fraction, load_stamps, max_extent
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class DigitCircle(Domain):
         @model_validator(mode="after")
         def _check(self) -> Self:
             if self.min_digits > self.max_digits:
-                raise ValueError(
+                raise DomainError(
                     f"min_digits ({self.min_digits}) must not exceed max_digits ({self.max_digits})"
                 )
             return self
@@ -179,14 +179,14 @@ class DigitCircle(Domain):
         source = "the default stamps" if p.stamps is None else f"stamps file {p.stamps!r}"
         ink = ink_fraction(stamps)
         if p.pre_noise * ink > 1.0:
-            raise ValueError(
+            raise DomainError(
                 f"pre_noise={p.pre_noise} times the ink fraction {ink:.4f} of {source} "
                 "exceeds 1: it must be a probability"
             )
         pad = p.max_shift + max_extent(stamps)
         radius_stop = p.size // 2 - pad  # exclusive, as in the authors' randint
         if radius_stop <= p.min_radius:
-            raise ValueError(
+            raise DomainError(
                 f"the circle does not fit: size={p.size} allows radii below "
                 f"size//2 - (max_shift + largest stamp side) = {p.size // 2} - {pad} = "
                 f"{radius_stop}, but min_radius={p.min_radius} (with {source})"

@@ -86,7 +86,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from . import register
-from .base import Domain, DomainParams, Motif, Sample
+from .base import Domain, DomainError, DomainParams, Motif, Sample
 from .mathtext_render import TEX_POINTS_PER_INCH, layout, rasterise
 
 # -- tokens ----------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class Grammar:
         Same distribution as drawing derivations until one has ``n`` tokens.
         """
         if not self.length_probability(self.start, n) > 0:
-            raise ValueError(f"the grammar cannot derive {n} tokens")
+            raise DomainError(f"the grammar cannot derive {n} tokens")
         out: list[str] = []
         self._expand(self.start, n, rng, out)
         return out
@@ -339,23 +339,23 @@ def check_tokens(tokens: Sequence[str]) -> None:
     stack: list[str] = []
     for i, tok in enumerate(tokens):
         if tok not in VOCABULARY:
-            raise ValueError(f"token {i} ({tok!r}) is not in the vocabulary")
+            raise DomainError(f"token {i} ({tok!r}) is not in the vocabulary")
         if tok in (SUP_OPEN, SUB_OPEN, FRAC_OPEN, PAREN_OPEN):
             stack.append(tok)
         elif tok == FRAC_MID:
             if not stack or stack[-1] != FRAC_OPEN:
-                raise ValueError(f"token {i} ('}}{{') does not follow a fraction's numerator")
+                raise DomainError(f"token {i} ('}}{{') does not follow a fraction's numerator")
             stack[-1] = FRAC_MID
         elif tok == CLOSE:
             if not stack or stack[-1] not in (SUP_OPEN, SUB_OPEN, FRAC_MID):
-                raise ValueError(f"token {i} ('}}') closes nothing")
+                raise DomainError(f"token {i} ('}}') closes nothing")
             stack.pop()
         elif tok == PAREN_CLOSE:
             if not stack or stack[-1] != PAREN_OPEN:
-                raise ValueError(f"token {i} (\\right)) has no matching \\left(")
+                raise DomainError(f"token {i} (\\right)) has no matching \\left(")
             stack.pop()
     if stack:
-        raise ValueError(f"unclosed groups at the end: {stack}")
+        raise DomainError(f"unclosed groups at the end: {stack}")
 
 
 def to_mathtext(tokens: Sequence[str]) -> str:
@@ -432,7 +432,7 @@ class LatexOCR(Domain):
         @model_validator(mode="after")
         def _lengths_ordered(self) -> LatexOCR.Params:
             if self.min_length > self.max_length:
-                raise ValueError(
+                raise DomainError(
                     f"min_length ({self.min_length}) must be at most max_length ({self.max_length})"
                 )
             return self

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import DomainError
+
 #: The symbols a stamp set must define, in vocabulary order.
 DIGITS: tuple[str, ...] = tuple("0123456789")
 
@@ -75,7 +77,7 @@ def render_glyph(
     ink = np.asarray(font.get_image()) > threshold
     rows, cols = np.nonzero(ink)
     if rows.size == 0:
-        raise ValueError(f"glyph {char!r} rendered with no ink at {size_px} px")
+        raise DomainError(f"glyph {char!r} rendered with no ink at {size_px} px")
     out = np.zeros((rows.max() - rows.min() + 3, cols.max() - cols.min() + 3), dtype=bool)
     out[1:-1, 1:-1] = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     return out
@@ -102,14 +104,14 @@ def validate_stamps(stamps: dict[str, np.ndarray], source: str) -> Stamps:
     if keys != set(DIGITS):
         missing = sorted(set(DIGITS) - keys)
         extra = sorted(keys - set(DIGITS))
-        raise ValueError(
+        raise DomainError(
             f"bad stamp set {source}: expected {expect}; missing keys {missing}, unexpected keys {extra}"
         )
     out: Stamps = {}
     for d in DIGITS:
         a = np.asarray(stamps[d])
         if a.ndim != 2 or a.size == 0:
-            raise ValueError(
+            raise DomainError(
                 f"bad stamp set {source}: expected {expect}; key {d!r} has shape {a.shape}"
             )
         if a.dtype != np.bool_:
@@ -120,7 +122,7 @@ def validate_stamps(stamps: dict[str, np.ndarray], source: str) -> Stamps:
             else:
                 problem = ""
             if problem:
-                raise ValueError(f"bad stamp set {source}: expected {expect}; key {d!r} {problem}")
+                raise DomainError(f"bad stamp set {source}: expected {expect}; key {d!r} {problem}")
         out[d] = np.ascontiguousarray(a, dtype=bool)
     return out
 
@@ -133,18 +135,18 @@ def load_stamps(path: str | Path | None = None) -> Stamps:
     """
     p = DEFAULT_STAMPS_PATH if path is None else Path(path)
     if not p.is_file():
-        raise ValueError(
+        raise DomainError(
             f"stamps file {str(p)!r} does not exist (expected an .npz of digit stamps)"
         )
     try:
         # allow_pickle=False: a stamp file is data, never code.
         data = np.load(p, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"found a single {type(data).__name__}, not an .npz archive")
+            raise DomainError(f"found a single {type(data).__name__}, not an .npz archive")
         with data:
             raw = {k: data[k] for k in data.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(
+        raise DomainError(
             f"cannot read stamps file {str(p)!r} as an .npz of digit stamps: {e}"
         ) from None
     return validate_stamps(raw, repr(str(p)))
