@@ -16,11 +16,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .domains.base import canonical_hash
-from .errors import format_validation_errors
+from .errors import SparlingError, format_validation_errors
 from .fileio import load_yaml
 
 if TYPE_CHECKING:
     from .models.presets import ArchitectureConfig
+
+
+class ConfigError(SparlingError, ValueError):
+    """A run config that cannot be used: the message names the file, the field and what is
+    accepted."""
 
 
 class _Strict(BaseModel):
@@ -270,12 +275,12 @@ def set_path(d: dict[str, Any], path: str, value: Any) -> None:
     for i, p in enumerate(parts[:-1]):
         if not isinstance(node, dict) or p not in node:
             where = ".".join(parts[: i + 1])
-            raise ValueError(f"unknown config field {where!r} (in {path!r})")
+            raise ConfigError(f"unknown config field {where!r} (in {path!r})")
         if node[p] is None:
             node[p] = {}
         node = node[p]
     if not isinstance(node, dict):
-        raise ValueError(f"config field {'.'.join(parts[:-1])!r} is not a section (in {path!r})")
+        raise ConfigError(f"config field {'.'.join(parts[:-1])!r} is not a section (in {path!r})")
     node[parts[-1]] = copy.deepcopy(value)
 
 
@@ -296,9 +301,11 @@ def load_config(data: dict[str, Any] | str | Path, *, source: str | None = None)
         source = source or str(path)
         loaded = load_yaml(path, source=source) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a run config must be a mapping, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: a run config must be a mapping, got {type(loaded).__name__}"
+            )
         data = loaded
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ValueError(describe_errors(e, source or "dict")) from None
+        raise ConfigError(describe_errors(e, source or "dict")) from None
