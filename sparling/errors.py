@@ -55,11 +55,17 @@ def format_validation_errors(
     return lines
 
 
-def _suggestion(key: str, accepted: Sequence[str]) -> str:
+def nearest(key: str, accepted: Sequence[str]) -> str | None:
+    """The accepted name closest to a misspelt ``key`` (``difflib``), or None."""
     import difflib
 
     near = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
-    return f" (did you mean {near[0]!r}?)" if near else ""
+    return near[0] if near else None
+
+
+def _suggestion(key: str, accepted: Sequence[str]) -> str:
+    near = nearest(key, accepted)
+    return f" (did you mean {near!r}?)" if near else ""
 
 
 def accepted_keys(

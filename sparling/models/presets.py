@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import format_validation_errors
+from ..errors import format_validation_errors, nearest
 from .downstream import DownstreamConfig, DownstreamModel
 from .motif import Dims, MotifConfig, MotifModel
 from .sparling_model import SparlingModel
@@ -160,11 +160,9 @@ def preset_config(
     g_fields, h_fields = set(MotifConfig.model_fields), set(DownstreamConfig.model_fields)
     unknown = sorted(set(overrides) - g_fields - h_fields)
     if unknown:
-        import difflib
-
         accepted = sorted(g_fields | h_fields | {"channels"})
-        near = {k: difflib.get_close_matches(k, accepted, n=1) for k in unknown}
-        hints = "".join(f" ({k}: did you mean {m[0]!r}?)" for k, m in near.items() if m)
+        near = {k: nearest(k, accepted) for k in unknown}
+        hints = "".join(f" ({k}: did you mean {m!r}?)" for k, m in near.items() if m)
         raise ValueError(
             f"unknown model override(s) {unknown}{hints}; accepted: {', '.join(accepted)}"
         )
