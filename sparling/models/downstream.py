@@ -65,13 +65,29 @@ class DownstreamConfig(BaseModel):
     attention starts on the cells that hold them (an empty cell weighs 1/1000 of a cell
     with an activation of 1), instead of spreading over every cell of the grid."""
     pool: int = Field(default=8, ge=1)
-    """Max-pool kernel (and stride), per spatial axis."""
+    """Pooling kernel (and stride), per spatial axis."""
+    pool_reduce: Literal["max", "logsum", "max+logsum"] = "max"
+    """How ``pool_first`` pools each channel over a cell: its strongest activation (the
+    paper's max-pool); ``log(1 + sum)`` of all its activations, which counts how many the
+    cell holds, not only the strongest, and stays in range from the dense start to the
+    sparse end; or both side by side (``2 * channels`` values per cell). With ``logsum``
+    the ``salience`` mass is the cell's summed activation."""
     pool_first: bool = False
     """Max-pool the motif maps channel by channel, then re-embed the pooled cells (True),
     instead of re-embedding every position and pooling that (False, the paper). Pooling
     first keeps each channel's strongest activation in the cell and costs about
     ``d_model / channels`` times less: the paper's order re-embeds all H*W positions to
     ``d_model`` channels, then keeps one value in ``pool**2`` of each."""
+    tokens: int = Field(default=0, ge=0)
+    """0 (the paper): the encoder's inputs are the pooled cells, each the re-embedding of
+    every channel's value there. K > 0: they are the K strongest activations of the motif
+    maps, one per (cell, channel) at most: each one token, the sum of a learned embedding
+    of its channel, the ``fourier`` encoding of its exact position (where in the cell the
+    cell's maximum is) and a learned direction scaled by ``log(1 + value)``. With
+    ``salience`` the attention bias is ``log(1e-3 + value)`` per token. A token carries one
+    channel, so activations of different channels that share a cell stay apart. Needs
+    ``position="fourier"`` and no row LSTM; ``pool`` sizes the cells, ``pool_first`` does
+    not apply (nothing is re-embedded)."""
     norm_first: bool = False
     """Pre-norm (True: ``x + f(norm(x))``, with a final LayerNorm after each stack) or
     post-norm (False: ``norm(x + f(x))``, the paper)."""
@@ -84,6 +100,22 @@ class DownstreamConfig(BaseModel):
             )
         if self.d_model % self.heads:
             raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
+        if self.pool_reduce != "max" and not self.pool_first:
+            raise ValueError(
+                f"pool_reduce={self.pool_reduce!r} needs pool_first=true (the paper's order "
+                f"max-pools the re-embedded positions); accepted with pool_first=false: 'max'"
+            )
+        if self.tokens and self.pool_reduce != "max":
+            raise ValueError(
+                f"pool_reduce={self.pool_reduce!r} does not apply with tokens={self.tokens} "
+                f"(a token is one cell's maximum in one channel); accepted: 'max'"
+            )
+        if self.tokens and (self.row_lstm or self.position != "fourier"):
+            raise ValueError(
+                f"tokens={self.tokens} needs position='fourier' and row_lstm=false (a token's "
+                f"position is its own coordinates), got position={self.position!r}, "
+                f"row_lstm={self.row_lstm}"
+            )
         if not self.row_lstm and self.position == "sinusoid" and self.d_model % 4:
             raise ValueError(
                 f"d_model must be a multiple of 4 when row_lstm is false (half the channels "
@@ -114,8 +146,14 @@ class DownstreamModel(nn.Module):
         self.vocab_size = vocab_size
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         pool = nn.MaxPool1d if dims == 1 else nn.MaxPool2d
-        self.reembed = conv(motif_channels, d, kernel_size=1)
+        widen = 2 if config.pool_reduce == "max+logsum" else 1
+        if config.tokens:
+            self.channel_embed = nn.Embedding(motif_channels, d)
+            self.value_proj = nn.Linear(1, d)
+        else:
+            self.reembed = conv(motif_channels * widen, d, kernel_size=1)
         self.pool = pool(config.pool)
+        self.mean_pool = (nn.AvgPool1d if dims == 1 else nn.AvgPool2d)(config.pool)
         self.row_lstm = (
             nn.LSTM(d, d // 2, bidirectional=True, batch_first=True) if config.row_lstm else None
         )
@@ -148,11 +186,22 @@ class DownstreamModel(nn.Module):
                 f"expected motifs (N, C, {'H, W' if self.dims == 2 else 'L'}) with every "
                 f"spatial size >= pool ({self.config.pool}), got {tuple(motifs.shape)}"
             )
-        pooled = self.pool(motifs) if self.config.pool_first or self.config.salience else None
+        if self.config.tokens:
+            return self._encode(*self._tokens(motifs))
+        reduce = self.config.pool_reduce
+        pooled = total = None
+        if self.config.pool_first or self.config.salience:
+            pooled = self.pool(motifs) if reduce != "logsum" else None
+            if reduce != "max":  # every activation of the cell, per channel
+                total = self.mean_pool(motifs.clamp_min(0)) * self.config.pool**self.dims
         bias = None
-        if pooled is not None and self.config.salience:
-            mass = pooled.float().clamp_min(0).flatten(2).sum(1)  # (N, S), row-major cells
+        if self.config.salience:
+            mass = pooled if total is None else total
+            assert mass is not None
+            mass = mass.float().clamp_min(0).flatten(2).sum(1)  # (N, S), row-major cells
             bias = torch.log(mass + SALIENCE_FLOOR)[:, None, None, :]
+        if self.config.pool_first and total is not None:
+            pooled = torch.cat([t for t in (pooled, torch.log1p(total)) if t is not None], dim=1)
         if self.config.pool_first:
             assert pooled is not None
             z = self.reembed(pooled)
@@ -187,10 +236,48 @@ class DownstreamModel(nn.Module):
                 )
                 z = z + pe
             z = z.reshape(n, rows * cols, d)
+        return self._encode(z, bias)
+
+    def _encode(
+        self, z: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = self.drop(z)
         for layer in self.encoder:
             z = layer(z, bias)
         return self.encoder_norm(z), bias
+
+    def _tokens(self, motifs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``tokens`` encoder input: the K strongest (cell, channel) maxima as tokens
+        (N, K, d_model), and their salience bias (N, 1, 1, K) or None."""
+        assert self.position_proj is not None
+        spatial = motifs.shape[2:]
+        pool = F.max_pool1d if self.dims == 1 else F.max_pool2d
+        values, where = pool(motifs, self.config.pool, return_indices=True)
+        n = values.shape[0]
+        cells = math.prod(values.shape[2:])
+        values, where = values.reshape(n, -1), where.reshape(n, -1)  # (N, C * cells)
+        value, pick = values.topk(min(self.config.tokens, values.shape[1]), dim=1)
+        flat = where.gather(1, pick)  # index into the flattened input positions
+        if self.dims == 1:
+            coords = ((flat.float() + 0.5) / spatial[0])[..., None]
+        else:
+            rows, cols = spatial
+            coords = torch.stack(
+                [(flat // cols).float().add(0.5) / rows, (flat % cols).float().add(0.5) / cols],
+                dim=-1,
+            )
+        k = value.shape[1]
+        features = fourier_features(coords.reshape(n * k, -1), self.config.fourier_bands)
+        strength = torch.log1p(value.clamp_min(0))
+        z = (
+            self.channel_embed(pick // cells)
+            + self.position_proj(features).view(n, k, -1)
+            + self.value_proj(strength[..., None])
+        )
+        bias = None
+        if self.config.salience:
+            bias = torch.log(value.float().clamp_min(0) + SALIENCE_FLOOR)[:, None, None, :]
+        return z, bias
 
     def _fourier(self, grid: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """The ``fourier`` encoding of every cell of a pooled ``grid``, row-major: (S, d)."""

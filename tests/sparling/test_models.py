@@ -462,3 +462,67 @@ def test_model_with_salience_decodes_as_its_naive_reference() -> None:
     # no activation anywhere: every cell weighs the same, nothing is undefined
     empty = model.h(torch.zeros(2, 4, 16, 16), torch.full((2, 3), BOS_ID))
     assert torch.isfinite(empty).all()
+
+
+def _h(dims: int, **update: Any) -> DownstreamModel:
+    base = tiny_h_config(dims).model_dump()
+    config = DownstreamConfig(**{**base, "row_lstm": False, **update})  # validated
+    return DownstreamModel(4, 13, config, dims).eval()
+
+
+def test_logsum_pooling_counts_the_activations_of_a_cell() -> None:
+    motifs = torch.zeros(1, 4, 8, 8)
+    motifs[0, 1, 0, 0] = 1.0  # cell (0, 0): one activation
+    motifs[0, 1, 6:8, 6] = 1.0  # cell (3, 3): two of the same strength
+    weights = {}
+    for reduce in ("max", "logsum", "max+logsum"):
+        h = _h(2, salience=True, pool_first=True, pool_reduce=reduce)
+        _, bias = h.encode_with_bias(motifs)
+        assert bias is not None
+        weights[reduce] = torch.softmax(bias[0, 0, 0], dim=-1)
+    torch.testing.assert_close(weights["max"][0], weights["max"][15])  # max: the same
+    for reduce in ("logsum", "max+logsum"):
+        torch.testing.assert_close(weights[reduce][15], 2 * weights[reduce][0], rtol=1e-2, atol=0)
+    assert _h(2, pool_first=True, pool_reduce="max+logsum").reembed.in_channels == 8
+    with pytest.raises(ValueError, match="pool_reduce='logsum' needs pool_first=true"):
+        DownstreamConfig(pool_reduce="logsum", pool_first=False)
+
+
+def test_tokens_are_the_strongest_activations_each_with_its_own_position() -> None:
+    h = _h(2, position="fourier", tokens=3, salience=True)
+    motifs = torch.zeros(2, 4, 8, 8)
+    motifs[:, 0, 0, 0] = 2.0
+    motifs[:, 2, 0, 1] = 1.0  # the same cell as the first, another channel: its own token
+    motifs[:, 3, 5, 5] = 0.5
+    motifs[:, 1, 7, 7] = 0.1  # the fourth strongest: left out with tokens=3
+    motifs[1, 3, 5, 5], motifs[1, 3, 4, 4] = 0.0, 0.5  # image 1: moved inside its cell
+    memory, bias = h.encode_with_bias(motifs)
+    assert memory.shape == (2, 3, 16) and bias is not None and bias.shape == (2, 1, 1, 3)
+    torch.testing.assert_close(bias[0, 0, 0], torch.log(torch.tensor([2.0, 1.0, 0.5]) + 1e-3))
+    tokens, _ = h._tokens(motifs)  # before the encoder mixes them
+    assert not torch.allclose(tokens[0, 2], tokens[1, 2])  # the exact position is kept
+    torch.testing.assert_close(tokens[0, :2], tokens[1, :2])
+    less = motifs.clone()
+    less[:, 1] = 0.0  # the activation that was left out changes nothing
+    torch.testing.assert_close(h.encode(less), memory)
+    # the values carry gradient back to g
+    motifs.requires_grad_(True)
+    h.train()
+    h(motifs, torch.full((2, 3), BOS_ID)).sum().backward()
+    assert motifs.grad is not None and motifs.grad[0, 0, 0, 0] != 0
+    assert motifs.grad[0, 1].abs().sum() == 0
+    with pytest.raises(ValueError, match="tokens=8 needs position='fourier' and row_lstm=false"):
+        DownstreamConfig(tokens=8, position="sinusoid", row_lstm=False)
+    with pytest.raises(ValueError, match="does not apply with tokens=8"):
+        DownstreamConfig(
+            tokens=8, position="fourier", row_lstm=False, pool_first=True, pool_reduce="logsum"
+        )
+
+
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_token_model_decodes_as_its_naive_reference(kind: str) -> None:
+    model = tiny_model(kind, position="fourier", row_lstm=False, tokens=5, salience=True).eval()
+    x = torch.rand(4, 16, 16) < 0.3 if kind == "image" else torch.randn(4, 24, 6)
+    memory, bias = model.h.encode_with_bias(model.motifs(x))
+    assert memory.shape[1] == 5
+    assert torch.equal(model.decode_ids(x, 6), model.h.greedy_decode_naive(memory, 6, bias))
