@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_writable",
     "file_lock",
     "fsync_dir",
     "load_yaml",
@@ -51,7 +52,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, fsync: bo
     """Run ``write(tmp)`` to fill a temp file beside ``path``, then move it onto ``path``.
 
     For writers that take a file name (Parquet, safetensors). ``fsync=True`` flushes the
-    file and then the folder entry to disk. Returns ``path``.
+    file and then the folder entry to disk. Returns ``path``. An ``OSError`` of the write
+    (a read-only folder, a full disk, a folder at ``path``) names ``path``, not the temp
+    file, which is gone.
     """
     path = Path(path)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}.{secrets.token_hex(4)}")
@@ -61,8 +64,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, fsync: bo
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno is not None and e.filename in (None, str(tmp), tmp):
+            # the error names the file being written, never its temp file
+            raise type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     if fsync:
@@ -111,6 +121,33 @@ def fsync_dir(folder: str | Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def check_writable(path: str | Path, *, folder: bool) -> None:
+    """Raise the ``OSError`` that writing ``path`` (a folder to create or fill when
+    ``folder``, else a file) would raise, naming ``path``, without creating anything: a
+    read-only filesystem or a folder without write permission (a probe file, removed at
+    once, in the nearest existing folder), a file where a folder is expected or the other
+    way round. For checks before long work whose result goes to ``path``."""
+    import errno
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        code = errno.EEXIST if folder else errno.EISDIR
+        raise OSError(code, os.strerror(code), str(path))
+    if path.exists():
+        existing = path if folder else path.parent
+    else:
+        existing = next((p for p in path.parents if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=existing)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # -- locks ------------------------------------------------------------------------------------------
