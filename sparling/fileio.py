@@ -36,6 +36,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_writable",
+    "env_limit",
     "file_lock",
     "fsync_dir",
     "load_yaml",
@@ -200,16 +201,18 @@ MAX_YAML_VALUES = 1_000_000
 MAX_YAML_BYTES = 16 * 1024 * 1024
 
 
-def _limit(name: str, default: int) -> int:
+def env_limit(name: str, default: int, *, error: type[Exception] = YAMLLoadError) -> int:
+    """A resource limit: the environment variable ``name`` (a whole number, at least 1)
+    where it is set, else ``default``; a malformed value raises ``error`` naming it."""
     raw = os.environ.get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise YAMLLoadError(f"{name} must be a whole number, got {raw!r}") from None
+        raise error(f"{name} must be a whole number, got {raw!r}") from None
     if value < 1:
-        raise YAMLLoadError(f"{name} must be at least 1, got {value}")
+        raise error(f"{name} must be at least 1, got {value}")
     return value
 
 
@@ -226,7 +229,7 @@ def load_yaml(path_or_text: str | Path, *, source: str | None = None) -> Any:
     """
     import yaml
 
-    max_bytes = _limit("SPARLING_YAML_MAX_BYTES", MAX_YAML_BYTES)
+    max_bytes = env_limit("SPARLING_YAML_MAX_BYTES", MAX_YAML_BYTES)
     if isinstance(path_or_text, Path):
         source = source or str(path_or_text)
         size = path_or_text.stat().st_size
@@ -256,7 +259,7 @@ def load_yaml(path_or_text: str | Path, *, source: str | None = None) -> Any:
         raise YAMLLoadError(
             f"{source}: not valid YAML: {_describe_yaml_error(e, source)}"
         ) from None
-    max_values = _limit("SPARLING_YAML_MAX_VALUES", MAX_YAML_VALUES)
+    max_values = env_limit("SPARLING_YAML_MAX_VALUES", MAX_YAML_VALUES)
     if _expanded_values(data, max_values) > max_values:
         raise YAMLLoadError(
             f"{source}: the YAML expands to more than {max_values:,} values (its anchors "

@@ -28,6 +28,17 @@ FILES = {
     "dup-sweep.yaml": "name: d\nbase: run.yaml\nmethods: [sparling]\nseeds: [0, 1, 2]\nseeds: [7]\n",
     "typo-sweep.yaml": "name: t\nbase: run.yaml\nmethod: [sparling]\n",
     "sweep.yaml": "name: s\nbase: run.yaml\nmethods: [sparling]\nseeds: [0]\n",
+    "grid-sweep.yaml": yaml.safe_dump(
+        {
+            "name": "grid",
+            "base": "run.yaml",
+            "methods": ["sparling", "l1"],
+            "axes": [
+                {"field": field, "values": list(range(1, 1001))}
+                for field in ("batch_size", "val_interval")
+            ],
+        }
+    ),
     "binary.yaml": "\x00\x01\x02 not yaml \xff",
 }
 #: folders where a file is expected
@@ -61,6 +72,11 @@ CASES = [
         ["method: unknown key (did you mean 'methods'?)"],
     ),
     (["sweep", "{tmp}/binary.yaml", "--dry-run", *W], 2, [NOT_UTF8]),
+    (
+        ["sweep", "{tmp}/grid-sweep.yaml", "--dry-run", *W],
+        2,
+        ["plans 2,000,000 runs", "over the limit of 10,000 runs", "SPARLING_SWEEP_MAX_RUNS"],
+    ),
     (["sweep", "{tmp}", "--dry-run", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
     (["report", "{tmp}", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
     (["evaluate", "{tmp}/model.safetensors", *W], 2, ["model.safetensors is a folder"]),

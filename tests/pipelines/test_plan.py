@@ -216,3 +216,34 @@ def test_bad_retrained_methods(methods: list[Any], message: str, tmp_path: Path)
     with pytest.raises(SweepError) as info:
         load_sweep(path)
     assert message in str(info.value)
+
+
+def test_sweeps_over_the_run_limit_are_refused_before_they_are_expanded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    axis = [{"field": f, "values": list(range(1, 10_001))} for f in ("batch_size", "val_interval")]
+    huge = _sweep(methods=["sparling", "l1"], seeds=[0, 1, 2], axes=axis)
+    start = time.monotonic()
+    with pytest.raises(SweepError) as info:
+        build_sweep(huge, source="huge.yaml")
+    assert time.monotonic() - start < 5  # counted, never expanded (600,000,000 runs)
+    message = str(info.value)
+    assert "huge.yaml: the sweep plans 600,000,000 runs" in message
+    assert "limit of 10,000 runs" in message and "SPARLING_SWEEP_MAX_RUNS" in message
+    # a method's own seeds count as its own; a vary axis: the base once, then each value
+    # other than the base's (tiny_config's lr is 3e-3)
+    at_limit = _sweep(
+        methods=["sparling", {"name": "l1", "seeds": [0]}],
+        seeds=[0, 1],
+        axes=[{"vary": [{"field": "optim.lr", "values": [1e-3, 2e-3, 3e-3, 4e-3]}]}],
+    )
+    monkeypatch.setenv("SPARLING_SWEEP_MAX_RUNS", "12")  # (2 + 1) seeds x 4 choices
+    assert len(build_sweep(at_limit).runs) == 12
+    monkeypatch.setenv("SPARLING_SWEEP_MAX_RUNS", "11")
+    with pytest.raises(SweepError, match="plans 12 runs .* limit of 11 runs"):
+        build_sweep(at_limit)
+    monkeypatch.setenv("SPARLING_SWEEP_MAX_RUNS", "0")
+    with pytest.raises(SweepError, match="SPARLING_SWEEP_MAX_RUNS must be at least 1, got 0"):
+        build_sweep(at_limit)
