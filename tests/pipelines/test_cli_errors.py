@@ -17,6 +17,8 @@ import torch
 import yaml
 from conftest import read_only, run_python, tiny_config
 
+from sparling.config import load_config
+
 CONFIG = yaml.safe_dump(tiny_config())
 FILES = {
     "run.yaml": CONFIG,
@@ -39,14 +41,17 @@ FILES = {
             ],
         }
     ),
+    "checkpoint/config.json": load_config(tiny_config()).to_json(),
+    "checkpoint/meta.json": '{"density": 0.5, "samples": 3',  # cut short
     "binary.yaml": "\x00\x01\x02 not yaml \xff",
 }
-#: folders where a file is expected
-FOLDERS = ["ro", "model.safetensors"]
+#: folders: one to make read-only, one where a file is expected, a damaged checkpoint
+FOLDERS = ["ro", "model.safetensors", "checkpoint"]
 W = ["--work-dir", "{tmp}/work"]
 NOT_UTF8 = "binary.yaml: not UTF-8 text"
 READ_ONLY = "cannot write {ro}/out: Read-only file system"
 FILE_NOT_FOLDER = "{tmp}/run.yaml is a file, where a folder is expected"
+CORRUPT_META = "{tmp}/checkpoint/meta.json: corrupt checkpoint metadata, not valid JSON"
 GEN = ["data", "generate", "--domain", "digit-circle", "--split", "test", "--count", "4"]
 CASES = [
     (
@@ -80,6 +85,8 @@ CASES = [
     (["sweep", "{tmp}", "--dry-run", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
     (["report", "{tmp}", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
     (["evaluate", "{tmp}/model.safetensors", *W], 2, ["model.safetensors is a folder"]),
+    (["evaluate", "{tmp}/checkpoint", "--samples", "4"], 2, [CORRUPT_META]),
+    (["export", "{tmp}/checkpoint", "--out", "{tmp}/m.safetensors"], 2, [CORRUPT_META]),
     # the filesystem refuses a path given for output: the path and the cause
     (["train", "{tmp}/run.yaml", "--work-dir", "{ro}/out"], 2, [READ_ONLY]),
     (["train", "{tmp}/run.yaml", "--work-dir", "{tmp}/run.yaml"], 2, [FILE_NOT_FOLDER]),
@@ -145,10 +152,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bad_input_gets_one_clear_line_and_writes_nothing(
     tmp_path: Path, request: pytest.FixtureRequest, args: list[str], code: int, words: list[str]
 ) -> None:
-    for name, text in FILES.items():
-        (tmp_path / name).write_text(text, encoding="latin-1" if name == "binary.yaml" else "utf-8")
     for name in FOLDERS:
         (tmp_path / name).mkdir()
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text, encoding="latin-1" if name == "binary.yaml" else "utf-8")
     run = request.getfixturevalue("trained_run") if any("{run}" in a for a in args) else None
     places = {"tmp": tmp_path, "ro": tmp_path / "ro", "run": run}
     work = run.parents[1] if run else tmp_path
