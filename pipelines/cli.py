@@ -264,13 +264,15 @@ def _local_options(args: argparse.Namespace) -> Any:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.plan import describe, load_sweep
-    from pipelines.sweep import run_is_finished, run_sweep
+    from pipelines.sweep import check_runs_can_start, run_is_finished, run_sweep
 
     local = _local_options(args)
     sweep = load_sweep(_resolve_sweep_file(args.file))
     work_dir = Path(args.work_dir).resolve()
     if args.dry_run:
         done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
+        # what the real run checks before its first step (e.g. a recordings folder)
+        check_runs_can_start([r for r in sweep.runs if r.key not in done])
         print(describe(sweep, done))
         return 0
     print(describe(sweep, {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import read_only, run_python, tiny_config
+from conftest import REPO, read_only, run_python, tiny_config
 
 from sparling.config import load_config
 
@@ -43,6 +43,13 @@ FILES = {
     ),
     "checkpoint/config.json": load_config(tiny_config()).to_json(),
     "checkpoint/meta.json": '{"density": 0.5, "samples": 3',  # cut short
+    "audio-sweep.yaml": yaml.safe_dump(
+        {
+            "name": "a",
+            "base": str(REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"),
+            "set": {"domain.params.root": "{tmp}/no-recordings", "compute.gpus_per_worker": 0},
+        }
+    ),
     "binary.yaml": "\x00\x01\x02 not yaml \xff",
 }
 #: folders: one to make read-only, one where a file is expected, a damaged checkpoint
@@ -52,6 +59,11 @@ NOT_UTF8 = "binary.yaml: not UTF-8 text"
 READ_ONLY = "cannot write {ro}/out: Read-only file system"
 FILE_NOT_FOLDER = "{tmp}/run.yaml is a file, where a folder is expected"
 CORRUPT_META = "{tmp}/checkpoint/meta.json: corrupt checkpoint metadata, not valid JSON"
+NO_RECORDINGS = [
+    "audio-digits: folder {tmp}/no-recordings does not exist",
+    "expected either AudioMNIST",
+    "sparling data fetch audiomnist|fsdd",
+]
 GEN = ["data", "generate", "--domain", "digit-circle", "--split", "test", "--count", "4"]
 CASES = [
     (
@@ -87,6 +99,16 @@ CASES = [
     (["evaluate", "{tmp}/model.safetensors", *W], 2, ["model.safetensors is a folder"]),
     (["evaluate", "{tmp}/checkpoint", "--samples", "4"], 2, [CORRUPT_META]),
     (["export", "{tmp}/checkpoint", "--out", "{tmp}/m.safetensors"], 2, [CORRUPT_META]),
+    # the dry run checks what the real run checks before its first step
+    (["sweep", "{tmp}/audio-sweep.yaml", "--dry-run", *W], 2, NO_RECORDINGS),
+    (["sweep", "{tmp}/audio-sweep.yaml", "--executor", "local", *W], 2, NO_RECORDINGS),
+    (["sweep", "{tmp}/audio-sweep.yaml", *W], 2, NO_RECORDINGS),
+    (
+        ["train", str(REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"), *W]
+        + ["--set", "domain.params.root={tmp}/no-recordings", "--set", "compute.gpus_per_worker=0"],
+        2,
+        NO_RECORDINGS,
+    ),
     # the filesystem refuses a path given for output: the path and the cause
     (["train", "{tmp}/run.yaml", "--work-dir", "{ro}/out"], 2, [READ_ONLY]),
     (["train", "{tmp}/run.yaml", "--work-dir", "{tmp}/run.yaml"], 2, [FILE_NOT_FOLDER]),
@@ -155,6 +177,7 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(
     for name in FOLDERS:
         (tmp_path / name).mkdir()
     for name, text in FILES.items():
+        text = text.replace("{tmp}", str(tmp_path))
         (tmp_path / name).write_text(text, encoding="latin-1" if name == "binary.yaml" else "utf-8")
     run = request.getfixturevalue("trained_run") if any("{run}" in a for a in args) else None
     places = {"tmp": tmp_path, "ro": tmp_path / "ro", "run": run}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from conftest import REPO, SHARED, tiny_config
 
 from pipelines import cli
 from pipelines.plan import SweepError, build_sweep, describe, load_sweep
@@ -247,3 +247,31 @@ def test_sweeps_over_the_run_limit_are_refused_before_they_are_expanded(
     monkeypatch.setenv("SPARLING_SWEEP_MAX_RUNS", "0")
     with pytest.raises(SweepError, match="SPARLING_SWEEP_MAX_RUNS must be at least 1, got 0"):
         build_sweep(at_limit)
+
+
+def test_the_dry_run_checks_the_recordings_folder_as_the_real_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run checks its domain before its first step (an audio domain: its recordings
+    folder); the dry run makes the same check, so a missing folder is refused there."""
+    fsdd = SHARED / "data" / "fsdd"
+    if not (fsdd / "recordings").is_dir():
+        pytest.skip(f"the FSDD recordings are not at {fsdd}")
+    monkeypatch.delenv("SPARLING_AUDIO_ROOT", raising=False)
+    base = REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"
+    work = tmp_path / "w"
+    for root, code in ((fsdd, 0), (tmp_path / "missing", 2), (None, 2)):
+        sweep = {"name": "a", "base": str(base), "seeds": [0, 1]}
+        if root is not None:
+            sweep["set"] = {"domain.params.root": str(root)}
+        path = tmp_path / "a.yaml"
+        path.write_text(yaml.safe_dump(sweep))
+        assert cli.main(["sweep", str(path), "--dry-run", "--work-dir", str(work)]) == code
+        out, err = capsys.readouterr()
+        if code == 0:
+            assert out.count("to run") == 2 and not err
+        elif root is not None:
+            assert f"audio-digits: folder {root} does not exist; expected either" in err
+        else:
+            assert "no recordings folder: pass root=DIR or set $SPARLING_AUDIO_ROOT" in err
+    assert not work.exists()
