@@ -300,9 +300,16 @@ def _report_text(
 ) -> str:
     from pipelines.report import report_command
     from pipelines.tracking.server import tracking_uri
-    from pipelines.tracking.settings import load_settings
+    from pipelines.tracking.settings import load_settings, sqlite_path
 
     settings = load_settings(work_dir)
+    store = sqlite_path(settings.store_uri) if settings.is_local else None
+    if store is not None and not store.is_file():
+        # a report reads what a sweep tracked: starting a server would create an empty store
+        raise UsageError(
+            f"no MLflow tracking store at {store}: nothing was tracked with --work-dir "
+            f"{work_dir}; run the sweep first, or pass the --work-dir it ran with"
+        )
     out_dir = out or work_dir / "reports" / sweep_name
     with tracking_uri(settings) as uri:
         return report_command(
