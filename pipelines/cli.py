@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sparling.errors import SparlingError
-from sparling.fileio import load_yaml
+from sparling.errors import SparlingError, describe_os_error
+from sparling.fileio import check_writable, load_yaml
 
 
 class UsageError(SparlingError):
@@ -127,10 +127,11 @@ def _evaluate_file(args: argparse.Namespace) -> int:
     from sparling.export import evaluate_export
 
     path = Path(args.path)
+    out = Path(args.out) if args.out else Path(args.work_dir) / "evaluation" / path.stem
+    check_writable(out, folder=True)  # before the evaluation, not after it
     _, domain, result = evaluate_export(
         path, samples=args.samples, data_seed=args.data_seed, device=args.device
     )
-    out = Path(args.out) if args.out else Path(args.work_dir) / "evaluation" / path.stem
     write_report(result, domain, out)
     _print_evaluation(result, f"model {path}", out, args.json)
     return 0
@@ -155,13 +156,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     checkpoint = select_checkpoint(Path(args.path), args.density)
     config = load_config(checkpoint / CONFIG_FILE)
     run = RunFolder.of_checkpoint(checkpoint)
+    in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
+    if args.out:
+        out = Path(args.out)
+    elif in_run:
+        out = run.evaluation_dir / checkpoint.name
+    else:
+        out = checkpoint.parent / f"evaluation-{checkpoint.name}"
+    check_writable(out, folder=True)  # before any data is made or the model is run
     test: Any
-    if checkpoint.parent == run.checkpoints_dir and run.in_work_dir():
+    if in_run:
         # a checkpoint of a run in its work dir: the work dir's test set, its folders
         test = ShardedDataset(
             prepare_datasets(config, run.work_dir, splits=("test",), progress=False)["test"]
         )
-        out = Path(args.out) if args.out else run.evaluation_dir / checkpoint.name
     else:
         # a checkpoint copied elsewhere: the same test samples, generated here, and the
         # report beside the checkpoint (nothing written anywhere else)
@@ -170,7 +178,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         domain = domains.make(config.domain.name, split="test", **config.domain.params)
         test = GeneratedSamples(domain, config.data.seed, config.data.test_size)
-        out = Path(args.out) if args.out else checkpoint.parent / f"evaluation-{checkpoint.name}"
     result = evaluate_checkpoint(
         checkpoint, test, samples=args.samples, out_dir=out, device=args.device
     )
@@ -209,7 +216,7 @@ def _resolve_sweep_file(name: str) -> Path:
     from importlib import resources
 
     path = Path(name)
-    if path.is_file():
+    if path.is_file() or path.is_dir():  # a folder: load_sweep says it is no sweep file
         return path
     shipped = Path(str(resources.files("pipelines") / "sweeps" / f"{name}.yaml"))
     if shipped.is_file():
@@ -257,13 +264,15 @@ def _local_options(args: argparse.Namespace) -> Any:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.plan import describe, load_sweep
-    from pipelines.sweep import run_is_finished, run_sweep
+    from pipelines.sweep import check_runs_can_start, run_is_finished, run_sweep
 
     local = _local_options(args)
     sweep = load_sweep(_resolve_sweep_file(args.file))
     work_dir = Path(args.work_dir).resolve()
     if args.dry_run:
         done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
+        # what the real run checks before its first step (e.g. a recordings folder)
+        check_runs_can_start([r for r in sweep.runs if r.key not in done])
         print(describe(sweep, done))
         return 0
     print(describe(sweep, {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}))
@@ -291,9 +300,16 @@ def _report_text(
 ) -> str:
     from pipelines.report import report_command
     from pipelines.tracking.server import tracking_uri
-    from pipelines.tracking.settings import load_settings
+    from pipelines.tracking.settings import load_settings, sqlite_path
 
     settings = load_settings(work_dir)
+    store = sqlite_path(settings.store_uri) if settings.is_local else None
+    if store is not None and not store.is_file():
+        # a report reads what a sweep tracked: starting a server would create an empty store
+        raise UsageError(
+            f"no MLflow tracking store at {store}: nothing was tracked with --work-dir "
+            f"{work_dir}; run the sweep first, or pass the --work-dir it ran with"
+        )
     out_dir = out or work_dir / "reports" / sweep_name
     with tracking_uri(settings) as uri:
         return report_command(
@@ -303,7 +319,7 @@ def _report_text(
 
 def _cmd_report(args: argparse.Namespace) -> int:
     name = args.sweep
-    if Path(name).is_file() or name.endswith((".yaml", ".yml")):
+    if Path(name).is_file() or Path(name).is_dir() or name.endswith((".yaml", ".yml")):
         from pipelines.plan import load_sweep
 
         name = load_sweep(_resolve_sweep_file(name)).name
@@ -513,9 +529,17 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         return int(args.func(args))
-    except (UsageError, SparlingError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (UsageError, SparlingError, ValueError) as e:
         # Errors that name the bad input: show the message, not a traceback.
         print(f"sparling {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A path the system refused (read-only, no permission, a file where a folder is
+        # expected, missing): the path and the cause. An OSError naming no path (a
+        # connection, a pipe) is no input of the user's and keeps its traceback.
+        if e.filename is None and not isinstance(e, (FileNotFoundError, FileExistsError)):
+            raise
+        print(f"sparling {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,11 +53,17 @@ from sparling.bottlenecks import bottleneck_names
 from sparling.config import RunConfig, flatten, load_config, set_path
 from sparling.domains.base import canonical_hash
 from sparling.errors import SparlingError, format_validation_errors
-from sparling.fileio import YAMLLoadError, load_yaml
+from sparling.fileio import YAMLLoadError, env_limit, load_yaml
 
 
 class SweepError(SparlingError, ValueError):
     """A sweep file that cannot run; the message names the file and the place in it."""
+
+
+#: The most runs a sweep may plan; ``SPARLING_SWEEP_MAX_RUNS`` raises it. Expanding a
+#: sweep takes about 0.2 ms a run, so a sweep at the limit is listed in a few seconds;
+#: one axis of 650,000 values would keep the command silent for minutes.
+MAX_SWEEP_RUNS = 10_000
 
 
 class _Strict(BaseModel):
@@ -366,6 +373,17 @@ def build_sweep(
                     "give them distinct labels"
                 )
 
+    # counted before anything is expanded: the product of the axes can be astronomical
+    per_seed = math.prod(len(choices) for choices in axis_choices)
+    count = sum(len(m.seeds if m.seeds is not None else spec.seeds) for m in methods) * per_seed
+    max_runs = env_limit("SPARLING_SWEEP_MAX_RUNS", MAX_SWEEP_RUNS, error=SweepError)
+    if count > max_runs:
+        raise SweepError(
+            f"{source}: the sweep plans {count:,} runs (methods x seeds x axes), over the "
+            f"limit of {max_runs:,} runs; refusing to expand it (set SPARLING_SWEEP_MAX_RUNS "
+            "to raise the limit)"
+        )
+
     runs: list[PlannedRun] = []
     seen: dict[str, str] = {}
     source_keys: dict[tuple[str, int, int], str] = {}  # (label, combo, seed) -> run key
@@ -435,6 +453,7 @@ def describe(sweep: Sweep, done: set[str] | None = None) -> str:
 
 
 __all__ = [
+    "MAX_SWEEP_RUNS",
     "FieldAxis",
     "MethodSpec",
     "PlannedRun",

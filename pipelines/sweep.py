@@ -59,6 +59,21 @@ class SweepSummary:
         return ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
 
 
+def check_runs_can_start(runs: list[PlannedRun]) -> None:
+    """What the runs check before their first step, once per distinct domain: its domain
+    made for each split (a recordings folder found, the held-out speakers in it). Raises
+    the domain's error; writes nothing. The dry run calls it too, so it refuses what the
+    real run would."""
+    from sparling.datasets import check_domain
+
+    seen: set[str] = set()
+    for run in runs:
+        key = run.config.domain.model_dump_json()
+        if key not in seen:
+            seen.add(key)
+            check_domain(run.config)
+
+
 def run_is_finished(config: Any, work_dir: Path) -> bool:
     folder = RunFolder.for_config(config, work_dir)
     return bool(folder.read_result()) and folder.evaluation_path.is_file()
@@ -89,6 +104,7 @@ def run_sweep(
         else:
             todo.append(run)
 
+    check_runs_can_start(todo)  # before anything is made or started
     runner.prepare(todo, work_dir, progress=progress)
     with contextlib.ExitStack() as stack:
         tracking: dict[str, Any] | None = None

@@ -260,9 +260,11 @@ def run_training(
     checkpoint; a run that already finished returns at once with its result.
     """
     from pipelines.ray_env import ensure_ray, refuse_unavailable_gpus
+    from sparling.datasets import check_domain
     from sparling.runs import resolve_init_from
 
     refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
+    check_domain(config)  # e.g. a recordings folder, before the run folder is made
     work_dir = Path(work_dir).resolve()
     folder = RunFolder.for_config(config, work_dir)
     run_dir = folder.path

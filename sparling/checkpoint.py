@@ -76,10 +76,29 @@ def save_checkpoint(
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
+    """A checkpoint's ``meta.json``; a :class:`CheckpointError` naming the file when it is
+    missing, unreadable or corrupt (not UTF-8, not JSON, not a JSON object)."""
     path = Path(folder) / META_FILE
     if not path.is_file():
         raise CheckpointError(f"not a checkpoint (no {META_FILE}): {folder}")
-    meta: dict[str, Any] = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint metadata, not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint metadata, not valid JSON ({e.msg}: line {e.lineno}, "
+            f"column {e.colno})"
+        ) from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e.strerror or e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint metadata, a JSON object is expected, got "
+            f"{type(meta).__name__}"
+        )
     return meta
 
 

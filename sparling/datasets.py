@@ -32,6 +32,17 @@ def data_root(config: RunConfig, work_dir: Path | str) -> Path:
     return (Path(d.root) if d.root else Path(work_dir) / DATA_DIR).resolve()
 
 
+def check_domain(config: RunConfig, splits: tuple[str, ...] = SPLITS) -> None:
+    """Make the config's domain for each split, as finding its datasets does (a dataset's
+    folder is named by the domain's spec): raises what the run would raise before its
+    first step, e.g. a ``DomainError`` naming a recordings folder that is missing or holds
+    no recordings. Writes nothing; for dry runs and checks before anything starts."""
+    from . import domains
+
+    for split in splits:
+        domains.make(config.domain.name, split=split, **config.domain.params)
+
+
 def prepare_datasets(
     config: RunConfig,
     work_dir: Path | str,

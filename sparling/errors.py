@@ -125,5 +125,40 @@ def _members(t: Any) -> list[Any]:
     return [m for a in args for m in _members(a)]  # Union, Optional, X | Y
 
 
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error on a path: the path and the cause, e.g.
+    ``cannot write /data/out: Read-only file system`` or ``/data/out is a file, where a
+    folder is expected``. An error the project raised with a message of its own (no errno)
+    is that message."""
+    import errno
+    import os
+    from pathlib import Path
+
+    names = [str(n) for n in (error.filename, error.filename2) if n is not None]
+    if error.errno is None or not names:
+        return str(error)
+    path = names[-1] if error.errno == errno.EISDIR else names[0]
+    cause = error.strerror or os.strerror(error.errno)
+    code = error.errno
+    if code in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"cannot write {path}: {cause}"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"cannot access {path}: {cause}"
+    if code == errno.ENOENT:
+        return f"no such file or folder: {path}"
+    if code == errno.EISDIR:
+        folder = next((n for n in names if Path(n).is_dir()), path)
+        return f"{folder} is a folder, where a file is expected"
+    if code in (errno.EEXIST, errno.ENOTDIR):
+        p = Path(path)
+        blocker = next((a for a in (p, *p.parents) if a.exists() and not a.is_dir()), None)
+        if blocker is not None:
+            held = "" if blocker == p else f" (to hold {p})"
+            return f"{blocker} is a file, where a folder is expected{held}"
+        if code == errno.EEXIST:
+            return f"{path} already exists"
+    return f"{path}: {cause}"
+
+
 class TrainingFailed(SparlingError):
     """The run stopped on an error it can name (e.g. a non-finite loss)."""

@@ -24,7 +24,7 @@ from . import domains
 from .config import RunConfig, load_config
 from .devices import resolve_device
 from .errors import SparlingError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_writable
 from .models import SparlingModel
 from .runs import build_run_model, select_checkpoint
 
@@ -82,6 +82,7 @@ def export_model(
 
     from .evaluate import load_model as load_checkpoint_model
 
+    check_writable(out, folder=False)  # a read-only folder, a folder at out: said first
     checkpoint = select_checkpoint(Path(path), density)
     model, config, meta = load_checkpoint_model(checkpoint)
     tensors, extra = _split_state(model.state_dict())
@@ -106,6 +107,8 @@ def read_export_metadata(path: str | Path) -> dict[str, str]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; an exported model is a .safetensors file")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     try:

@@ -35,6 +35,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_writable",
+    "env_limit",
     "file_lock",
     "fsync_dir",
     "load_yaml",
@@ -51,7 +53,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, fsync: bo
     """Run ``write(tmp)`` to fill a temp file beside ``path``, then move it onto ``path``.
 
     For writers that take a file name (Parquet, safetensors). ``fsync=True`` flushes the
-    file and then the folder entry to disk. Returns ``path``.
+    file and then the folder entry to disk. Returns ``path``. An ``OSError`` of the write
+    (a read-only folder, a full disk, a folder at ``path``) names ``path``, not the temp
+    file, which is gone.
     """
     path = Path(path)
     tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}.{secrets.token_hex(4)}")
@@ -61,8 +65,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, fsync: bo
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.errno is not None and e.filename in (None, str(tmp), tmp):
+            # the error names the file being written, never its temp file
+            raise type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     if fsync:
@@ -111,6 +122,33 @@ def fsync_dir(folder: str | Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def check_writable(path: str | Path, *, folder: bool) -> None:
+    """Raise the ``OSError`` that writing ``path`` (a folder to create or fill when
+    ``folder``, else a file) would raise, naming ``path``, without creating anything: a
+    read-only filesystem or a folder without write permission (a probe file, removed at
+    once, in the nearest existing folder), a file where a folder is expected or the other
+    way round. For checks before long work whose result goes to ``path``."""
+    import errno
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        code = errno.EEXIST if folder else errno.EISDIR
+        raise OSError(code, os.strerror(code), str(path))
+    if path.exists():
+        existing = path if folder else path.parent
+    else:
+        existing = next((p for p in path.parents if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=existing)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # -- locks ------------------------------------------------------------------------------------------
@@ -163,16 +201,18 @@ MAX_YAML_VALUES = 1_000_000
 MAX_YAML_BYTES = 16 * 1024 * 1024
 
 
-def _limit(name: str, default: int) -> int:
+def env_limit(name: str, default: int, *, error: type[Exception] = YAMLLoadError) -> int:
+    """A resource limit: the environment variable ``name`` (a whole number, at least 1)
+    where it is set, else ``default``; a malformed value raises ``error`` naming it."""
     raw = os.environ.get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise YAMLLoadError(f"{name} must be a whole number, got {raw!r}") from None
+        raise error(f"{name} must be a whole number, got {raw!r}") from None
     if value < 1:
-        raise YAMLLoadError(f"{name} must be at least 1, got {value}")
+        raise error(f"{name} must be at least 1, got {value}")
     return value
 
 
@@ -189,7 +229,7 @@ def load_yaml(path_or_text: str | Path, *, source: str | None = None) -> Any:
     """
     import yaml
 
-    max_bytes = _limit("SPARLING_YAML_MAX_BYTES", MAX_YAML_BYTES)
+    max_bytes = env_limit("SPARLING_YAML_MAX_BYTES", MAX_YAML_BYTES)
     if isinstance(path_or_text, Path):
         source = source or str(path_or_text)
         size = path_or_text.stat().st_size
@@ -219,7 +259,7 @@ def load_yaml(path_or_text: str | Path, *, source: str | None = None) -> Any:
         raise YAMLLoadError(
             f"{source}: not valid YAML: {_describe_yaml_error(e, source)}"
         ) from None
-    max_values = _limit("SPARLING_YAML_MAX_VALUES", MAX_YAML_VALUES)
+    max_values = env_limit("SPARLING_YAML_MAX_VALUES", MAX_YAML_VALUES)
     if _expanded_values(data, max_values) > max_values:
         raise YAMLLoadError(
             f"{source}: the YAML expands to more than {max_values:,} values (its anchors "

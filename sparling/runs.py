@@ -295,7 +295,13 @@ class RunFolder:
         atomic_write_text(self.history_path, json.dumps(history, indent=1) + "\n")
 
     def read_evaluation(self) -> dict[str, Any] | None:
-        return read_json(self.evaluation_path)
+        """The saved test metrics; an ``evaluation.json`` written before the run's total
+        wall time was named ``total_wall_seconds`` has it as ``wall_seconds``, which is
+        each validation's metric."""
+        data = read_json(self.evaluation_path)
+        if data is not None and "wall_seconds" in data:
+            data.setdefault("total_wall_seconds", data.pop("wall_seconds"))
+        return data
 
     def write_evaluation(self, metrics: Mapping[str, float]) -> None:
         atomic_write_text(self.evaluation_path, json.dumps(dict(metrics), indent=2))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,25 @@ def sweep_command(path: Path, work: Path, *extra: str) -> list[str]:
         "--quiet",
         *extra,
     ]
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` read-only for the ``with`` block: a read-only bind mount onto itself, a
+    real EROFS that stops root too (permission bits do not). Skips the test where mounting
+    is not permitted (CI runs as root on a machine that allows it)."""
+    bind = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if bind.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({bind.stderr.decode().strip()}): needs root")
+    try:
+        ro = subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True
+        )
+        if ro.returncode != 0:
+            pytest.skip(f"cannot remount read-only here ({ro.stderr.strip()})")
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture(autouse=True)

@@ -60,7 +60,8 @@ def evaluate_run(
         "test_reached_reported": float(
             m["checkpoint_density"] <= domain.reported_density * 1.000001
         ),
-        "wall_seconds": float(summary.get("wall_seconds", 0.0)),
+        # the run's training wall time, once; ``wall_seconds`` is each validation's
+        "total_wall_seconds": float(summary.get("wall_seconds", 0.0)),
     }
     folder.write_evaluation(metrics)
     return metrics

@@ -77,6 +77,13 @@ def _fmt_seconds(s: float) -> str:
     return f"{h}h {m:02d}m" if h else (f"{m}m {sec:02d}s" if m else f"{sec}s")
 
 
+def _wall_seconds(r: RunRecord) -> float:
+    """The run's training wall time: ``total_wall_seconds``; for a run tracked before that
+    metric existed, the latest ``wall_seconds`` (then logged last with the total)."""
+    total = r.metric("total_wall_seconds")
+    return r.metric("wall_seconds") if math.isnan(total) else total
+
+
 def _pct(x: float | None) -> float | None:
     """A fraction as a percentage for the CSV files (empty cell when undefined).
 
@@ -178,7 +185,7 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
                 _fmt_pct(r.metric("test_density"), "density"),
                 _fmt_pct(r.metric("test_checkpoint_density"), "density"),
                 MISSING if math.isnan(reached) else ("yes" if reached == 1.0 else "no"),
-                _fmt_seconds(r.metric("wall_seconds")),
+                _fmt_seconds(_wall_seconds(r)),
                 r.run_id,
             )
         )
@@ -193,7 +200,7 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
                 _pct(r.metric("test_density")),
                 _pct(r.metric("test_checkpoint_density")),
                 None if math.isnan(reached) else int(reached == 1.0),
-                None if math.isnan(r.metric("wall_seconds")) else r.metric("wall_seconds"),
+                None if math.isnan(_wall_seconds(r)) else _wall_seconds(r),
                 r.run_id,
                 r.failure or "",
             )

@@ -1,16 +1,23 @@
 """Bad input to the command line: one clear line naming what was wrong and what is
-accepted, a non-zero exit, no traceback, and nothing written (the work directory is
-left as it was). Each case is (arguments, words the message must contain); ``{tmp}`` is
-the test's folder, holding the files below and a work directory that must stay absent."""
+accepted, exit code 2, no traceback, and nothing written (the test's folder is left as
+it was). Each case is (arguments, exit code, words the message must contain). In the
+arguments ``{tmp}`` is the test's folder, holding the files and folders below and a work
+directory that must stay absent; ``{ro}`` is a folder in it made read-only (a read-only
+bind mount: the case is skipped where mounting is not permitted); ``{run}`` is the folder
+of a run trained once for the module, in a work directory of its own that must not change
+either."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import run_python, tiny_config
+from conftest import REPO, read_only, run_python, tiny_config
+
+from sparling.config import load_config
 
 CONFIG = yaml.safe_dump(tiny_config())
 FILES = {
@@ -22,55 +29,169 @@ FILES = {
     "typo.yaml": CONFIG + "optm: {lr: 0.1}\n",
     "dup-sweep.yaml": "name: d\nbase: run.yaml\nmethods: [sparling]\nseeds: [0, 1, 2]\nseeds: [7]\n",
     "typo-sweep.yaml": "name: t\nbase: run.yaml\nmethod: [sparling]\n",
+    "sweep.yaml": "name: s\nbase: run.yaml\nmethods: [sparling]\nseeds: [0]\n",
+    "grid-sweep.yaml": yaml.safe_dump(
+        {
+            "name": "grid",
+            "base": "run.yaml",
+            "methods": ["sparling", "l1"],
+            "axes": [
+                {"field": field, "values": list(range(1, 1001))}
+                for field in ("batch_size", "val_interval")
+            ],
+        }
+    ),
+    "checkpoint/config.json": load_config(tiny_config()).to_json(),
+    "checkpoint/meta.json": '{"density": 0.5, "samples": 3',  # cut short
+    "audio-sweep.yaml": yaml.safe_dump(
+        {
+            "name": "a",
+            "base": str(REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"),
+            "set": {"domain.params.root": "{tmp}/no-recordings", "compute.gpus_per_worker": 0},
+        }
+    ),
     "binary.yaml": "\x00\x01\x02 not yaml \xff",
 }
+#: folders: one to make read-only, one where a file is expected, a damaged checkpoint
+FOLDERS = ["ro", "model.safetensors", "checkpoint"]
 W = ["--work-dir", "{tmp}/work"]
+NOT_UTF8 = "binary.yaml: not UTF-8 text"
+READ_ONLY = "cannot write {ro}/out: Read-only file system"
+FILE_NOT_FOLDER = "{tmp}/run.yaml is a file, where a folder is expected"
+CORRUPT_META = "{tmp}/checkpoint/meta.json: corrupt checkpoint metadata, not valid JSON"
+NO_RECORDINGS = [
+    "audio-digits: folder {tmp}/no-recordings does not exist",
+    "expected either AudioMNIST",
+    "sparling data fetch audiomnist|fsdd",
+]
+GEN = ["data", "generate", "--domain", "digit-circle", "--split", "test", "--count", "4"]
 CASES = [
     (
         ["train", "{tmp}/bad-domain.yaml", *W],
+        2,
         ["min_digit: unknown key (did you mean 'min_digits'?)"],
     ),
-    (["train", "{tmp}/broken.yaml", *W], ["broken.yaml: not valid YAML: line 3"]),
-    (["train", "{tmp}/typo.yaml", *W], ["optm: unknown key (did you mean 'optim'?)"]),
-    (["train", "{tmp}/run.yaml", "--set", "optim.lr=[1,", *W], ["--set", "not valid YAML"]),
-    (["train", "{tmp}/run.yaml", "--set", "optim.lrr=1", *W], ["optim.lrr"]),
-    (["train", "{tmp}/missing.yaml", *W], ["missing.yaml"]),
-    (["train", "{tmp}/binary.yaml", *W], ["binary.yaml"]),
-    (["train", "{tmp}", *W], ["is a folder"]),
+    (["train", "{tmp}/broken.yaml", *W], 2, ["broken.yaml: not valid YAML: line 3"]),
+    (["train", "{tmp}/typo.yaml", *W], 2, ["optm: unknown key (did you mean 'optim'?)"]),
+    (["train", "{tmp}/run.yaml", "--set", "optim.lr=[1,", *W], 2, ["--set", "not valid YAML"]),
+    (["train", "{tmp}/run.yaml", "--set", "optim.lrr=1", *W], 2, ["optim.lrr"]),
+    (["train", "{tmp}/missing.yaml", *W], 2, ["missing.yaml"]),
+    (["train", "{tmp}/binary.yaml", *W], 2, [NOT_UTF8]),
+    (["train", "{tmp}", *W], 2, ["is a folder"]),
     (
         ["sweep", "{tmp}/dup-sweep.yaml", "--dry-run", *W],
+        2,
         ["'seeds' is given twice", "line 4 and at line 5"],
     ),
     (
         ["sweep", "{tmp}/typo-sweep.yaml", "--dry-run", *W],
+        2,
         ["method: unknown key (did you mean 'methods'?)"],
+    ),
+    (["sweep", "{tmp}/binary.yaml", "--dry-run", *W], 2, [NOT_UTF8]),
+    (
+        ["sweep", "{tmp}/grid-sweep.yaml", "--dry-run", *W],
+        2,
+        ["plans 2,000,000 runs", "over the limit of 10,000 runs", "SPARLING_SWEEP_MAX_RUNS"],
+    ),
+    (["sweep", "{tmp}", "--dry-run", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
+    (["report", "{tmp}", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
+    (["report", "quickstart", *W], 2, ["no MLflow tracking store at {tmp}/work/mlflow/mlflow.db"]),
+    (["evaluate", "{tmp}/model.safetensors", *W], 2, ["model.safetensors is a folder"]),
+    (["evaluate", "{tmp}/checkpoint", "--samples", "4"], 2, [CORRUPT_META]),
+    (["export", "{tmp}/checkpoint", "--out", "{tmp}/m.safetensors"], 2, [CORRUPT_META]),
+    # the dry run checks what the real run checks before its first step
+    (["sweep", "{tmp}/audio-sweep.yaml", "--dry-run", *W], 2, NO_RECORDINGS),
+    (["sweep", "{tmp}/audio-sweep.yaml", "--executor", "local", *W], 2, NO_RECORDINGS),
+    (["sweep", "{tmp}/audio-sweep.yaml", *W], 2, NO_RECORDINGS),
+    (
+        ["train", str(REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"), *W]
+        + ["--set", "domain.params.root={tmp}/no-recordings", "--set", "compute.gpus_per_worker=0"],
+        2,
+        NO_RECORDINGS,
+    ),
+    # the filesystem refuses a path given for output: the path and the cause
+    (["train", "{tmp}/run.yaml", "--work-dir", "{ro}/out"], 2, [READ_ONLY]),
+    (["train", "{tmp}/run.yaml", "--work-dir", "{tmp}/run.yaml"], 2, [FILE_NOT_FOLDER]),
+    (
+        ["train", "{tmp}/run.yaml", "--work-dir", "{tmp}/run.yaml/deeper"],
+        2,
+        [FILE_NOT_FOLDER, "(to hold {tmp}/run.yaml/deeper/"],
+    ),
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--executor", "local", "--work-dir", "{ro}/out"],
+        2,
+        [READ_ONLY],
+    ),
+    (["sweep", "{tmp}/sweep.yaml", "--work-dir", "{ro}/out"], 2, [READ_ONLY]),
+    (["sweep", "{tmp}/sweep.yaml", "--work-dir", "{tmp}/run.yaml"], 2, [FILE_NOT_FOLDER]),
+    (["ui", "--work-dir", "{ro}/out"], 2, [READ_ONLY]),
+    (["demo", "--showcase-samples", "0", "--work-dir", "{ro}/out"], 2, [READ_ONLY]),
+    ([*GEN, "--out", "{ro}/out", "--quiet"], 2, [READ_ONLY]),
+    ([*GEN, "--out", "{tmp}/run.yaml", "--quiet"], 2, [FILE_NOT_FOLDER]),
+    (["data", "fetch", "fsdd", "--to", "{ro}/out", "--url", "file:///nowhere.zip"], 2, [READ_ONLY]),
+    (["evaluate", "{run}", "--samples", "4", "--out", "{ro}/out"], 2, [READ_ONLY]),
+    (["evaluate", "{run}", "--samples", "4", "--out", "{tmp}/run.yaml"], 2, [FILE_NOT_FOLDER]),
+    (
+        ["export", "{run}", "--out", "{ro}/out.safetensors"],
+        2,
+        ["cannot write {ro}/out.safetensors: Read-only file system"],
+    ),
+    (
+        ["export", "{run}", "--out", "{tmp}/model.safetensors"],
+        2,
+        ["{tmp}/model.safetensors is a folder, where a file is expected"],
     ),
 ]
 if not torch.cuda.is_available():
     CASES += [
         (
             ["sweep", "{tmp}/typo-sweep.yaml", "--executor", "local", "--device", "cuda", *W],
+            2,
             ["this machine has no GPU"],
         ),
-        (["evaluate", "{tmp}/nothing/last", "--device", "cuda:0"], ["this machine has no GPU"]),
+        (["evaluate", "{tmp}/nothing/last", "--device", "cuda:0"], 2, ["this machine has no GPU"]),
     ]
 
 
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run's folder, in a work directory of its own."""
+    import sparling
+
+    return sparling.fit(
+        tiny_config(), tmp_path_factory.mktemp("trained") / "work", progress=False
+    ).run_dir
+
+
 @pytest.mark.parametrize(
-    ("args", "words"), CASES, ids=[f"{c[0][0]}-{i}" for i, c in enumerate(CASES)]
+    ("args", "code", "words"), CASES, ids=[f"{c[0][0]}-{i}" for i, c in enumerate(CASES)]
 )
 def test_bad_input_gets_one_clear_line_and_writes_nothing(
-    tmp_path: Path, args: list[str], words: list[str]
+    tmp_path: Path, request: pytest.FixtureRequest, args: list[str], code: int, words: list[str]
 ) -> None:
+    for name in FOLDERS:
+        (tmp_path / name).mkdir()
     for name, text in FILES.items():
+        text = text.replace("{tmp}", str(tmp_path))
         (tmp_path / name).write_text(text, encoding="latin-1" if name == "binary.yaml" else "utf-8")
-    before = sorted(p.name for p in tmp_path.iterdir())
-    out = run_python("-m", "pipelines.cli", *[a.format(tmp=tmp_path) for a in args], timeout=120)
-    assert out.returncode != 0, out.stdout
+    run = request.getfixturevalue("trained_run") if any("{run}" in a for a in args) else None
+    places = {"tmp": tmp_path, "ro": tmp_path / "ro", "run": run}
+    work = run.parents[1] if run else tmp_path
+    before, work_before = _tree(tmp_path), _tree(work)
+    mount = read_only(tmp_path / "ro") if any("{ro}" in a for a in args) else None
+    with mount or contextlib.nullcontext():
+        out = run_python("-m", "pipelines.cli", *[a.format(**places) for a in args], timeout=120)
+    assert out.returncode == code, out.stdout + out.stderr
     assert "Traceback" not in out.stderr, out.stderr
     for w in words:
-        assert w in out.stderr, out.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no work dir, no debris
+        assert w.format(**places) in out.stderr, out.stderr
+    assert _tree(tmp_path) == before  # no work dir, no debris
+    assert _tree(work) == work_before  # the trained run's work dir: nothing added
 
 
 def test_evaluate_a_checkpoint_copied_out_of_its_run_writes_only_beside_it(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from conftest import REPO, SHARED, tiny_config
 
 from pipelines import cli
 from pipelines.plan import SweepError, build_sweep, describe, load_sweep
@@ -216,3 +216,62 @@ def test_bad_retrained_methods(methods: list[Any], message: str, tmp_path: Path)
     with pytest.raises(SweepError) as info:
         load_sweep(path)
     assert message in str(info.value)
+
+
+def test_sweeps_over_the_run_limit_are_refused_before_they_are_expanded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    axis = [{"field": f, "values": list(range(1, 10_001))} for f in ("batch_size", "val_interval")]
+    huge = _sweep(methods=["sparling", "l1"], seeds=[0, 1, 2], axes=axis)
+    start = time.monotonic()
+    with pytest.raises(SweepError) as info:
+        build_sweep(huge, source="huge.yaml")
+    assert time.monotonic() - start < 5  # counted, never expanded (600,000,000 runs)
+    message = str(info.value)
+    assert "huge.yaml: the sweep plans 600,000,000 runs" in message
+    assert "limit of 10,000 runs" in message and "SPARLING_SWEEP_MAX_RUNS" in message
+    # a method's own seeds count as its own; a vary axis: the base once, then each value
+    # other than the base's (tiny_config's lr is 3e-3)
+    at_limit = _sweep(
+        methods=["sparling", {"name": "l1", "seeds": [0]}],
+        seeds=[0, 1],
+        axes=[{"vary": [{"field": "optim.lr", "values": [1e-3, 2e-3, 3e-3, 4e-3]}]}],
+    )
+    monkeypatch.setenv("SPARLING_SWEEP_MAX_RUNS", "12")  # (2 + 1) seeds x 4 choices
+    assert len(build_sweep(at_limit).runs) == 12
+    monkeypatch.setenv("SPARLING_SWEEP_MAX_RUNS", "11")
+    with pytest.raises(SweepError, match="plans 12 runs .* limit of 11 runs"):
+        build_sweep(at_limit)
+    monkeypatch.setenv("SPARLING_SWEEP_MAX_RUNS", "0")
+    with pytest.raises(SweepError, match="SPARLING_SWEEP_MAX_RUNS must be at least 1, got 0"):
+        build_sweep(at_limit)
+
+
+def test_the_dry_run_checks_the_recordings_folder_as_the_real_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run checks its domain before its first step (an audio domain: its recordings
+    folder); the dry run makes the same check, so a missing folder is refused there."""
+    fsdd = SHARED / "data" / "fsdd"
+    if not (fsdd / "recordings").is_dir():
+        pytest.skip(f"the FSDD recordings are not at {fsdd}")
+    monkeypatch.delenv("SPARLING_AUDIO_ROOT", raising=False)
+    base = REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"
+    work = tmp_path / "w"
+    for root, code in ((fsdd, 0), (tmp_path / "missing", 2), (None, 2)):
+        sweep = {"name": "a", "base": str(base), "seeds": [0, 1]}
+        if root is not None:
+            sweep["set"] = {"domain.params.root": str(root)}
+        path = tmp_path / "a.yaml"
+        path.write_text(yaml.safe_dump(sweep))
+        assert cli.main(["sweep", str(path), "--dry-run", "--work-dir", str(work)]) == code
+        out, err = capsys.readouterr()
+        if code == 0:
+            assert out.count("to run") == 2 and not err
+        elif root is not None:
+            assert f"audio-digits: folder {root} does not exist; expected either" in err
+        else:
+            assert "no recordings folder: pass root=DIR or set $SPARLING_AUDIO_ROOT" in err
+    assert not work.exists()

@@ -17,6 +17,7 @@ import yaml
 from conftest import (
     REPO,
     progress_samples,
+    read_only,
     run_sweep_cli,
     subprocess_env,
     sweep_command,
@@ -281,18 +282,10 @@ def test_unwritable_artifact_location_fails_clearly_and_keeps_earlier_results(
     before = sorted(str(p.relative_to(artifacts)) for p in artifacts.rglob("*") if p.is_file())
     assert any("activations.png" in p for p in before)
 
-    bind = subprocess.run(["mount", "--bind", str(artifacts), str(artifacts)], capture_output=True)
-    if bind.returncode != 0:
-        pytest.skip(f"cannot bind-mount here ({bind.stderr.decode().strip()}): needs root")
-    try:
-        subprocess.run(
-            ["mount", "-o", "remount,ro,bind", str(artifacts)], check=True, capture_output=True
-        )
+    with read_only(artifacts):
         sweep["seeds"] = [0, 1]
         path.write_text(yaml.safe_dump(sweep))
         second = run_sweep_cli(path, work, timeout=600)
-    finally:
-        subprocess.run(["umount", "-l", str(artifacts)], check=False)
     out = second.stdout + second.stderr
     assert second.returncode != 0, out[-4000:]
     # refused before anything ran, naming the folder and the reason

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import read_only
 from pydantic import BaseModel, ValidationError
 
 from pipelines import cli
 from pipelines.plan import SweepError, load_sweep
 from sparling.config import load_config
-from sparling.errors import SparlingError, format_validation_errors
+from sparling.errors import SparlingError, describe_os_error, format_validation_errors
 from sparling.export import ExportError
 from sparling.fileio import (
     LockTimeout,
@@ -25,6 +26,7 @@ from sparling.fileio import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    check_writable,
     file_lock,
     load_yaml,
 )
@@ -57,6 +59,72 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path: Path) ->
         atomic_write(target, half_then_fail, fsync=True)
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["model.bin"]
+
+
+def test_an_atomic_write_refused_by_the_filesystem_names_the_target(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (tmp_path / "dir.bin").mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        atomic_write_bytes(tmp_path / "dir.bin", b"x")
+    assert (
+        describe_os_error(info.value)
+        == f"{tmp_path / 'dir.bin'} is a folder, where a file is expected"
+    )
+    with read_only(folder):
+        with pytest.raises(OSError) as info:
+            atomic_write_bytes(folder / "a.bin", b"x")
+    assert (
+        describe_os_error(info.value) == f"cannot write {folder / 'a.bin'}: Read-only file system"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.bin", "ro"]  # no temp file
+    assert list(folder.iterdir()) == []
+
+
+def test_check_writable_says_what_writing_would_meet_and_creates_nothing(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    check_writable(tmp_path / "new" / "deeper", folder=True)
+    check_writable(tmp_path / "folder", folder=True)
+    check_writable(tmp_path / "file", folder=False)
+    cases = {
+        (tmp_path / "file", True): f"{tmp_path / 'file'} is a file, where a folder is expected",
+        (tmp_path / "file" / "x", True): f"{tmp_path / 'file'} is a file, where a folder is "
+        f"expected (to hold {tmp_path / 'file' / 'x'})",
+        (
+            tmp_path / "folder",
+            False,
+        ): f"{tmp_path / 'folder'} is a folder, where a file is expected",
+    }
+    for (path, folder), message in cases.items():
+        with pytest.raises(OSError) as info:
+            check_writable(path, folder=folder)
+        assert describe_os_error(info.value) == message
+    with read_only(tmp_path / "folder"):
+        for target, folder in (
+            (tmp_path / "folder" / "a" / "b", True),
+            (tmp_path / "folder" / "f", False),
+        ):
+            with pytest.raises(OSError) as info:
+                check_writable(target, folder=folder)
+            assert describe_os_error(info.value) == f"cannot write {target}: Read-only file system"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "folder"]
+
+
+def test_os_errors_are_described_by_path_and_cause() -> None:
+    assert describe_os_error(PermissionError(13, "Permission denied", "/srv/out")) == (
+        "cannot access /srv/out: Permission denied"
+    )
+    assert describe_os_error(OSError(28, "No space left on device", "/srv/out/a.pt")) == (
+        "cannot write /srv/out/a.pt: No space left on device"
+    )
+    assert describe_os_error(FileNotFoundError(2, "No such file or directory", "/nowhere/x")) == (
+        "no such file or folder: /nowhere/x"
+    )
+    # the project's own messages (no errno) are kept as they are
+    assert describe_os_error(FileNotFoundError("model file not found: m.safetensors")) == (
+        "model file not found: m.safetensors"
+    )
 
 
 def test_file_lock_excludes_other_holders_and_times_out(tmp_path: Path) -> None:

@@ -126,6 +126,10 @@ def test_records_round_trip(tmp_path: Path) -> None:
     assert folder.read_progress() == {"samples": 16, "state": "running"}
     folder.write_evaluation({"test_e2ee": 0.5})
     assert folder.read_evaluation() == {"test_e2ee": 0.5}
+    # an evaluation written when the run's total wall time was named wall_seconds (each
+    # validation's metric) reads under the total's name
+    folder.write_evaluation({"test_e2ee": 0.5, "wall_seconds": 12.5})
+    assert folder.read_evaluation() == {"test_e2ee": 0.5, "total_wall_seconds": 12.5}
     # a file being written (not JSON yet) reads as absent
     folder.progress_path.write_text('{"samples": 1')
     assert folder.read_progress() is None and read_json(folder.progress_path) is None

@@ -175,6 +175,29 @@ def test_corrupted_checkpoint_is_refused_with_its_path(data: Any, tmp_path: Path
         _fit(cfg, data, tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b'{"density": 0.5, "samp', "not valid JSON (Unterminated string"),
+        (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+        (b"[1, 2]", "a JSON object is expected, got list"),
+    ],
+)
+def test_a_corrupt_meta_json_is_refused_with_its_path(
+    tmp_path: Path, content: bytes, words: str
+) -> None:
+    from sparling.checkpoint import read_meta, save_checkpoint
+
+    folder = save_checkpoint(tmp_path / "last", {"w": torch.zeros(1)}, {"density": 0.5}, "{}")
+    (folder / "meta.json").write_bytes(content)
+    for read in (read_meta, load_checkpoint):
+        with pytest.raises(CheckpointError) as info:
+            read(folder)
+        message = str(info.value)
+        assert message.startswith(f"{folder / 'meta.json'}: corrupt checkpoint metadata, ")
+        assert words in message
+
+
 def test_checkpoint_of_another_run_is_refused(data: Any, tmp_path: Path) -> None:
     _fit(load_config(tiny_config()), data, tmp_path)
     with pytest.raises(CheckpointError, match="belongs to run"):

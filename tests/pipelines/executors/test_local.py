@@ -52,6 +52,26 @@ def _children(work: Path, sweep: str) -> list[Any]:
     return runs
 
 
+def _metric_steps(work: Path, sweep: str, keys: tuple[str, ...]) -> list[dict[str, list[int]]]:
+    """For each child run of the sweep, the steps at which each metric of ``keys`` has a
+    point (a step twice if it was logged twice there)."""
+    from mlflow import MlflowClient
+
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+
+    settings = load_settings(work)
+    with tracking_uri(settings) as uri:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(settings.experiment_for(sweep=sweep))
+        assert exp is not None
+        return [
+            {k: sorted(m.step for m in client.get_metric_history(r.info.run_id, k)) for k in keys}
+            for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("sparling.kind") == "run"
+        ]
+
+
 def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
     path = _sweep_file(tmp_path, "box")
     box = tmp_path / "box-work"
@@ -67,6 +87,7 @@ def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
         assert result["samples"] == 32 and result["status"] == "budget-exhausted"
         ev = json.loads((run / "evaluation.json").read_text())
         assert 0.0 <= ev["test_e2ee"] <= 1.0 and ev["test_checkpoint_samples"] == 32
+        assert ev["total_wall_seconds"] > 0 and "wall_seconds" not in ev
         spooled = [json.loads(line) for line in (run / "metrics.spool.jsonl").open()]
         assert {(p["k"], p["s"]) for p in spooled} >= {("val_accuracy", 16), ("val_accuracy", 32)}
         history = json.loads((run / "history.json").read_text())
@@ -97,6 +118,10 @@ def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
         assert child.info.status == "FINISHED"
         assert "test_e2ee" in child.data.metrics
         assert steps == [16, 32]  # sent from the spool
+    # one meaning per metric name: each validation's wall time at its step, the run's
+    # total once, at the evaluated checkpoint's step (here the last validation's)
+    walls = _metric_steps(work, "box", ("wall_seconds", "total_wall_seconds"))
+    assert walls == [{"wall_seconds": [16, 32], "total_wall_seconds": [32]}] * 2
 
 
 def _parent_status(work: Path, sweep: str) -> str:
