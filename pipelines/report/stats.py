@@ -117,18 +117,26 @@ def _balanced(runs: Sequence[RunRecord], f: str, fields: Sequence[str]) -> list[
 
 
 def _curve(group: GroupSummary) -> list[CurvePoint]:
-    """Mean validation errors over the group's finished runs at each density, high to low."""
+    """Mean validation errors over the group's finished runs at each density, high to low.
+
+    A run validates many times at one density; what it contributes there is each error's
+    last value at that density (the one logged with that density's checkpoint, when the
+    run moved on), so every run counts once per density and ``n`` counts runs."""
     # Densities follow the same schedule in every seed but may differ in the last bits
     # after a resume or on another machine: match them on 6 significant digits.
     pooled: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     densities: dict[float, list[float]] = defaultdict(list)
     for r in group.finished:
-        for p in r.history:
+        last: dict[float, dict[str, float]] = defaultdict(dict)
+        exact: dict[float, float] = {}
+        for p in r.history:  # in step order: later values overwrite earlier ones
             key = float(f"{p.density:.6g}")
-            for m, v in p.means.items():
-                if not math.isnan(v):
-                    pooled[key][m].append(v)
-            densities[key].append(p.density)
+            exact[key] = p.density
+            last[key].update({m: v for m, v in p.means.items() if not math.isnan(v)})
+        for key, means in last.items():
+            for m, v in means.items():
+                pooled[key][m].append(v)
+            densities[key].append(exact[key])
     return [
         CurvePoint(
             density=math.fsum(densities[d]) / len(densities[d]),

@@ -502,3 +502,20 @@ def test_no_mlflow_import_even_inside_a_function(name: str) -> None:
             name,
             module,
         )
+
+
+def test_a_run_counts_once_per_density_with_its_last_values() -> None:
+    """Many validations at one density (E2EE at each, the motif errors only with the
+    density's checkpoint): one point per density, each error's last value there."""
+    history = (
+        CurvePoint(density=0.5, means={"e2ee": 0.9}, n=1),
+        CurvePoint(density=0.5, means={"e2ee": 0.3}, n=1),
+        CurvePoint(density=0.5, means={"e2ee": 0.2, "fpe": 0.6}, n=1),
+        CurvePoint(density=0.25, means={"e2ee": 0.1, "fpe": 0.2}, n=1),
+    )
+    runs = [_run(SPARLING, s, history=history) for s in (0, 1)]
+    (group,) = _group(runs, [FIELD])
+    curve = _curve(group)
+    assert [p.n for p in curve] == [2, 2]
+    assert curve[0].means == pytest.approx({"e2ee": 0.2, "fpe": 0.6})
+    assert curve[1].means == pytest.approx({"e2ee": 0.1, "fpe": 0.2})
