@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.plan import PlannedRun, Sweep
+from pipelines.tracking.metrics import mlflow_metrics
 from pipelines.tracking.tags import (
     STATUS_FAILED,
     STATUS_FINISHED,
@@ -133,11 +134,12 @@ def send_spool(uri: str, child: str, folder: RunFolder) -> None:
 def log_run_results(
     tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path, metrics: dict[str, float]
 ) -> None:
-    """A finished run's test metrics, evaluation figures, config and density checkpoints
-    into its child, then the child FINISHED."""
+    """A finished run's test metrics (``metrics``: its ``evaluation.json``, logged under
+    the MLflow names), evaluation figures, config and density checkpoints into its
+    child, then the child FINISHED."""
     folder = RunFolder.for_config(run.config, work_dir)
     step = int(metrics["test_checkpoint_samples"])
-    tracker.log_metrics(mlflow_run, metrics, step)
+    tracker.log_metrics(mlflow_run, mlflow_metrics(metrics), step)
     tracker.log_artifacts(mlflow_run, folder.evaluation_dir, EVALUATION_DIR)
     tracker.log_artifact(mlflow_run, folder.config_path)
     for ckpt in folder.density_checkpoint_folders():
@@ -170,9 +172,9 @@ def mark_ended(tracking: dict[str, Any], run: PlannedRun, status: str, reason: s
 
 
 def validation_points(record: dict[str, Any]) -> dict[str, float]:
-    """A validation record's metrics, as logged at the step of its sample count."""
-    numeric = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
-    return {k: v for k, v in numeric.items() if k != "samples"}
+    """A validation record's metrics under their MLflow names
+    (:mod:`pipelines.tracking.metrics`), as logged at the step of its sample count."""
+    return mlflow_metrics(record)
 
 
 def run_logger(tracking: dict[str, Any], folder: RunFolder) -> MetricLogger:

@@ -154,6 +154,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     logger = None
     if tracking and rank == 0:
         from pipelines.tracking.logger import MetricLogger
+        from pipelines.tracking.metrics import mlflow_metrics
 
         # The spool keeps unsent points on disk, so a crashed worker's retry sends them.
         logger = MetricLogger(tracking["uri"], tracking["run_id"], spool=folder.spool_path)
@@ -163,7 +164,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             progress({**metrics, "state": "running"}, force=True)
         if logger is not None:
-            logger.log({k: v for k, v in metrics.items() if k != "samples"}, int(record["samples"]))
+            logger.log(mlflow_metrics(record), int(record["samples"]))
         if checkpoint is not None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint))
         else:

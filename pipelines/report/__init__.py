@@ -69,6 +69,7 @@ from pipelines.report.writers import (
     _reached_sentence,
     _write_tables,
 )
+from pipelines.tracking.metrics import TEST_CE, has_metric
 from sparling.errors import SparlingError
 
 __all__ = [
@@ -140,7 +141,7 @@ def build_report(
                     f"{g.label}: {iv.omitted} undefined (NaN) {LABEL[m]} left out of the mean."
                 )
     finished_without = [
-        r.run_id for r in runs if r.status == "finished" and "test_ce" not in r.metrics
+        r.run_id for r in runs if r.status == "finished" and not has_metric(r.metrics, TEST_CE)
     ]
     if finished_without:
         notes.append(f"finished runs without test metrics: {', '.join(finished_without)}.")

@@ -18,6 +18,16 @@ from urllib.parse import unquote, urlparse
 
 from pipelines.report.records import ERRORS, CurvePoint, RunRecord, SweepCounts
 from pipelines.report.stats import _run_key
+from pipelines.tracking.metrics import (
+    MOTIF_CE,
+    MOTIF_FNE,
+    MOTIF_FPE,
+    SCHEDULE_DENSITY,
+    VAL_E2EE,
+    canonical_metrics,
+    has_metric,
+    names_of,
+)
 
 # The data contract with the sweep driver (pipelines/tracking/tags.py): every MLflow tag a
 # report reads is imported here, so that no other part of the report reads a tag.
@@ -126,22 +136,36 @@ def _find_parent(
     return matching[0]
 
 
+#: The validation curve's metric of each error (``ERRORS``), the motif errors at each
+#: density step and the E2EE at each validation.
+CURVE_METRICS = {"fpe": MOTIF_FPE, "fne": MOTIF_FNE, "ce": MOTIF_CE, "e2ee": VAL_E2EE}
+
+
 def _history(client: MlflowClient, run: Run) -> tuple[CurvePoint, ...]:
-    """The val_* errors paired with the density logged at the same step."""
-    keys = [f"val_{m}" for m in ERRORS if f"val_{m}" in run.data.metrics]
-    if not keys or "density" not in run.data.metrics:
+    """The validation errors paired with the density trained at, logged at the same step.
+
+    Each metric is read under its name and its old one (a run resumed across the rename
+    has both, each for some steps; where both have a step, the new name wins)."""
+    logged = run.data.metrics
+    errors_of = {m: CURVE_METRICS[m] for m in ERRORS if has_metric(logged, CURVE_METRICS[m])}
+    if not errors_of or not has_metric(logged, SCHEDULE_DENSITY):
         return ()
 
-    def by_step(key: str) -> dict[int, float]:
-        # A resumed run may log a step twice: the latest timestamp wins.
-        out: dict[int, tuple[int, float]] = {}
-        for m in client.get_metric_history(run.info.run_id, key):
-            if m.step not in out or m.timestamp >= out[m.step][0]:
-                out[m.step] = (m.timestamp, m.value)
-        return {step: value for step, (_, value) in out.items()}
+    def by_step(name: str) -> dict[int, float]:
+        merged: dict[int, float] = {}
+        for key in reversed(names_of(name)):  # the old name first: the new one overrides
+            if key not in logged:
+                continue
+            # A resumed run may log a step twice: the latest timestamp wins.
+            out: dict[int, tuple[int, float]] = {}
+            for m in client.get_metric_history(run.info.run_id, key):
+                if m.step not in out or m.timestamp >= out[m.step][0]:
+                    out[m.step] = (m.timestamp, m.value)
+            merged.update({step: value for step, (_, value) in out.items()})
+        return merged
 
-    density = by_step("density")
-    errors = {key[4:]: by_step(key) for key in keys}
+    density = by_step(SCHEDULE_DENSITY)
+    errors = {m: by_step(name) for m, name in errors_of.items()}
     steps = sorted({s for values in errors.values() for s in values} & set(density))
     return tuple(
         CurvePoint(
@@ -197,7 +221,8 @@ def _record(client: MlflowClient, run: Run, fields: Sequence[str], notes: list[s
         swept={f: swept[f] if f in swept else _param(run.data.params, f) for f in fields},
         status=status,
         failure=tags.get(TAG_FAILURE) or (None if status != "failed" else "(no reason logged)"),
-        metrics=dict(run.data.metrics),
+        # under the current names, read from the old ones for runs tracked before them
+        metrics=canonical_metrics(run.data.metrics),
         # Only finished runs enter the curves; skipping the others saves MLflow calls.
         history=_history(client, run) if status == "finished" else (),
         start_time=run.info.start_time or 0,

@@ -22,6 +22,10 @@ Each part is usable alone, one module each:
                                             printed (:func:`scrub`, :func:`redact_uri`)
 :mod:`~pipelines.tracking.procs`            process and port helpers
                                             (:func:`free_port`, :func:`server_healthy`)
+:mod:`~pipelines.tracking.metrics`          the metric names, grouped by ``/``
+                                            (:func:`mlflow_metrics`), and reading runs
+                                            tracked under the older names
+                                            (:func:`read_metric`)
 :mod:`~pipelines.tracking.limits`           MLflow's limits on keys, values and batches
 :mod:`~pipelines.tracking.errors`           :class:`TrackingError` and its kinds
 ==========================================  ==============================================

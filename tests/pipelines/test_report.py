@@ -26,6 +26,7 @@ from pipelines.report import (
     log_report,
     report_command,
 )
+from pipelines.tracking.metrics import RECORD_TO_METRIC
 from sparling.errors import SparlingError
 from sparling.metrics import bootstrap_ci
 
@@ -122,10 +123,29 @@ def _log_child(
         client.set_terminated(run.info.run_id, "FINISHED" if status == "finished" else "FAILED")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+#: How the runs name their metrics: as a sweep logs them now, as runs tracked before the
+#: grouped names did (the record keys), and as a run resumed across the change does (the
+#: old names for the first validations, the new ones after).
+NAMINGS = ("new", "old", "resumed")
+
+
+def _namer(naming: str) -> Any:
+    """``name(key, step)``: the metric name of a record key logged at ``step``."""
+
+    def name(key: str, step: int) -> str:
+        if naming == "old" or (naming == "resumed" and step <= 4000):
+            return key
+        return RECORD_TO_METRIC[key]
+
+    return name
+
+
+@pytest.fixture(scope="module", params=NAMINGS)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Store:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
+
+    name = _namer(request.param)
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -156,16 +176,21 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
                     # the second, which is where the density changes.
                     for step in (1000 * (2 * k + 1), 1000 * (2 * k + 2)):
                         metrics += [
-                            Metric("density", _density(vi, k), t, step),
-                            Metric("val_accuracy", 0.5 + 0.1 * k, t, step),
-                            Metric("train_loss", 1.0 / (step + 1), t, step),
+                            Metric(name("density", step), _density(vi, k), t, step),
+                            Metric(name("val_accuracy", step), 0.5 + 0.1 * k, t, step),
+                            Metric(name("train_loss", step), 1.0 / (step + 1), t, step),
                         ]
                     if status != "failed" or k < 2:
                         metrics += [
-                            Metric(name, v, t, step) for name, v in _val(mi, vi, seed, k).items()
+                            Metric(name(n, step), v, t, step)
+                            for n, v in _val(mi, vi, seed, k).items()
                         ]
                 if status == "finished":
-                    metrics += [Metric(n, v, t, 0) for n, v in _test_metrics(mi, vi, seed).items()]
+                    last = 1000 * 2 * VAL_DENSITY_STEPS
+                    metrics += [
+                        Metric(name(n, last), v, t, last)
+                        for n, v in _test_metrics(mi, vi, seed).items()
+                    ]
                 _log_child(
                     client,
                     exp,
@@ -198,7 +223,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         [("sparling", "failed", t), ("sparling", "finished", t + 10), ("topk", "finished", t)]
     ):
         metrics = (
-            [Metric(n, v, t, 0) for n, v in _test_metrics(i % 2, 0, 0).items()]
+            [Metric(name(n, 8000), v, t, 8000) for n, v in _test_metrics(i % 2, 0, 0).items()]
             if status == "finished"
             else []
         )

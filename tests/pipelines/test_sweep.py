@@ -188,11 +188,13 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
             result = json.loads(
                 (work / "runs" / child.data.tags["sparling.run_id"] / "result.json").read_text()
             )
-            history = client.get_metric_history(child.info.run_id, "val_accuracy")
+            history = client.get_metric_history(child.info.run_id, "val/exact_match")
             steps = [m.step for m in history]
             # every validation once, including those made while the server was down
             assert len(steps) == len(set(steps)) == result["validations"] == 15, steps
-            assert "test_ce" in child.data.metrics
+            assert "test/ce" in child.data.metrics
+            # every name grouped (train/, val/, test/, ...): the UI groups the charts
+            assert all("/" in k for k in child.data.metrics), sorted(child.data.metrics)
         assert max(killed_at) < 8 * 120  # the kill happened mid-run
 
         # -- no credential anywhere -----------------------------------------------------

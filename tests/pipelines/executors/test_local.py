@@ -45,7 +45,7 @@ def _children(work: Path, sweep: str) -> list[Any]:
         exp = client.get_experiment_by_name(settings.experiment_for(sweep=sweep))
         assert exp is not None
         runs = [
-            (r, sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")))
+            (r, sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/exact_match")))
             for r in client.search_runs([exp.experiment_id])
             if r.data.tags.get("sparling.kind") == "run"
         ]
@@ -89,7 +89,10 @@ def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
         assert 0.0 <= ev["test_e2ee"] <= 1.0 and ev["test_checkpoint_samples"] == 32
         assert ev["total_wall_seconds"] > 0 and "wall_seconds" not in ev
         spooled = [json.loads(line) for line in (run / "metrics.spool.jsonl").open()]
-        assert {(p["k"], p["s"]) for p in spooled} >= {("val_accuracy", 16), ("val_accuracy", 32)}
+        assert {(p["k"], p["s"]) for p in spooled} >= {
+            ("val/exact_match", 16),
+            ("val/exact_match", 32),
+        }
         history = json.loads((run / "history.json").read_text())
         assert [r["samples"] for r in history] == [16, 32]
         assert (run / "checkpoints" / "last").is_dir()
@@ -116,12 +119,13 @@ def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
     assert len(children) == 2
     for child, steps in children:
         assert child.info.status == "FINISHED"
-        assert "test_e2ee" in child.data.metrics
+        assert "test/e2ee" in child.data.metrics
+        assert all("/" in k for k in child.data.metrics), sorted(child.data.metrics)
         assert steps == [16, 32]  # sent from the spool
     # one meaning per metric name: each validation's wall time at its step, the run's
     # total once, at the evaluated checkpoint's step (here the last validation's)
-    walls = _metric_steps(work, "box", ("wall_seconds", "total_wall_seconds"))
-    assert walls == [{"wall_seconds": [16, 32], "total_wall_seconds": [32]}] * 2
+    walls = _metric_steps(work, "box", ("time/wall_seconds", "time/total_wall_seconds"))
+    assert walls == [{"time/wall_seconds": [16, 32], "time/total_wall_seconds": [32]}] * 2
 
 
 def _parent_status(work: Path, sweep: str) -> str:
