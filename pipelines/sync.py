@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.plan import PlannedRun, Sweep
-from pipelines.tracking.metrics import mlflow_metrics
+from pipelines.tracking.metrics import (
+    TRAIN_GRAD_NORM,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    mlflow_metrics,
+)
 from pipelines.tracking.tags import (
     STATUS_FAILED,
     STATUS_FINISHED,
@@ -48,7 +53,9 @@ def tracking_context(
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The tracking server (started or reused), the sweep's parent run and each run's child.
 
-    Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}}, parent id)``;
+    Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}, "options":
+    what the workers log besides validations (:meth:`TrackingSettings.run_options`)},
+    parent id)`` (:func:`run_tracking` makes one run's part of it for its worker);
     the runs of the sweep not in ``todo`` (finished on disk) are logged here if MLflow
     does not have them yet. On leaving, the parent ends ``FAILED`` if a run of
     ``outcomes`` (filled in while inside) failed, ``KILLED`` if one was stopped or the
@@ -89,7 +96,7 @@ def tracking_context(
             runs[run.key] = _child(tracker, experiment, parent, run, env)
         tracker.set_status(parent, "RUNNING")
         try:
-            yield {"uri": uri, "runs": runs}, parent
+            yield {"uri": uri, "runs": runs, "options": settings.run_options()}, parent
         except BaseException as e:
             # interrupted (Ctrl-C, SIGTERM) or the driver itself failed
             interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
@@ -175,6 +182,37 @@ def validation_points(record: dict[str, Any]) -> dict[str, float]:
     """A validation record's metrics under their MLflow names
     (:mod:`pipelines.tracking.metrics`), as logged at the step of its sample count."""
     return mlflow_metrics(record)
+
+
+def run_tracking(tracking: dict[str, Any], key: str) -> dict[str, Any]:
+    """What the worker of run ``key`` needs of the sweep's ``tracking``: ``{"uri",
+    "run_id"}`` (its child) and the options (e.g. ``train_every_steps``)."""
+    return {**tracking.get("options", {}), "uri": tracking["uri"], "run_id": tracking["runs"][key]}
+
+
+class TrainPoints:
+    """The ``train/`` points of a run's training steps (:class:`sparling.train.Callbacks`
+    ``on_progress`` info): ``train/loss``, ``train/lr``, ``train/grad_norm`` of every
+    ``every``-th optimizer step of ``batch`` samples (the global batch), at the step of
+    its sample count. Steps are counted from the run's start, so a resumed run logs the
+    same steps as one never stopped."""
+
+    def __init__(self, every: int, batch: int) -> None:
+        if every < 1 or batch < 1:
+            raise ValueError(f"every and batch must be at least 1, got {every} and {batch}")
+        self.every = every
+        self.batch = batch
+
+    def __call__(self, info: Mapping[str, Any]) -> dict[str, float] | None:
+        """The points of this step, or ``None`` when it is not one to log."""
+        samples = int(info.get("samples", 0))
+        if samples <= 0 or (samples // self.batch) % self.every or "loss" not in info:
+            return None
+        points = {TRAIN_LOSS: float(info["loss"])}
+        for key, name in (("lr", TRAIN_LR), ("grad_norm", TRAIN_GRAD_NORM)):
+            if key in info:
+                points[name] = float(info[key])
+        return points
 
 
 def run_logger(tracking: dict[str, Any], folder: RunFolder) -> MetricLogger:

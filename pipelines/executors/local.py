@@ -37,7 +37,14 @@ from typing import Any
 from pipelines.display import describe_progress
 from pipelines.executors.base import RunOutcome, evaluate_run
 from pipelines.plan import PlannedRun
-from pipelines.sync import log_run_results, mark_ended, run_logger, validation_points
+from pipelines.sync import (
+    TrainPoints,
+    log_run_results,
+    mark_ended,
+    run_logger,
+    run_tracking,
+    validation_points,
+)
 from pipelines.train_job import prepare_datasets
 from sparling.runs import RUNS_DIR, RunFolder
 
@@ -97,6 +104,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     import torch
 
     from pipelines.tracking.logger import append_to_spool
+    from pipelines.tracking.settings import DEFAULT_TRAIN_EVERY_STEPS
     from sparling.config import RunConfig
     from sparling.shards import ShardedDataset
     from sparling.train import Callbacks, make_trainer
@@ -116,24 +124,36 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
 
     holder: dict[str, Any] = {}
 
+    def log(points: dict[str, float], step: int) -> None:
+        if logger is not None:
+            logger.log(points, step)
+        else:  # sent to MLflow when the sweep is run where it is tracked
+            append_to_spool(spool, points, step, int(time.time() * 1000))
+
     def on_validation(record: dict[str, Any], _checkpoint: Any) -> None:
         numeric = _numeric(record)
         # every validation so far (the trainer's history survives resumption), kept in
         # the run folder for good: the spool is emptied once MLflow has the points
         folder.write_history(holder["trainer"].history)
-        points = validation_points(record)
-        if logger is not None:
-            logger.log(points, int(record["samples"]))
-        else:
-            append_to_spool(spool, points, int(record["samples"]), int(time.time() * 1000))
+        log(validation_points(record), int(record["samples"]))
         write_progress({**numeric, "state": "running"})
+
+    train_points = TrainPoints(
+        int((tracking or {}).get("train_every_steps", DEFAULT_TRAIN_EVERY_STEPS)),
+        config.batch_size,
+    )
+
+    def on_progress(info: dict[str, Any]) -> None:
+        points = train_points(info)
+        if points is not None:
+            log(points, int(info["samples"]))
 
     trainer = make_trainer(
         config,
         ShardedDataset(job["train"]),
         ShardedDataset(job["val"]),
         folder.path,
-        callbacks=Callbacks(on_validation=on_validation),
+        callbacks=Callbacks(on_validation=on_validation, on_progress=on_progress),
         progress=False,
         device=job["device"],
     )
@@ -269,11 +289,7 @@ def run_local(
                     "test": str(paths["test"]),
                     "threads": threads,
                     "device": device,
-                    "tracking": (
-                        {"uri": tracking["uri"], "run_id": tracking["runs"][run.key]}
-                        if tracking
-                        else None
-                    ),
+                    "tracking": run_tracking(tracking, run.key) if tracking else None,
                 }
             )
     if progress:

@@ -8,7 +8,10 @@ the names logged, at the MLflow boundary only.
 =============  ===========================================================================
 group          metrics
 =============  ===========================================================================
-``train/``     ``loss`` (the training loss of the batch at that step)
+``train/``     ``loss`` (the training loss of the batch at that step), ``lr`` (its
+               learning rate), ``grad_norm`` (its gradients' global L2 norm, before
+               clipping), every ``logging.train_every_steps`` optimizer steps of
+               ``mlflow.yaml`` (and ``loss`` at each validation)
 ``val/``       ``exact_match``, ``e2ee``, ``density`` (measured), at each validation
 ``motif/``     ``fpe``, ``fne``, ``ce`` on validation inputs, at each density step
 ``schedule/``  ``density`` (what the bottleneck aimed at), ``threshold``,
@@ -35,6 +38,8 @@ from typing import Any
 
 # The names, one constant each (what the report and the tests read).
 TRAIN_LOSS = "train/loss"
+TRAIN_LR = "train/lr"
+TRAIN_GRAD_NORM = "train/grad_norm"
 VAL_EXACT_MATCH = "val/exact_match"
 VAL_E2EE = "val/e2ee"
 VAL_DENSITY = "val/density"
@@ -84,7 +89,7 @@ RECORD_TO_METRIC: dict[str, str] = {
 #: The MLflow name -> the name runs tracked before it logged.
 OLD_NAMES: dict[str, str] = {new: old for old, new in RECORD_TO_METRIC.items()}
 #: Every metric name the project logs (besides MLflow's own ``system/*``).
-METRICS: tuple[str, ...] = tuple(RECORD_TO_METRIC.values())
+METRICS: tuple[str, ...] = (*RECORD_TO_METRIC.values(), TRAIN_LR, TRAIN_GRAD_NORM)
 
 #: A record's keys that are not metrics: the step itself.
 STEP_KEY = "samples"

@@ -104,3 +104,63 @@ def test_old_new_and_mixed_runs_read_the_same() -> None:
     mixed = {"val_accuracy": 0.5, "val/exact_match": 0.9, "test_ce": 0.3}
     assert read_metric(mixed, "val/exact_match") == 0.9
     assert canonical_metrics(mixed) == {"val/exact_match": 0.9, "test/ce": 0.3}
+
+
+# -- train/ points every N optimizer steps ------------------------------------------------
+
+
+def _progress(tmp_path: Path, name: str, **updates: Any) -> list[dict[str, Any]]:
+    """Every ``on_progress`` info of a tiny run of 6 steps of 8 samples."""
+    from sparling import domains
+    from sparling.config import load_config
+    from sparling.train import Callbacks, make_trainer
+
+    d_train = domains.make("digit-circle", split="train")
+    d_val = domains.make("digit-circle", split="val")
+    infos: list[dict[str, Any]] = []
+    cfg = load_config(
+        tiny_config(**{"budget_samples": 48, "val_interval": 48, "optim.lr": 1e-3, **updates})
+    )
+    make_trainer(
+        cfg,
+        [d_train.sample(0, i) for i in range(16)],
+        [d_val.sample(0, i) for i in range(8)],
+        tmp_path / name,
+        callbacks=Callbacks(on_progress=infos.append),
+        progress=False,
+    ).fit()
+    return infos
+
+
+def test_each_step_reports_its_learning_rate_and_gradient_norm(tmp_path: Path) -> None:
+    import pytest
+
+    warm = _progress(tmp_path, "warm", **{"optim.warmup_samples": 32, "optim.grad_clip": 1e-6})
+    assert [i["samples"] for i in warm] == [8, 16, 24, 32, 40, 48]
+    # linear warm-up over 32 samples: the lr of the step that trains samples s..s+8
+    assert [i["lr"] for i in warm] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert all(math.isfinite(i["grad_norm"]) and i["grad_norm"] > 1e-3 for i in warm)
+    # the norm is taken before clipping: without clipping, the first step (same seed, same
+    # batch, same weights) has the same norm
+    free = _progress(tmp_path, "free", **{"optim.warmup_samples": 32, "optim.grad_clip": None})
+    assert free[0]["grad_norm"] == pytest.approx(warm[0]["grad_norm"], rel=1e-5)
+    assert free[1]["grad_norm"] != pytest.approx(warm[1]["grad_norm"], rel=1e-3)
+
+
+def test_train_points_every_n_steps_at_their_sample_count() -> None:
+    import pytest
+
+    from pipelines.sync import TrainPoints
+
+    points = TrainPoints(every=2, batch=8)
+    infos = [{"samples": 8 * k, "loss": 1.0 / k, "lr": 1e-3, "grad_norm": k} for k in range(1, 7)]
+    logged = {i["samples"]: points(i) for i in infos if points(i) is not None}
+    assert list(logged) == [16, 32, 48]
+    assert logged[32] == {"train/loss": 0.25, "train/lr": 1e-3, "train/grad_norm": 4.0}
+    # counted from the run's start: a run resumed at sample 24 logs the same steps
+    assert [i["samples"] for i in infos[3:] if points(i) is not None] == [32, 48]
+    # data parallel: the global batch (2 workers of 8) makes a step 16 samples
+    wide = TrainPoints(every=2, batch=16)
+    assert [s for s in (16, 32, 48, 64) if wide({"samples": s, "loss": 0.0})] == [32, 64]
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainPoints(every=0, batch=8)

@@ -192,6 +192,9 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
             steps = [m.step for m in history]
             # every validation once, including those made while the server was down
             assert len(steps) == len(set(steps)) == result["validations"] == 15, steps
+            # every 50th optimizer step of 8 samples (mlflow.yaml's default)
+            lr = client.get_metric_history(child.info.run_id, "train/lr")
+            assert sorted(m.step for m in lr) == [400, 800]
             assert "test/ce" in child.data.metrics
             # every name grouped (train/, val/, test/, ...): the UI groups the charts
             assert all("/" in k for k in child.data.metrics), sorted(child.data.metrics)

@@ -73,6 +73,7 @@ def test_default_settings_without_a_file(tmp_path: Path, monkeypatch: pytest.Mon
     assert s.artifact_location == str(work / "mlflow" / "artifacts")
     assert s.state_dir == work / "mlflow"
     assert s.port is None and s.start_timeout == 120
+    assert s.train_every_steps == 50 and s.run_options() == {"train_every_steps": 50}
     assert s.experiment_for(sweep="paper-digit-circle") == "sparling-paper-digit-circle"
     assert s.experiment_for("digit-circle") == "sparling"  # no sweep given
     assert s.experiment_artifact_location is None  # the local server proxies artifacts
@@ -119,8 +120,10 @@ def test_profiles_and_environment_overrides(
         "profiles:\n"
         "  local: {store_uri: 'sqlite:///db/x.db', artifact_location: arts, port: 5123}\n"
         "  server: {tracking_uri: 'http://mlflow.example:5000', artifact_location: 's3://b/p'}\n"
+        "logging: {train_every_steps: 7}\n"
     )
     s = load_settings(work, custom, env={})
+    assert s.run_options() == {"train_every_steps": 7}
     assert s.store_uri == f"sqlite:///{work}/db/x.db" and s.artifact_location == str(work / "arts")
     assert s.port == 5123 and s.experiment_for("digit-circle") == "exp"
     s = load_settings(
@@ -141,6 +144,11 @@ def test_profiles_and_environment_overrides(
         ),
         ("profiles:\n  local:\n    port: abc\n", {}, r"profiles\.local\.port: Input should be"),
         ("experiment_prefix: x\n", {}, r"experiment_prefix: unknown key.*accepted here"),
+        (
+            "logging:\n  train_every_steps: 0\n",
+            {},
+            r"logging\.train_every_steps: Input should be greater than or equal to 1",
+        ),
         ("profile: [local\n", {}, r"not valid YAML"),
         ("- local\n", {}, r"must be a mapping, got list"),
         ("experiment_name: 'x-{user}'\n", {}, r"experiment_name='x-\{user\}': unknown placeholder"),

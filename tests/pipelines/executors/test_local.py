@@ -168,6 +168,11 @@ def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
     for child, steps in children:
         assert child.info.status == "FINISHED"
         assert steps == list(range(16, 4001, 16))  # every validation, once
+    # every 50th optimizer step (mlflow.yaml's default) of 8 samples, across the stop
+    train = _metric_steps(work, "deadline", ("train/loss", "train/lr", "train/grad_norm"))
+    for run in train:
+        assert run["train/lr"] == run["train/grad_norm"] == list(range(400, 4001, 400))
+        assert run["train/loss"] == list(range(16, 4001, 16))  # at validations too, once
     assert _parent_status(work, "deadline") == "FINISHED"
 
 
