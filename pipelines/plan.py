@@ -440,6 +440,30 @@ def build_sweep(
     return Sweep(spec, source, runs)
 
 
+def plan_document(sweep: Sweep) -> dict[str, Any]:
+    """The resolved plan as plain JSON data: the sweep's name, file, fingerprint and swept
+    fields, and each run's key, name, method, seed, swept values, ``after`` and resolved
+    config (what the sweep's MLflow parent keeps as ``sweep/plan.json``)."""
+    return {
+        "name": sweep.name,
+        "source": sweep.source,
+        "fingerprint": sweep.fingerprint(),
+        "swept_fields": sweep.swept_fields,
+        "runs": [
+            {
+                "key": r.key,
+                "name": r.name,
+                "method": r.method,
+                "seed": r.seed,
+                "swept": r.swept,
+                "after": r.after,
+                "config": r.config.model_dump(mode="json"),
+            }
+            for r in sweep.runs
+        ],
+    }
+
+
 def describe(sweep: Sweep, done: set[str] | None = None) -> str:
     """The plan as a table: one line per run with its hash (and whether it already finished)."""
     done = done or set()
@@ -467,4 +491,5 @@ __all__ = [
     "describe",
     "flatten",
     "load_sweep",
+    "plan_document",
 ]

@@ -19,6 +19,7 @@ The executors call :func:`log_run_results` once a run is evaluated and
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,7 @@ def tracking_context(
         parent = tracker.parent_run(
             experiment, sweep.name, parent_tags(len(sweep.runs), sweep.swept_fields, sweep.source)
         )
+        log_sweep_files(tracker, parent, sweep)
         # Children a killed driver left RUNNING: mark them KILLED; they resume below.
         tracker.mark_stale(parent, keep=set())
         env = environment_tags(source=f"sparling sweep {_relative(sweep.source)}")
@@ -117,10 +119,31 @@ def parent_status(outcomes: Mapping[str, Any]) -> str:
     return "FINISHED"
 
 
+#: Where a sweep's parent keeps the sweep file and the resolved plan (``plan.json``).
+SWEEP_ARTIFACTS = "sweep"
+PLAN_FILE = "plan.json"
+#: The resolved run config in a child run (as in the run folder).
+CONFIG_ARTIFACT = "config.json"
+
+
+def log_sweep_files(tracker: Any, parent: str, sweep: Sweep) -> None:
+    """The sweep file as given and the resolved plan (:func:`pipelines.plan.plan_document`)
+    into the parent's ``sweep/`` artifacts; a sweep started again replaces them (the plan
+    then lists what that start planned)."""
+    from pipelines.plan import plan_document
+
+    source = Path(sweep.source)
+    if source.is_file():
+        tracker.log_artifact(parent, source, SWEEP_ARTIFACTS)
+    plan = json.dumps(plan_document(sweep), indent=2, sort_keys=True)
+    tracker.log_text(parent, plan, f"{SWEEP_ARTIFACTS}/{PLAN_FILE}")
+
+
 def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dict[str, str]) -> str:
-    """Find or create the run's MLflow child under the sweep's parent."""
+    """Find or create the run's MLflow child under the sweep's parent; a new one gets the
+    resolved config as ``config.json`` at once (the run folder's copy follows at the end)."""
     config = run.config
-    run_id, _ = tracker.child_run(
+    run_id, existed = tracker.child_run(
         experiment,
         parent,
         run.key,
@@ -128,6 +151,8 @@ def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dic
         params=config.flat(),
         tags={**env, **child_tags(run.key, run.method, config.domain.name, run.seed, run.swept)},
     )
+    if not existed:
+        tracker.log_text(run_id, config.to_json(), CONFIG_ARTIFACT)
     return str(run_id)
 
 

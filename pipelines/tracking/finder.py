@@ -249,6 +249,10 @@ class Tracker:
         """Upload one file into the run."""
         self.client.log_artifact(run_id, str(local_file), artifact_path)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Write ``text`` into the run as the artifact ``artifact_file`` (e.g. ``a/b.json``)."""
+        self.client.log_text(run_id, text, artifact_file)
+
     def children(self, parent_id: str) -> list[Run]:
         """The parent's active child runs, oldest first."""
         experiment_id = self.client.get_run(parent_id).info.experiment_id
