@@ -88,14 +88,14 @@ def tracking_context(
             # last step is logging its results), log them now from the saved evaluation.
             child = tracker.find_child(parent, run.key)
             if child is None or child.info.status != "FINISHED":
-                child_id = _child(tracker, experiment, parent, run, env)
+                child_id = _child(tracker, experiment, parent, run, env, work_dir)
                 folder = RunFolder.for_config(run.config, work_dir)
                 # points its worker had not sent yet are in its spool: send them first
                 send_spool(uri, child_id, folder)
                 saved = folder.read_evaluation() or {}
                 log_run_results(tracker, child_id, run, work_dir, saved)
         for run in todo:
-            runs[run.key] = _child(tracker, experiment, parent, run, env)
+            runs[run.key] = _child(tracker, experiment, parent, run, env, work_dir)
         tracker.set_status(parent, "RUNNING")
         try:
             yield {"uri": uri, "runs": runs, "options": settings.run_options()}, parent
@@ -139,9 +139,17 @@ def log_sweep_files(tracker: Any, parent: str, sweep: Sweep) -> None:
     tracker.log_text(parent, plan, f"{SWEEP_ARTIFACTS}/{PLAN_FILE}")
 
 
-def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dict[str, str]) -> str:
+def _child(
+    tracker: Any,
+    experiment: str,
+    parent: str,
+    run: PlannedRun,
+    env: dict[str, str],
+    work_dir: Path,
+) -> str:
     """Find or create the run's MLflow child under the sweep's parent; a new one gets the
-    resolved config as ``config.json`` at once (the run folder's copy follows at the end)."""
+    resolved config as ``config.json`` at once (the run folder's copy follows at the end)
+    and its datasets as inputs."""
     config = run.config
     run_id, existed = tracker.child_run(
         experiment,
@@ -153,7 +161,16 @@ def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dic
     )
     if not existed:
         tracker.log_text(run_id, config.to_json(), CONFIG_ARTIFACT)
+        log_datasets(tracker, run_id, run, work_dir)
     return str(run_id)
+
+
+def log_datasets(tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path) -> None:
+    """The run's train, val and test datasets as the child's dataset inputs
+    (:mod:`pipelines.tracking.datasets`); logging them again adds nothing."""
+    from pipelines.tracking.datasets import run_dataset_inputs
+
+    tracker.log_inputs(mlflow_run, run_dataset_inputs(run.config, work_dir))
 
 
 def send_spool(uri: str, child: str, folder: RunFolder) -> None:
@@ -167,9 +184,10 @@ def log_run_results(
     tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path, metrics: dict[str, float]
 ) -> None:
     """A finished run's test metrics (``metrics``: its ``evaluation.json``, logged under
-    the MLflow names), evaluation figures, config and density checkpoints into its
-    child, then the child FINISHED."""
+    the MLflow names), evaluation figures, config, density checkpoints and dataset inputs
+    into its child, then the child FINISHED."""
     folder = RunFolder.for_config(run.config, work_dir)
+    log_datasets(tracker, mlflow_run, run, work_dir)  # a child made before inputs were logged
     step = int(metrics["test_checkpoint_samples"])
     tracker.log_metrics(mlflow_run, mlflow_metrics(metrics), step)
     tracker.log_artifacts(mlflow_run, folder.evaluation_dir, EVALUATION_DIR)

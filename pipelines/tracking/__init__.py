@@ -26,6 +26,9 @@ Each part is usable alone, one module each:
                                             (:func:`mlflow_metrics`), and reading runs
                                             tracked under the older names
                                             (:func:`read_metric`)
+:mod:`~pipelines.tracking.datasets`         a run's datasets as MLflow dataset inputs,
+                                            from their manifests
+                                            (:func:`run_dataset_inputs`)
 :mod:`~pipelines.tracking.limits`           MLflow's limits on keys, values and batches
 :mod:`~pipelines.tracking.errors`           :class:`TrackingError` and its kinds
 ==========================================  ==============================================

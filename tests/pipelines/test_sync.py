@@ -15,7 +15,8 @@ import yaml
 from conftest import tiny_config
 
 from pipelines.plan import Sweep, load_sweep
-from pipelines.sync import tracking_context
+from pipelines.sync import log_datasets, tracking_context
+from pipelines.tracking.finder import Tracker
 from pipelines.tracking.procs import server_healthy
 from sparling.config import RunConfig
 
@@ -67,6 +68,9 @@ def synced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synced]:
             key: _download(client, child, "config.json", downloads / key)
             for key, child in tracking["runs"].items()
         }
+        # logging a run's datasets again adds nothing
+        first = sweep.runs[0]
+        log_datasets(Tracker(tracking["uri"]), tracking["runs"][first.key], first, work)
         read["runs"] = {key: client.get_run(child) for key, child in tracking["runs"].items()}
         children = dict(tracking["runs"])
     yield Synced(sweep, path, work, parent, children, downloads, read)
@@ -98,3 +102,37 @@ def test_each_child_keeps_its_resolved_config(synced: Synced) -> None:
         assert config.run_id() == run.key
         assert config.schedule.delta_update == 0.75 and config.seed == run.seed
         assert synced.read["configs"][run.key].read_text() == run.config.to_json()
+
+
+def test_each_child_lists_its_datasets_by_name_and_digest(synced: Synced) -> None:
+    from sparling.shards import plan_dataset
+
+    data = SWEEP["base"]["data"]
+    sizes = {"train": data["train_size"], "val": data["val_size"], "test": data["test_size"]}
+    expected = {}
+    for split, count in sizes.items():
+        plan = plan_dataset("digit-circle", {}, split, 0, count, min(data["shards"], count))
+        expected[split] = (f"digit-circle-{split}-{plan.dataset_hash[:12]}", plan)
+    for run in synced.sweep.runs:
+        inputs = synced.read["runs"][run.key].inputs.dataset_inputs
+        assert len(inputs) == 3  # once each, though logged twice for the first run
+        by_context = {
+            {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset for i in inputs
+        }
+        assert set(by_context) == {"train", "val", "test"}
+        for split, dataset in by_context.items():
+            name, plan = expected[split]
+            assert dataset.name == name  # the dataset's folder under the work dir
+            assert dataset.digest == plan.dataset_hash[:12]
+            source = json.loads(dataset.source)["uri"]
+            folder = synced.work.resolve() / "data" / name
+            assert source == (folder / "manifest.json").as_uri()
+            profile = json.loads(dataset.profile)
+            assert profile["num_rows"] == sizes[split] and profile["split"] == split
+            assert profile["dataset_hash"] == plan.dataset_hash
+    # the data's seed, not the run's: every run of the sweep reads the same datasets
+    digests = {
+        frozenset(i.dataset.digest for i in synced.read["runs"][r.key].inputs.dataset_inputs)
+        for r in synced.sweep.runs
+    }
+    assert len(digests) == 1
