@@ -205,7 +205,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     )
     startup["trainer"] = time.time()
     progress.latest["startup"] = startup
-    result = trainer.fit()
+    from pipelines.tracking.system_metrics import system_metrics
+
+    # one process's system metrics per run: rank 0's
+    with system_metrics(tracking if rank == 0 else None):
+        result = trainer.fit()
     if logger is not None:
         logger.close()
     if rank == 0:

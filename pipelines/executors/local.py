@@ -105,6 +105,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
 
     from pipelines.tracking.logger import append_to_spool
     from pipelines.tracking.settings import DEFAULT_TRAIN_EVERY_STEPS
+    from pipelines.tracking.system_metrics import system_metrics
     from sparling.config import RunConfig
     from sparling.shards import ShardedDataset
     from sparling.train import Callbacks, make_trainer
@@ -115,6 +116,11 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     folder.write_config(config)
     spool = folder.spool_path
     tracking = job.get("tracking")
+    if tracking:
+        from pipelines.tracking.finder import Tracker
+
+        # a child marked KILLED when its run stopped (a deadline) runs again
+        Tracker(tracking["uri"]).set_status(tracking["run_id"], "RUNNING")
     # with tracking: validations a copied run folder made elsewhere are sent first
     logger = run_logger(tracking, folder) if tracking else None
     t0 = time.time()
@@ -158,23 +164,22 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         device=job["device"],
     )
     holder["trainer"] = trainer
-    result = trainer.fit()
-    if logger is not None:
-        logger.close()
-    folder.write_result(
-        result,
-        node_id=None,
-        node_ip=socket.gethostname(),
-        device=torch.cuda.get_device_name() if job["device"].startswith("cuda") else "cpu",
-        process_seconds=time.time() - t0,
-    )
-    write_progress({"samples": result.samples, "state": "finished", "status": result.status})
-    run = PlannedRun(config=config, method=job["method"], seed=config.seed)
-    work_dir = Path(job["work_dir"])
-    metrics = evaluate_run(run, work_dir, test_dir=Path(job["test"]), device=job["device"])
+    with system_metrics(tracking):  # of this process, training and evaluating
+        result = trainer.fit()
+        if logger is not None:
+            logger.close()
+        folder.write_result(
+            result,
+            node_id=None,
+            node_ip=socket.gethostname(),
+            device=torch.cuda.get_device_name() if job["device"].startswith("cuda") else "cpu",
+            process_seconds=time.time() - t0,
+        )
+        write_progress({"samples": result.samples, "state": "finished", "status": result.status})
+        run = PlannedRun(config=config, method=job["method"], seed=config.seed)
+        work_dir = Path(job["work_dir"])
+        metrics = evaluate_run(run, work_dir, test_dir=Path(job["test"]), device=job["device"])
     if tracking:
-        from pipelines.tracking.finder import Tracker
-
         log_run_results(Tracker(tracking["uri"]), tracking["run_id"], run, work_dir, metrics)
 
 

@@ -29,6 +29,8 @@ Each part is usable alone, one module each:
 :mod:`~pipelines.tracking.datasets`         a run's datasets as MLflow dataset inputs,
                                             from their manifests
                                             (:func:`run_dataset_inputs`)
+:mod:`~pipelines.tracking.system_metrics`   MLflow's system metrics monitor on a run
+                                            (:func:`system_metrics`)
 :mod:`~pipelines.tracking.limits`           MLflow's limits on keys, values and batches
 :mod:`~pipelines.tracking.errors`           :class:`TrackingError` and its kinds
 ==========================================  ==============================================

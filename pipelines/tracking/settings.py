@@ -75,6 +75,11 @@ DEFAULT_TRAIN_EVERY_STEPS = 50
 class _Logging(_Section):
     train_every_steps: int = Field(DEFAULT_TRAIN_EVERY_STEPS, ge=1)
     """Optimizer steps between two ``train/`` points (loss, learning rate, gradient norm)."""
+    system_metrics: bool = True
+    """MLflow's system metrics (``system/``: CPU, memory, disk, network; GPU where present)
+    of each training process, on its run."""
+    system_metrics_interval: float = Field(10.0, gt=0)
+    """Seconds between two system metrics samples."""
 
 
 class _SettingsFile(_Section):
@@ -109,6 +114,10 @@ class TrackingSettings:
     start_timeout: float = 120.0
     train_every_steps: int = DEFAULT_TRAIN_EVERY_STEPS
     """Optimizer steps between two ``train/`` points of a run (``logging`` in the file)."""
+    system_metrics: bool = True
+    """Whether each training process logs MLflow's system metrics to its run."""
+    system_metrics_interval: float = 10.0
+    """Seconds between two system metrics samples."""
 
     @property
     def is_local(self) -> bool:
@@ -139,7 +148,11 @@ class TrackingSettings:
     def run_options(self) -> dict[str, Any]:
         """What each run's worker needs of these settings besides the URI (plain values,
         passed to the worker in its tracking dict)."""
-        return {"train_every_steps": self.train_every_steps}
+        return {
+            "train_every_steps": self.train_every_steps,
+            "system_metrics": self.system_metrics,
+            "system_metrics_interval": self.system_metrics_interval,
+        }
 
     def describe(self) -> str:
         """One line for people: the profile and where runs and artifacts go (no secrets)."""
@@ -216,7 +229,7 @@ def load_settings(
             else:
                 profile = "server"  # "log there": a server already runs at that URI
     described = source + (f" + {', '.join(overrides)}" if overrides else "")
-    run_logging: dict[str, Any] = {"train_every_steps": parsed.logging.train_every_steps}
+    run_logging: dict[str, Any] = parsed.logging.model_dump()
 
     if profile == "server":
         server = parsed.profiles.server

@@ -147,7 +147,13 @@ def _parent_status(work: Path, sweep: str) -> str:
     return str(parent.info.status)
 
 
-def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
+def test_tracked_runs_stop_at_a_deadline_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # system metrics sampled every half second (mlflow.yaml's default is 10 s)
+    settings = tmp_path / "mlflow.yaml"
+    settings.write_text("logging: {system_metrics_interval: 0.5}\n")
+    monkeypatch.setenv("SPARLING_MLFLOW_CONFIG", str(settings))
     # Enough samples that the 1-second deadline stops the runs before they end.
     path = _sweep_file(tmp_path, "deadline", budget_samples=4000, val_interval=16)
     work = tmp_path / "work"
@@ -168,6 +174,11 @@ def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
     for child, steps in children:
         assert child.info.status == "FINISHED"
         assert steps == list(range(16, 4001, 16))  # every validation, once
+        # MLflow's system metrics of the training process, on by default
+        system = {k for k in child.data.metrics if k.startswith("system/")}
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= (
+            system
+        )
     # every 50th optimizer step (mlflow.yaml's default) of 8 samples, across the stop
     train = _metric_steps(work, "deadline", ("train/loss", "train/lr", "train/grad_norm"))
     for run in train:
