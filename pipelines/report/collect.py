@@ -226,6 +226,8 @@ def _record(client: MlflowClient, run: Run, fields: Sequence[str], notes: list[s
         # Only finished runs enter the curves; skipping the others saves MLflow calls.
         history=_history(client, run) if status == "finished" else (),
         start_time=run.info.start_time or 0,
+        params={k: _param(run.data.params, k) for k in run.data.params or {}},
+        tags=dict(tags),
     )
 
 
@@ -340,3 +342,25 @@ def log_folder(tracking_uri: str, parent_run_id: str, out_dir: Path) -> None:
             f"no MLflow run {parent_run_id!r} at {redact_uri(tracking_uri)!r}: {e}"
         ) from e
     client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
+
+
+def log_table_file(tracking_uri: str, run_id: str, frame: Any, artifact_file: str) -> None:
+    """Log ``frame`` as the run's table ``artifact_file`` (``.json``), as
+    ``MlflowClient.log_table`` does (the same file format, listed in the run's
+    ``mlflow.loggedArtifacts`` tag, so the UI shows it and ``load_table`` reads it), but
+    replacing an earlier table of that name where ``log_table`` would append to it (a
+    report made again would double its rows)."""
+    import tempfile
+
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    client = _client(tracking_uri)
+    folder, name = artifact_file.rpartition("/")[::2]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        frame.to_json(path, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(path), folder or None)
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))

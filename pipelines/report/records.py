@@ -81,6 +81,10 @@ class RunRecord:
     metrics: dict[str, float]
     history: tuple[CurvePoint, ...] = ()
     start_time: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    """The run's params (its flattened resolved config), each read back as the value it was."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Every tag of the run."""
 
     def metric(self, key: str) -> float:
         """The latest value of metric ``key`` (under its name or, for a run tracked

@@ -136,3 +136,19 @@ def test_each_child_lists_its_datasets_by_name_and_digest(synced: Synced) -> Non
         for r in synced.sweep.runs
     }
     assert len(digests) == 1
+
+
+def test_runs_frame_of_a_work_dir(synced: Synced, tmp_path: Path) -> None:
+    from pipelines.report import runs_frame
+    from sparling.errors import SparlingError
+
+    df = runs_frame(str(synced.path), synced.work)  # the sweep's file: its name is read
+    assert sorted(df["run_id"]) == sorted(r.key for r in synced.sweep.runs)
+    assert set(df["status"]) == {"running"}  # created, never trained
+    assert sorted(df["seed"]) == [0, 0, 1, 1]
+    assert set(df["config.schedule.delta_update"]) == {0.75}
+    assert df.attrs["counts"]["expected"] == 4 and df.attrs["parent_run_id"] == synced.parent
+    assert not server_healthy(synced.read["uri"])  # the server it started is stopped again
+    with pytest.raises(SparlingError, match="no MLflow tracking store"):
+        runs_frame("synced", tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
