@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             result = json.loads(
                 RunFolder.of(r.data.tags["sparling.run_id"], work).result_path.read_text()
             )
-            for metric in ("val_accuracy", "train_loss", "density"):
+            for metric in ("val/exact_match", "train/loss", "schedule/density"):
                 steps = [m.step for m in client.get_metric_history(r.info.run_id, metric)]
                 points += len(steps)
                 lost += max(0, result["validations"] - len(set(steps)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,63 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
             raise UsageError(f"{flag} expects key=value, got {item!r}")
         out[key.strip()] = load_yaml(raw, source=f"{flag} {key.strip()}") if raw.strip() else ""
     return out
+
+
+#: The work dir when ``--work-dir`` is not given (the flag wins over it).
+WORK_DIR_ENV = "SPARLING_WORK_DIR"
+DEFAULT_WORK_DIR = "sparling-work"
+
+
+def default_work_dir() -> str:
+    """``$SPARLING_WORK_DIR``, else ``sparling-work``."""
+    return os.environ.get(WORK_DIR_ENV, "").strip() or DEFAULT_WORK_DIR
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``--seeds``: seeds ``N``, ranges ``N-M`` (both ends included) and comma lists of
+    them, e.g. ``0-8`` or ``0,2,5-7``, in the order given, each once."""
+    if text is None:
+        return None
+    from pipelines.plan import MAX_SWEEP_RUNS
+    from sparling.fileio import env_limit
+
+    limit = env_limit("SPARLING_SWEEP_MAX_RUNS", MAX_SWEEP_RUNS, error=UsageError)
+    form = "seeds as N, N-M or a comma list of them, e.g. 0-8 or 0,2,5-7"
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        if not first.isdigit() or (sep and not last.isdigit()):
+            raise UsageError(f"--seeds expects {form}; got {text!r} ({part.strip()!r})")
+        low, high = int(first), int(last) if sep else int(first)
+        if high < low:
+            raise UsageError(
+                f"--seeds {text!r}: the range {part.strip()} goes down; write {high}-{low}"
+            )
+        if len(seeds) + high - low + 1 > limit:
+            raise UsageError(
+                f"--seeds {text!r} names more than {limit:,} seeds, the most runs a sweep may "
+                "plan (SPARLING_SWEEP_MAX_RUNS raises it)"
+            )
+        for seed in range(low, high + 1):
+            if seed in seeds:
+                raise UsageError(f"--seeds {text!r}: seed {seed} is given twice")
+            seeds.append(seed)
+    return seeds
+
+
+def parse_methods(text: str | None) -> list[str] | None:
+    """``--methods``: comma-separated method names or labels, each once."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise UsageError(
+            f"--methods expects comma-separated method names, e.g. sparling,l1; got {text!r}"
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--methods {text!r}: {', '.join(twice)} given twice")
+    return names
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -262,12 +320,24 @@ def _local_options(args: argparse.Namespace) -> Any:
     )
 
 
+def _sweep_overrides(args: argparse.Namespace) -> Any:
+    """The command line's changes to the sweep file (``--set``, ``--seeds``, ``--methods``)."""
+    from pipelines.plan import SweepOverrides
+
+    return SweepOverrides(
+        set=parse_assignments(args.set, "--set"),
+        seeds=parse_seeds(args.seeds),
+        methods=parse_methods(args.methods),
+    )
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.plan import describe, load_sweep
     from pipelines.sweep import check_runs_can_start, run_is_finished, run_sweep
 
     local = _local_options(args)
-    sweep = load_sweep(_resolve_sweep_file(args.file))
+    overrides = _sweep_overrides(args)
+    sweep = load_sweep(_resolve_sweep_file(args.file), overrides)
     work_dir = Path(args.work_dir).resolve()
     if args.dry_run:
         done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
@@ -366,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparling experiments: data generation, training, sweeps and reports.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    work_dir = default_work_dir()
+    work_help = f"default: ${WORK_DIR_ENV}, else {DEFAULT_WORK_DIR} (now {work_dir})"
 
     data = sub.add_parser("data", help="generate or fetch datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -398,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--set", action="append", metavar="K=V", help="override a field, e.g. seed=3 (repeatable)"
     )
-    train.add_argument("--work-dir", default="sparling-work", help="datasets, runs, Ray storage")
+    train.add_argument(
+        "--work-dir", default=work_dir, help=f"datasets, runs, Ray storage; {work_help}"
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=_cmd_train)
 
@@ -420,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--data-seed", type=int, help="exported models: the test images' seed (default: its run's)"
     )
-    ev.add_argument("--work-dir", default="sparling-work", help="exported models: report folder")
+    ev.add_argument(
+        "--work-dir", default=work_dir, help=f"exported models: report folder; {work_help}"
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser("export", help="write a run's model as one safetensors file")
@@ -434,7 +510,25 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--dry-run", action="store_true", help="list the runs (with hashes); run nothing"
     )
-    sw.add_argument("--work-dir", default="sparling-work")
+    sw.add_argument(
+        "--set",
+        action="append",
+        metavar="K=V",
+        help="override a run-config field of every run, e.g. budget_samples=6000 (repeatable; "
+        "not a field the sweep varies per run)",
+    )
+    sw.add_argument(
+        "--seeds",
+        metavar="SEEDS",
+        help="the run seeds, replacing the file's (the sweep's and any method's own): "
+        "0-8, 0,2,5 or 0-3,7",
+    )
+    sw.add_argument(
+        "--methods",
+        metavar="NAMES",
+        help="run only these methods, by name or label, e.g. sparling,l1",
+    )
+    sw.add_argument("--work-dir", default=work_dir, help=work_help)
     sw.add_argument("--quiet", action="store_true", help="no live progress display")
     sw.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     sw.add_argument("--no-report", action="store_true", help="skip the report at the end")
@@ -470,16 +564,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("sweep", help="the sweep's name or file")
     rep.add_argument("--format", action="append", choices=["md", "csv", "tex"])
     rep.add_argument("--out", help="output folder (default: <work-dir>/reports/<sweep>)")
-    rep.add_argument("--work-dir", default="sparling-work")
+    rep.add_argument("--work-dir", default=work_dir, help=work_help)
     rep.set_defaults(func=_cmd_report)
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, help="port (default: a free one, or the running server's)")
-    ui.add_argument("--work-dir", default="sparling-work")
+    ui.add_argument("--work-dir", default=work_dir, help=work_help)
     ui.set_defaults(func=_cmd_ui)
 
     demo = sub.add_parser("demo", help="the end-to-end demo: the quickstart sweep and its report")
-    demo.add_argument("--work-dir", default="sparling-work")
+    demo.add_argument("--work-dir", default=work_dir, help=work_help)
     demo.add_argument(
         "--showcase-samples",
         type=int,

@@ -52,7 +52,7 @@ from pydantic import (
 from sparling.bottlenecks import bottleneck_names
 from sparling.config import RunConfig, flatten, load_config, set_path
 from sparling.domains.base import canonical_hash
-from sparling.errors import SparlingError, format_validation_errors
+from sparling.errors import SparlingError, format_validation_errors, nearest
 from sparling.fileio import YAMLLoadError, env_limit, load_yaml
 
 
@@ -188,6 +188,32 @@ class SweepSpec(_Strict):
 
 
 @dataclass(frozen=True)
+class SweepOverrides:
+    """What the command line changes in a sweep file (``sparling sweep FILE --set ...
+    --seeds ... --methods ...``), applied before the sweep is expanded."""
+
+    set: dict[str, Any] = field(default_factory=dict)
+    """Dotted run-config overrides for every run (after the file's ``set``, which they
+    replace key by key); a field the sweep varies or a method sets is refused."""
+    seeds: list[int] | None = None
+    """The run seeds of every method, replacing the file's (the sweep's and a method's own)."""
+    methods: list[str] | None = None
+    """The methods to run, by name (``l1``: every l1 method) or label (``l1(coefficient=2.0)``,
+    a ``label:``); the others are left out."""
+
+    def describe(self) -> dict[str, Any]:
+        """The overrides given, as plain data (for the plan); empty when none were."""
+        out: dict[str, Any] = {}
+        if self.set:
+            out["set"] = dict(self.set)
+        if self.seeds is not None:
+            out["seeds"] = list(self.seeds)
+        if self.methods is not None:
+            out["methods"] = list(self.methods)
+        return out
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     """One run of a sweep: its config and how tables label it."""
 
@@ -213,6 +239,8 @@ class Sweep:
     spec: SweepSpec
     source: str
     runs: list[PlannedRun]
+    overrides: SweepOverrides = field(default_factory=SweepOverrides)
+    """What the command line changed in the file (already applied to ``spec`` and ``runs``)."""
 
     @property
     def name(self) -> str:
@@ -249,8 +277,10 @@ def _check_field(path: str, source: str, where: str) -> None:
             return
         if not isinstance(node, dict) or p not in node:
             accepted = ", ".join(sorted(node)) if isinstance(node, dict) else "(none: a value)"
+            near = nearest(p, sorted(node)) if isinstance(node, dict) else None
+            hint = f" (did you mean {near!r}?)" if near else ""
             raise SweepError(
-                f"{source}: {where}: unknown config field {'.'.join(parts[: i + 1])!r}; "
+                f"{source}: {where}: unknown config field {'.'.join(parts[: i + 1])!r}{hint}; "
                 f"accepted here: {accepted}"
             )
         node = node[p]
@@ -270,8 +300,9 @@ def _kind(axis: FieldAxis | ZipAxis | VaryAxis) -> str:
     return "zip" if isinstance(axis, ZipAxis) else "vary" if isinstance(axis, VaryAxis) else "field"
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read, validate and expand a sweep file; raises :class:`SweepError` naming the problem."""
+def load_sweep(path: str | Path, overrides: SweepOverrides | None = None) -> Sweep:
+    """Read, validate and expand a sweep file (with the command line's ``overrides``);
+    raises :class:`SweepError` naming the problem."""
     path = Path(path)
     if path.is_dir():
         raise SweepError(f"{path} is a folder; a sweep is a YAML file")
@@ -283,11 +314,64 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepError(str(e)) from None
     if not isinstance(data, dict):
         raise SweepError(f"{path}: a sweep file must be a mapping")
-    return build_sweep(data, source=str(path), base_dir=path.parent)
+    return build_sweep(data, source=str(path), base_dir=path.parent, overrides=overrides)
+
+
+def _apply_overrides(spec: SweepSpec, overrides: SweepOverrides, source: str) -> None:
+    """Apply the command line's overrides to a validated sweep file; refuse what they
+    cannot mean (an unknown field or method, a field the file varies per run)."""
+    if overrides.methods is not None:
+        labels = [m.display() for m in spec.methods]
+        accepted = list(dict.fromkeys([*(m.name for m in spec.methods), *labels]))
+        for name in overrides.methods:
+            if name not in accepted:
+                near = nearest(name, accepted)
+                hint = f" (did you mean {near!r}?)" if near else ""
+                raise SweepError(
+                    f"--methods: no method {name!r} in {source}{hint}; accepted: "
+                    f"{', '.join(accepted)}"
+                )
+        chosen = [
+            m
+            for m in spec.methods
+            if m.name in overrides.methods or m.display() in overrides.methods
+        ]
+        for m in chosen:
+            if m.name == RETRAINED and str(m.from_) not in {c.display() for c in chosen}:
+                raise SweepError(
+                    f"--methods: {m.display()} takes g from {m.from_!r}, which is not selected; "
+                    f"add {m.from_!r} to --methods"
+                )
+        spec.methods = chosen
+    if overrides.seeds is not None:
+        spec.seeds = list(overrides.seeds)
+        for m in spec.methods:
+            m.seeds = None
+    varied = {member.field: "the axes vary it" for a in spec.axes for member in _members(a)}
+    for m in spec.methods:
+        varied.update({k: f"method {m.display()} sets it" for k in m.set})
+    for key, value in overrides.set.items():
+        if key == "seed":
+            raise SweepError("--set seed: a sweep gives each run its seed; use --seeds")
+        if key == "bottleneck" or key.startswith("bottleneck."):
+            raise SweepError(
+                f"--set {key}: a sweep gives each run its method's bottleneck; choose methods "
+                "with --methods, or give their params in the sweep file"
+            )
+        _check_field(key, "--set", key)
+        if key in varied:
+            raise SweepError(
+                f"--set {key}: {source} varies it per run ({varied[key]}); change it there"
+            )
+        spec.set[key] = value
 
 
 def build_sweep(
-    data: dict[str, Any], *, source: str = "<dict>", base_dir: Path = Path(".")
+    data: dict[str, Any],
+    *,
+    source: str = "<dict>",
+    base_dir: Path = Path("."),
+    overrides: SweepOverrides | None = None,
 ) -> Sweep:
     try:
         spec = SweepSpec.model_validate(data)
@@ -299,6 +383,8 @@ def build_sweep(
         )
         lines += [f"  {problem}" for problem in problems]
         raise SweepError("\n".join(lines)) from None
+    overrides = overrides or SweepOverrides()
+    _apply_overrides(spec, overrides, source)
 
     if isinstance(spec.base, str):
         base_path = (base_dir / spec.base).resolve()
@@ -437,7 +523,32 @@ def build_sweep(
             )
         seen[run.key] = run.name
         runs.append(run)
-    return Sweep(spec, source, runs)
+    return Sweep(spec, source, runs, overrides)
+
+
+def plan_document(sweep: Sweep) -> dict[str, Any]:
+    """The resolved plan as plain JSON data: the sweep's name, file, fingerprint and swept
+    fields, and each run's key, name, method, seed, swept values, ``after`` and resolved
+    config (what the sweep's MLflow parent keeps as ``sweep/plan.json``)."""
+    return {
+        "name": sweep.name,
+        "source": sweep.source,
+        "fingerprint": sweep.fingerprint(),
+        "swept_fields": sweep.swept_fields,
+        "overrides": sweep.overrides.describe(),
+        "runs": [
+            {
+                "key": r.key,
+                "name": r.name,
+                "method": r.method,
+                "seed": r.seed,
+                "swept": r.swept,
+                "after": r.after,
+                "config": r.config.model_dump(mode="json"),
+            }
+            for r in sweep.runs
+        ],
+    }
 
 
 def describe(sweep: Sweep, done: set[str] | None = None) -> str:
@@ -460,6 +571,7 @@ __all__ = [
     "RETRAINED",
     "Sweep",
     "SweepError",
+    "SweepOverrides",
     "SweepSpec",
     "VaryAxis",
     "ZipAxis",
@@ -467,4 +579,5 @@ __all__ = [
     "describe",
     "flatten",
     "load_sweep",
+    "plan_document",
 ]

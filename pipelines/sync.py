@@ -19,11 +19,18 @@ The executors call :func:`log_run_results` once a run is evaluated and
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.plan import PlannedRun, Sweep
+from pipelines.tracking.metrics import (
+    TRAIN_GRAD_NORM,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    mlflow_metrics,
+)
 from pipelines.tracking.tags import (
     STATUS_FAILED,
     STATUS_FINISHED,
@@ -47,7 +54,9 @@ def tracking_context(
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The tracking server (started or reused), the sweep's parent run and each run's child.
 
-    Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}}, parent id)``;
+    Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}, "options":
+    what the workers log besides validations (:meth:`TrackingSettings.run_options`)},
+    parent id)`` (:func:`run_tracking` makes one run's part of it for its worker);
     the runs of the sweep not in ``todo`` (finished on disk) are logged here if MLflow
     does not have them yet. On leaving, the parent ends ``FAILED`` if a run of
     ``outcomes`` (filled in while inside) failed, ``KILLED`` if one was stopped or the
@@ -66,6 +75,7 @@ def tracking_context(
         parent = tracker.parent_run(
             experiment, sweep.name, parent_tags(len(sweep.runs), sweep.swept_fields, sweep.source)
         )
+        log_sweep_files(tracker, parent, sweep)
         # Children a killed driver left RUNNING: mark them KILLED; they resume below.
         tracker.mark_stale(parent, keep=set())
         env = environment_tags(source=f"sparling sweep {_relative(sweep.source)}")
@@ -78,17 +88,17 @@ def tracking_context(
             # last step is logging its results), log them now from the saved evaluation.
             child = tracker.find_child(parent, run.key)
             if child is None or child.info.status != "FINISHED":
-                child_id = _child(tracker, experiment, parent, run, env)
+                child_id = _child(tracker, experiment, parent, run, env, work_dir)
                 folder = RunFolder.for_config(run.config, work_dir)
                 # points its worker had not sent yet are in its spool: send them first
                 send_spool(uri, child_id, folder)
                 saved = folder.read_evaluation() or {}
                 log_run_results(tracker, child_id, run, work_dir, saved)
         for run in todo:
-            runs[run.key] = _child(tracker, experiment, parent, run, env)
+            runs[run.key] = _child(tracker, experiment, parent, run, env, work_dir)
         tracker.set_status(parent, "RUNNING")
         try:
-            yield {"uri": uri, "runs": runs}, parent
+            yield {"uri": uri, "runs": runs, "options": settings.run_options()}, parent
         except BaseException as e:
             # interrupted (Ctrl-C, SIGTERM) or the driver itself failed
             interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
@@ -109,10 +119,39 @@ def parent_status(outcomes: Mapping[str, Any]) -> str:
     return "FINISHED"
 
 
-def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dict[str, str]) -> str:
-    """Find or create the run's MLflow child under the sweep's parent."""
+#: Where a sweep's parent keeps the sweep file and the resolved plan (``plan.json``).
+SWEEP_ARTIFACTS = "sweep"
+PLAN_FILE = "plan.json"
+#: The resolved run config in a child run (as in the run folder).
+CONFIG_ARTIFACT = "config.json"
+
+
+def log_sweep_files(tracker: Any, parent: str, sweep: Sweep) -> None:
+    """The sweep file as given and the resolved plan (:func:`pipelines.plan.plan_document`)
+    into the parent's ``sweep/`` artifacts; a sweep started again replaces them (the plan
+    then lists what that start planned)."""
+    from pipelines.plan import plan_document
+
+    source = Path(sweep.source)
+    if source.is_file():
+        tracker.log_artifact(parent, source, SWEEP_ARTIFACTS)
+    plan = json.dumps(plan_document(sweep), indent=2, sort_keys=True)
+    tracker.log_text(parent, plan, f"{SWEEP_ARTIFACTS}/{PLAN_FILE}")
+
+
+def _child(
+    tracker: Any,
+    experiment: str,
+    parent: str,
+    run: PlannedRun,
+    env: dict[str, str],
+    work_dir: Path,
+) -> str:
+    """Find or create the run's MLflow child under the sweep's parent; a new one gets the
+    resolved config as ``config.json`` at once (the run folder's copy follows at the end)
+    and its datasets as inputs."""
     config = run.config
-    run_id, _ = tracker.child_run(
+    run_id, existed = tracker.child_run(
         experiment,
         parent,
         run.key,
@@ -120,7 +159,18 @@ def _child(tracker: Any, experiment: str, parent: str, run: PlannedRun, env: dic
         params=config.flat(),
         tags={**env, **child_tags(run.key, run.method, config.domain.name, run.seed, run.swept)},
     )
+    if not existed:
+        tracker.log_text(run_id, config.to_json(), CONFIG_ARTIFACT)
+        log_datasets(tracker, run_id, run, work_dir)
     return str(run_id)
+
+
+def log_datasets(tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path) -> None:
+    """The run's train, val and test datasets as the child's dataset inputs
+    (:mod:`pipelines.tracking.datasets`); logging them again adds nothing."""
+    from pipelines.tracking.datasets import run_dataset_inputs
+
+    tracker.log_inputs(mlflow_run, run_dataset_inputs(run.config, work_dir))
 
 
 def send_spool(uri: str, child: str, folder: RunFolder) -> None:
@@ -133,11 +183,13 @@ def send_spool(uri: str, child: str, folder: RunFolder) -> None:
 def log_run_results(
     tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path, metrics: dict[str, float]
 ) -> None:
-    """A finished run's test metrics, evaluation figures, config and density checkpoints
+    """A finished run's test metrics (``metrics``: its ``evaluation.json``, logged under
+    the MLflow names), evaluation figures, config, density checkpoints and dataset inputs
     into its child, then the child FINISHED."""
     folder = RunFolder.for_config(run.config, work_dir)
+    log_datasets(tracker, mlflow_run, run, work_dir)  # a child made before inputs were logged
     step = int(metrics["test_checkpoint_samples"])
-    tracker.log_metrics(mlflow_run, metrics, step)
+    tracker.log_metrics(mlflow_run, mlflow_metrics(metrics), step)
     tracker.log_artifacts(mlflow_run, folder.evaluation_dir, EVALUATION_DIR)
     tracker.log_artifact(mlflow_run, folder.config_path)
     for ckpt in folder.density_checkpoint_folders():
@@ -170,9 +222,40 @@ def mark_ended(tracking: dict[str, Any], run: PlannedRun, status: str, reason: s
 
 
 def validation_points(record: dict[str, Any]) -> dict[str, float]:
-    """A validation record's metrics, as logged at the step of its sample count."""
-    numeric = {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
-    return {k: v for k, v in numeric.items() if k != "samples"}
+    """A validation record's metrics under their MLflow names
+    (:mod:`pipelines.tracking.metrics`), as logged at the step of its sample count."""
+    return mlflow_metrics(record)
+
+
+def run_tracking(tracking: dict[str, Any], key: str) -> dict[str, Any]:
+    """What the worker of run ``key`` needs of the sweep's ``tracking``: ``{"uri",
+    "run_id"}`` (its child) and the options (e.g. ``train_every_steps``)."""
+    return {**tracking.get("options", {}), "uri": tracking["uri"], "run_id": tracking["runs"][key]}
+
+
+class TrainPoints:
+    """The ``train/`` points of a run's training steps (:class:`sparling.train.Callbacks`
+    ``on_progress`` info): ``train/loss``, ``train/lr``, ``train/grad_norm`` of every
+    ``every``-th optimizer step of ``batch`` samples (the global batch), at the step of
+    its sample count. Steps are counted from the run's start, so a resumed run logs the
+    same steps as one never stopped."""
+
+    def __init__(self, every: int, batch: int) -> None:
+        if every < 1 or batch < 1:
+            raise ValueError(f"every and batch must be at least 1, got {every} and {batch}")
+        self.every = every
+        self.batch = batch
+
+    def __call__(self, info: Mapping[str, Any]) -> dict[str, float] | None:
+        """The points of this step, or ``None`` when it is not one to log."""
+        samples = int(info.get("samples", 0))
+        if samples <= 0 or (samples // self.batch) % self.every or "loss" not in info:
+            return None
+        points = {TRAIN_LOSS: float(info["loss"])}
+        for key, name in (("lr", TRAIN_LR), ("grad_norm", TRAIN_GRAD_NORM)):
+            if key in info:
+                points[name] = float(info[key])
+        return points
 
 
 def run_logger(tracking: dict[str, Any], folder: RunFolder) -> MetricLogger:

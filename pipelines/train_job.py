@@ -152,18 +152,24 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     progress = _ProgressFile(folder)
     tracking = loop_config.get("tracking")
     logger = None
+    train_points = None
     if tracking and rank == 0:
+        from pipelines.sync import TrainPoints
         from pipelines.tracking.logger import MetricLogger
+        from pipelines.tracking.metrics import mlflow_metrics
+        from pipelines.tracking.settings import DEFAULT_TRAIN_EVERY_STEPS
 
         # The spool keeps unsent points on disk, so a crashed worker's retry sends them.
         logger = MetricLogger(tracking["uri"], tracking["run_id"], spool=folder.spool_path)
+        every = int(tracking.get("train_every_steps", DEFAULT_TRAIN_EVERY_STEPS))
+        train_points = TrainPoints(every, config.batch_size * world)
 
     def on_validation(record: dict[str, Any], checkpoint: Path | None) -> None:
         metrics = _numeric(record)
         if rank == 0:
             progress({**metrics, "state": "running"}, force=True)
         if logger is not None:
-            logger.log({k: v for k, v in metrics.items() if k != "samples"}, int(record["samples"]))
+            logger.log(mlflow_metrics(record), int(record["samples"]))
         if checkpoint is not None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint))
         else:
@@ -172,6 +178,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     def on_progress(info: dict[str, Any]) -> None:
         if rank == 0:
             progress(info)
+        if logger is not None and train_points is not None:
+            points = train_points(info)
+            if points is not None:
+                logger.log(points, int(info["samples"]))
 
     wrap = None
     if world > 1:
@@ -195,7 +205,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     )
     startup["trainer"] = time.time()
     progress.latest["startup"] = startup
-    result = trainer.fit()
+    from pipelines.tracking.system_metrics import system_metrics
+
+    # one process's system metrics per run: rank 0's
+    with system_metrics(tracking if rank == 0 else None):
+        result = trainer.fit()
     if logger is not None:
         logger.close()
     if rank == 0:

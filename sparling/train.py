@@ -45,7 +45,10 @@ class Callbacks:
     on_validation: Callable[[dict[str, Any], Path | None], None] | None = None
     """Called after each validation with the metrics record and the checkpoint written."""
     on_progress: Callable[[dict[str, Any]], None] | None = None
-    """Called after each training step with samples/density/loss (cheap)."""
+    """Called after each training step (cheap) with ``samples`` (trained so far),
+    ``density`` (the schedule's), ``loss`` (the step batch's training loss), ``lr`` (the
+    learning rate of the step) and ``grad_norm`` (the gradients' global L2 norm, before
+    any clipping)."""
 
 
 @dataclass
@@ -162,6 +165,8 @@ class Trainer:
         self._session_start = time.monotonic()
         self.history: list[dict[str, Any]] = []
         self.density_checkpoints: dict[str, str] = {}
+        #: the last optimizer step's learning rate and gradient norm (``on_progress``)
+        self.last_step: dict[str, float] = {}
         self._apply_density(self.schedule.density)
 
     # -- set-up ---------------------------------------------------------------------------
@@ -275,9 +280,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _train_step(self, samples: Sequence[Sample]) -> float:
+        """One optimizer step; returns the batch's loss (and keeps the step's learning
+        rate and gradient norm in ``last_step``)."""
         self.wrapped.train()
+        lr = self._lr_at(self.samples)
         for group in self.optimizer.param_groups:
-            group["lr"] = self._lr_at(self.samples)
+            group["lr"] = lr
         x = collate_inputs(samples)
         ids = self.model.token_ids([s.tokens for s in samples])
         # The forward goes through ``wrapped`` (DDP syncs gradients in its hooks).
@@ -295,9 +303,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.config.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+            # the norm before clipping
+            norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.config.optim.grad_clip
+            )
+        else:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = (
+                torch.nn.utils.get_total_norm(grads)
+                if grads
+                else torch.zeros((), device=loss.device)
+            )
         self.optimizer.step()
-        return float(loss.detach())
+        # one device-to-host copy for both numbers
+        loss_value, norm_value = torch.stack([loss.detach(), norm.detach().to(loss)]).tolist()
+        self.last_step = {"lr": lr, "grad_norm": norm_value}
+        return float(loss_value)
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
@@ -438,7 +459,12 @@ class Trainer:
                     )
                 if self.callbacks.on_progress is not None:
                     self.callbacks.on_progress(
-                        {"samples": self.samples, "density": self.schedule.density, "loss": loss}
+                        {
+                            "samples": self.samples,
+                            "density": self.schedule.density,
+                            "loss": loss,
+                            **self.last_step,
+                        }
                     )
                 if self.samples >= next_val or self.samples >= cfg.budget_samples:
                     self._validate_and_schedule(loss)

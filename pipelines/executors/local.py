@@ -37,7 +37,14 @@ from typing import Any
 from pipelines.display import describe_progress
 from pipelines.executors.base import RunOutcome, evaluate_run
 from pipelines.plan import PlannedRun
-from pipelines.sync import log_run_results, mark_ended, run_logger, validation_points
+from pipelines.sync import (
+    TrainPoints,
+    log_run_results,
+    mark_ended,
+    run_logger,
+    run_tracking,
+    validation_points,
+)
 from pipelines.train_job import prepare_datasets
 from sparling.runs import RUNS_DIR, RunFolder
 
@@ -97,6 +104,8 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     import torch
 
     from pipelines.tracking.logger import append_to_spool
+    from pipelines.tracking.settings import DEFAULT_TRAIN_EVERY_STEPS
+    from pipelines.tracking.system_metrics import system_metrics
     from sparling.config import RunConfig
     from sparling.shards import ShardedDataset
     from sparling.train import Callbacks, make_trainer
@@ -107,6 +116,11 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     folder.write_config(config)
     spool = folder.spool_path
     tracking = job.get("tracking")
+    if tracking:
+        from pipelines.tracking.finder import Tracker
+
+        # a child marked KILLED when its run stopped (a deadline) runs again
+        Tracker(tracking["uri"]).set_status(tracking["run_id"], "RUNNING")
     # with tracking: validations a copied run folder made elsewhere are sent first
     logger = run_logger(tracking, folder) if tracking else None
     t0 = time.time()
@@ -116,45 +130,56 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
 
     holder: dict[str, Any] = {}
 
+    def log(points: dict[str, float], step: int) -> None:
+        if logger is not None:
+            logger.log(points, step)
+        else:  # sent to MLflow when the sweep is run where it is tracked
+            append_to_spool(spool, points, step, int(time.time() * 1000))
+
     def on_validation(record: dict[str, Any], _checkpoint: Any) -> None:
         numeric = _numeric(record)
         # every validation so far (the trainer's history survives resumption), kept in
         # the run folder for good: the spool is emptied once MLflow has the points
         folder.write_history(holder["trainer"].history)
-        points = validation_points(record)
-        if logger is not None:
-            logger.log(points, int(record["samples"]))
-        else:
-            append_to_spool(spool, points, int(record["samples"]), int(time.time() * 1000))
+        log(validation_points(record), int(record["samples"]))
         write_progress({**numeric, "state": "running"})
+
+    train_points = TrainPoints(
+        int((tracking or {}).get("train_every_steps", DEFAULT_TRAIN_EVERY_STEPS)),
+        config.batch_size,
+    )
+
+    def on_progress(info: dict[str, Any]) -> None:
+        points = train_points(info)
+        if points is not None:
+            log(points, int(info["samples"]))
 
     trainer = make_trainer(
         config,
         ShardedDataset(job["train"]),
         ShardedDataset(job["val"]),
         folder.path,
-        callbacks=Callbacks(on_validation=on_validation),
+        callbacks=Callbacks(on_validation=on_validation, on_progress=on_progress),
         progress=False,
         device=job["device"],
     )
     holder["trainer"] = trainer
-    result = trainer.fit()
-    if logger is not None:
-        logger.close()
-    folder.write_result(
-        result,
-        node_id=None,
-        node_ip=socket.gethostname(),
-        device=torch.cuda.get_device_name() if job["device"].startswith("cuda") else "cpu",
-        process_seconds=time.time() - t0,
-    )
-    write_progress({"samples": result.samples, "state": "finished", "status": result.status})
-    run = PlannedRun(config=config, method=job["method"], seed=config.seed)
-    work_dir = Path(job["work_dir"])
-    metrics = evaluate_run(run, work_dir, test_dir=Path(job["test"]), device=job["device"])
+    with system_metrics(tracking):  # of this process, training and evaluating
+        result = trainer.fit()
+        if logger is not None:
+            logger.close()
+        folder.write_result(
+            result,
+            node_id=None,
+            node_ip=socket.gethostname(),
+            device=torch.cuda.get_device_name() if job["device"].startswith("cuda") else "cpu",
+            process_seconds=time.time() - t0,
+        )
+        write_progress({"samples": result.samples, "state": "finished", "status": result.status})
+        run = PlannedRun(config=config, method=job["method"], seed=config.seed)
+        work_dir = Path(job["work_dir"])
+        metrics = evaluate_run(run, work_dir, test_dir=Path(job["test"]), device=job["device"])
     if tracking:
-        from pipelines.tracking.finder import Tracker
-
         log_run_results(Tracker(tracking["uri"]), tracking["run_id"], run, work_dir, metrics)
 
 
@@ -269,11 +294,7 @@ def run_local(
                     "test": str(paths["test"]),
                     "threads": threads,
                     "device": device,
-                    "tracking": (
-                        {"uri": tracking["uri"], "run_id": tracking["runs"][run.key]}
-                        if tracking
-                        else None
-                    ),
+                    "tracking": run_tracking(tracking, run.key) if tracking else None,
                 }
             )
     if progress:

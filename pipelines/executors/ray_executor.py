@@ -23,7 +23,7 @@ from typing import Any
 from pipelines.display import SweepDisplay
 from pipelines.executors.base import RunOutcome, evaluate_run
 from pipelines.plan import PlannedRun
-from pipelines.sync import end_child, log_run_results
+from pipelines.sync import end_child, log_run_results, run_tracking
 from pipelines.train_job import prepare_datasets, run_training
 
 #: CPU a run's driver task asks for. Zero: its Train workers ask for the real resources,
@@ -80,7 +80,7 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
                     run.config,
                     work_dir=work_dir,
                     progress=False,
-                    tracking={"uri": tracking["uri"], "run_id": mlflow_run} if tracking else None,
+                    tracking=run_tracking(tracking, run.key) if tracking else None,
                 )
                 break
             except Exception as e:

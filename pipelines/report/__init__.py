@@ -19,7 +19,9 @@ values of every swept field, and writes into one folder:
 - ``*.csv`` (numbers, not formatted text) and ``*.tex`` (booktabs tables, plus a
   ``report.tex`` document that inputs them), as asked by ``formats``.
 
-:func:`log_report` logs such a folder as the parent run's ``report/`` artifacts;
+:func:`log_report` logs such a folder as the parent run's ``report/`` artifacts (and the
+per-seed table as an MLflow table); :func:`runs_frame` gives a sweep's runs as a pandas
+DataFrame for notebooks (:mod:`.frame`);
 :func:`report_command` does both and returns the text the ``sparling report`` command
 prints (:func:`format_main_table` is the table part of it).
 
@@ -39,12 +41,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # The names other modules and the tests import from ``pipelines.report``; ``x as x``
 # marks those only re-exported here (the modules named above hold them).
 from pipelines.report.collect import STATUSES as STATUSES
 from pipelines.report.collect import _param as _param
-from pipelines.report.collect import log_folder, read_sweep
+from pipelines.report.collect import log_folder, log_table_file, read_sweep
+from pipelines.report.frame import records_frame, runs_frame
 from pipelines.report.plots import _plots
 from pipelines.report.records import ERRORS as ERRORS
 from pipelines.report.records import LABEL, SUMMARY, Report
@@ -69,6 +73,7 @@ from pipelines.report.writers import (
     _reached_sentence,
     _write_tables,
 )
+from pipelines.tracking.metrics import TEST_CE, has_metric
 from sparling.errors import SparlingError
 
 __all__ = [
@@ -86,8 +91,15 @@ __all__ = [
     "build_report",
     "format_main_table",
     "log_report",
+    "per_seed_frame",
+    "records_frame",
     "report_command",
+    "runs_frame",
 ]
+
+#: The per-seed table as an MLflow table of the sweep's parent run (the UI's table view,
+#: ``mlflow.load_table``), beside the report folder's ``per_seed.csv``.
+PER_SEED_TABLE = "report/per_seed_table.json"
 
 
 def build_report(
@@ -140,7 +152,7 @@ def build_report(
                     f"{g.label}: {iv.omitted} undefined (NaN) {LABEL[m]} left out of the mean."
                 )
     finished_without = [
-        r.run_id for r in runs if r.status == "finished" and "test_ce" not in r.metrics
+        r.run_id for r in runs if r.status == "finished" and not has_metric(r.metrics, TEST_CE)
     ]
     if finished_without:
         notes.append(f"finished runs without test metrics: {', '.join(finished_without)}.")
@@ -152,12 +164,26 @@ def build_report(
     return report
 
 
-def log_report(tracking_uri: str, parent_run_id: str, out_dir: Path) -> None:
-    """Log the report folder ``out_dir`` as the ``report/`` artifacts of the sweep's parent run."""
+def log_report(
+    tracking_uri: str, parent_run_id: str, out_dir: Path, report: Report | None = None
+) -> None:
+    """Log the report folder ``out_dir`` as the ``report/`` artifacts of the sweep's parent
+    run; with the ``report`` built there, its per-seed table as the MLflow table
+    :data:`PER_SEED_TABLE` as well (replaced, not appended to, when logged again)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         raise SparlingError(f"no report to log: {out_dir} is missing or empty")
     log_folder(tracking_uri, parent_run_id, out_dir)
+    if report is not None and "per_seed" in report.tables:
+        log_table_file(tracking_uri, parent_run_id, per_seed_frame(report), PER_SEED_TABLE)
+
+
+def per_seed_frame(report: Report) -> Any:
+    """The per-seed table (``per_seed.csv``'s columns and numbers) as a DataFrame."""
+    import pandas as pd
+
+    table = report.tables["per_seed"]
+    return pd.DataFrame(list(table.csv_rows), columns=list(table.csv_columns))
 
 
 def report_command(
@@ -176,7 +202,7 @@ def report_command(
     report = build_report(tracking_uri, experiment, sweep_name, out_dir, formats)
     logged = f"logged to MLflow run {report.parent_run_id} under artifacts 'report/'"
     try:
-        log_report(tracking_uri, report.parent_run_id, report.out_dir)
+        log_report(tracking_uri, report.parent_run_id, report.out_dir, report)
     except Exception as e:  # the files are written: say why MLflow did not get them
         logged = (
             f"NOT logged to MLflow (the artifact store refused it: {str(e)[:300]}); run "

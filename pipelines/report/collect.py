@@ -18,6 +18,16 @@ from urllib.parse import unquote, urlparse
 
 from pipelines.report.records import ERRORS, CurvePoint, RunRecord, SweepCounts
 from pipelines.report.stats import _run_key
+from pipelines.tracking.metrics import (
+    MOTIF_CE,
+    MOTIF_FNE,
+    MOTIF_FPE,
+    SCHEDULE_DENSITY,
+    VAL_E2EE,
+    canonical_metrics,
+    has_metric,
+    names_of,
+)
 
 # The data contract with the sweep driver (pipelines/tracking/tags.py): every MLflow tag a
 # report reads is imported here, so that no other part of the report reads a tag.
@@ -126,22 +136,36 @@ def _find_parent(
     return matching[0]
 
 
+#: The validation curve's metric of each error (``ERRORS``), the motif errors at each
+#: density step and the E2EE at each validation.
+CURVE_METRICS = {"fpe": MOTIF_FPE, "fne": MOTIF_FNE, "ce": MOTIF_CE, "e2ee": VAL_E2EE}
+
+
 def _history(client: MlflowClient, run: Run) -> tuple[CurvePoint, ...]:
-    """The val_* errors paired with the density logged at the same step."""
-    keys = [f"val_{m}" for m in ERRORS if f"val_{m}" in run.data.metrics]
-    if not keys or "density" not in run.data.metrics:
+    """The validation errors paired with the density trained at, logged at the same step.
+
+    Each metric is read under its name and its old one (a run resumed across the rename
+    has both, each for some steps; where both have a step, the new name wins)."""
+    logged = run.data.metrics
+    errors_of = {m: CURVE_METRICS[m] for m in ERRORS if has_metric(logged, CURVE_METRICS[m])}
+    if not errors_of or not has_metric(logged, SCHEDULE_DENSITY):
         return ()
 
-    def by_step(key: str) -> dict[int, float]:
-        # A resumed run may log a step twice: the latest timestamp wins.
-        out: dict[int, tuple[int, float]] = {}
-        for m in client.get_metric_history(run.info.run_id, key):
-            if m.step not in out or m.timestamp >= out[m.step][0]:
-                out[m.step] = (m.timestamp, m.value)
-        return {step: value for step, (_, value) in out.items()}
+    def by_step(name: str) -> dict[int, float]:
+        merged: dict[int, float] = {}
+        for key in reversed(names_of(name)):  # the old name first: the new one overrides
+            if key not in logged:
+                continue
+            # A resumed run may log a step twice: the latest timestamp wins.
+            out: dict[int, tuple[int, float]] = {}
+            for m in client.get_metric_history(run.info.run_id, key):
+                if m.step not in out or m.timestamp >= out[m.step][0]:
+                    out[m.step] = (m.timestamp, m.value)
+            merged.update({step: value for step, (_, value) in out.items()})
+        return merged
 
-    density = by_step("density")
-    errors = {key[4:]: by_step(key) for key in keys}
+    density = by_step(SCHEDULE_DENSITY)
+    errors = {m: by_step(name) for m, name in errors_of.items()}
     steps = sorted({s for values in errors.values() for s in values} & set(density))
     return tuple(
         CurvePoint(
@@ -197,10 +221,13 @@ def _record(client: MlflowClient, run: Run, fields: Sequence[str], notes: list[s
         swept={f: swept[f] if f in swept else _param(run.data.params, f) for f in fields},
         status=status,
         failure=tags.get(TAG_FAILURE) or (None if status != "failed" else "(no reason logged)"),
-        metrics=dict(run.data.metrics),
+        # under the current names, read from the old ones for runs tracked before them
+        metrics=canonical_metrics(run.data.metrics),
         # Only finished runs enter the curves; skipping the others saves MLflow calls.
         history=_history(client, run) if status == "finished" else (),
         start_time=run.info.start_time or 0,
+        params={k: _param(run.data.params, k) for k in run.data.params or {}},
+        tags=dict(tags),
     )
 
 
@@ -315,3 +342,25 @@ def log_folder(tracking_uri: str, parent_run_id: str, out_dir: Path) -> None:
             f"no MLflow run {parent_run_id!r} at {redact_uri(tracking_uri)!r}: {e}"
         ) from e
     client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
+
+
+def log_table_file(tracking_uri: str, run_id: str, frame: Any, artifact_file: str) -> None:
+    """Log ``frame`` as the run's table ``artifact_file`` (``.json``), as
+    ``MlflowClient.log_table`` does (the same file format, listed in the run's
+    ``mlflow.loggedArtifacts`` tag, so the UI shows it and ``load_table`` reads it), but
+    replacing an earlier table of that name where ``log_table`` would append to it (a
+    report made again would double its rows)."""
+    import tempfile
+
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    client = _client(tracking_uri)
+    folder, name = artifact_file.rpartition("/")[::2]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        frame.to_json(path, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(path), folder or None)
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))

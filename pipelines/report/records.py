@@ -10,10 +10,11 @@ talks to MLflow, so everything from the records on can be built and tested by ha
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipelines.tracking.metrics import read_metric
 
 #: The motif and end-to-end errors, in table order.
 ERRORS: tuple[str, ...] = ("fpe", "fne", "ce", "e2ee")
@@ -62,8 +63,9 @@ class CurvePoint:
 class RunRecord:
     """One child run of a sweep, as read back from MLflow.
 
-    ``metrics`` holds the latest value of every metric the run logged (so ``test_ce``
-    etc. once it finished); ``history`` (read for finished runs only) the validation
+    ``metrics`` holds the latest value of every metric the run logged, under the MLflow
+    names of :mod:`pipelines.tracking.metrics` (so ``test/ce`` etc. once it finished);
+    ``history`` (read for finished runs only) the validation
     motif errors paired with the density trained at, one entry per density step, in
     step order.
     """
@@ -79,10 +81,15 @@ class RunRecord:
     metrics: dict[str, float]
     history: tuple[CurvePoint, ...] = ()
     start_time: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    """The run's params (its flattened resolved config), each read back as the value it was."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Every tag of the run."""
 
     def metric(self, key: str) -> float:
-        """The latest value of ``key``, or NaN when the run never logged it."""
-        return self.metrics.get(key, math.nan)
+        """The latest value of metric ``key`` (under its name or, for a run tracked
+        before it, its old one), or NaN when the run never logged it."""
+        return read_metric(self.metrics, key)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pipelines.report.records import SUMMARY, CurvePoint, GroupSummary, Interval, RunRecord
+from pipelines.tracking.metrics import TEST_REACHED_REPORTED
 from sparling.metrics import bootstrap_ci
 
 #: Bootstrap settings of every interval in a report (docs/method.md section 6).
@@ -78,14 +79,14 @@ def _group(runs: Iterable[RunRecord], fields: Sequence[str]) -> list[GroupSummar
     for (method, values), members in groups.items():
         members.sort(key=_run_key)
         finished = [r for r in members if r.status == "finished"]
-        stats = {m: _summarise([r.metric(f"test_{m}") for r in finished]) for m in SUMMARY}
+        stats = {m: _summarise([r.metric(f"test/{m}") for r in finished]) for m in SUMMARY}
         out.append(
             GroupSummary(
                 method=method,
                 swept=dict(zip(fields, json.loads(values))),
                 runs=tuple(members),
                 stats=stats,
-                reached=sum(r.metric("test_reached_reported") == 1.0 for r in finished),
+                reached=sum(r.metric(TEST_REACHED_REPORTED) == 1.0 for r in finished),
             )
         )
     out.sort(key=lambda g: (_natural(g.method), tuple(_value_key(v) for v in g.swept.values())))

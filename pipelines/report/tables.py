@@ -27,6 +27,14 @@ from pipelines.report.records import (
     _fmt_value,
 )
 from pipelines.report.stats import CONFIDENCE
+from pipelines.tracking.metrics import (
+    TEST_CHECKPOINT_DENSITY,
+    TEST_DENSITY,
+    TEST_EXACT_MATCH,
+    TEST_REACHED_REPORTED,
+    TOTAL_WALL_SECONDS,
+    WALL_SECONDS,
+)
 
 # --------------------------------------------------------------------------------------
 # Formatting
@@ -78,10 +86,10 @@ def _fmt_seconds(s: float) -> str:
 
 
 def _wall_seconds(r: RunRecord) -> float:
-    """The run's training wall time: ``total_wall_seconds``; for a run tracked before that
-    metric existed, the latest ``wall_seconds`` (then logged last with the total)."""
-    total = r.metric("total_wall_seconds")
-    return r.metric("wall_seconds") if math.isnan(total) else total
+    """The run's training wall time: ``time/total_wall_seconds``; for a run tracked before
+    that metric existed, the latest ``wall_seconds`` (then logged last with the total)."""
+    total = r.metric(TOTAL_WALL_SECONDS)
+    return r.metric(WALL_SECONDS) if math.isnan(total) else total
 
 
 def _pct(x: float | None) -> float | None:
@@ -173,17 +181,17 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
     rows = []
     csv_rows = []
     for r in runs:
-        reached = r.metric("test_reached_reported")
+        reached = r.metric(TEST_REACHED_REPORTED)
         rows.append(
             (
                 r.method,
                 *(_fmt_value(r.swept.get(f)) for f in fields),
                 MISSING if r.seed is None else str(r.seed),
                 r.status,
-                *(_fmt_pct(r.metric(f"test_{m}")) for m in ERRORS),
-                _fmt_pct(r.metric("test_accuracy")),
-                _fmt_pct(r.metric("test_density"), "density"),
-                _fmt_pct(r.metric("test_checkpoint_density"), "density"),
+                *(_fmt_pct(r.metric(f"test/{m}")) for m in ERRORS),
+                _fmt_pct(r.metric(TEST_EXACT_MATCH)),
+                _fmt_pct(r.metric(TEST_DENSITY), "density"),
+                _fmt_pct(r.metric(TEST_CHECKPOINT_DENSITY), "density"),
                 MISSING if math.isnan(reached) else ("yes" if reached == 1.0 else "no"),
                 _fmt_seconds(_wall_seconds(r)),
                 r.run_id,
@@ -195,10 +203,10 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
                 *(r.swept.get(f) for f in fields),
                 r.seed,
                 r.status,
-                *(_pct(r.metric(f"test_{m}")) for m in ERRORS),
-                _pct(r.metric("test_accuracy")),
-                _pct(r.metric("test_density")),
-                _pct(r.metric("test_checkpoint_density")),
+                *(_pct(r.metric(f"test/{m}")) for m in ERRORS),
+                _pct(r.metric(TEST_EXACT_MATCH)),
+                _pct(r.metric(TEST_DENSITY)),
+                _pct(r.metric(TEST_CHECKPOINT_DENSITY)),
                 None if math.isnan(reached) else int(reached == 1.0),
                 None if math.isnan(_wall_seconds(r)) else _wall_seconds(r),
                 r.run_id,

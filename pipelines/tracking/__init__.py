@@ -22,6 +22,15 @@ Each part is usable alone, one module each:
                                             printed (:func:`scrub`, :func:`redact_uri`)
 :mod:`~pipelines.tracking.procs`            process and port helpers
                                             (:func:`free_port`, :func:`server_healthy`)
+:mod:`~pipelines.tracking.metrics`          the metric names, grouped by ``/``
+                                            (:func:`mlflow_metrics`), and reading runs
+                                            tracked under the older names
+                                            (:func:`read_metric`)
+:mod:`~pipelines.tracking.datasets`         a run's datasets as MLflow dataset inputs,
+                                            from their manifests
+                                            (:func:`run_dataset_inputs`)
+:mod:`~pipelines.tracking.system_metrics`   MLflow's system metrics monitor on a run
+                                            (:func:`system_metrics`)
 :mod:`~pipelines.tracking.limits`           MLflow's limits on keys, values and batches
 :mod:`~pipelines.tracking.errors`           :class:`TrackingError` and its kinds
 ==========================================  ==============================================

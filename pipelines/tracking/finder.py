@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from pipelines.tracking.tags import (
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Run
+    from mlflow.entities import DatasetInput, Run
 
 _log = logging.getLogger(__name__)
 
@@ -248,6 +248,14 @@ class Tracker:
     def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
         """Upload one file into the run."""
         self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Write ``text`` into the run as the artifact ``artifact_file`` (e.g. ``a/b.json``)."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_inputs(self, run_id: str, datasets: Sequence[DatasetInput]) -> None:
+        """Log dataset inputs to the run (those it has already are kept, not doubled)."""
+        self.client.log_inputs(run_id, datasets=list(datasets))
 
     def children(self, parent_id: str) -> list[Run]:
         """The parent's active child runs, oldest first."""

@@ -68,10 +68,25 @@ class _Profiles(_Section):
     server: _ServerProfile = Field(default_factory=_ServerProfile)
 
 
+#: Optimizer steps between two ``train/`` points of a run, by default.
+DEFAULT_TRAIN_EVERY_STEPS = 50
+
+
+class _Logging(_Section):
+    train_every_steps: int = Field(DEFAULT_TRAIN_EVERY_STEPS, ge=1)
+    """Optimizer steps between two ``train/`` points (loss, learning rate, gradient norm)."""
+    system_metrics: bool = True
+    """MLflow's system metrics (``system/``: CPU, memory, disk, network; GPU where present)
+    of each training process, on its run."""
+    system_metrics_interval: float = Field(10.0, gt=0)
+    """Seconds between two system metrics samples."""
+
+
 class _SettingsFile(_Section):
     profile: Literal["local", "server"] = "local"
     experiment_name: str = "sparling-{sweep}"
     profiles: _Profiles = Field(default_factory=_Profiles)
+    logging: _Logging = Field(default_factory=_Logging)
 
 
 _EXPERIMENT_FIELDS = ("domain", "sweep")
@@ -97,6 +112,12 @@ class TrackingSettings:
     artifact_location: str | None = None
     port: int | None = None
     start_timeout: float = 120.0
+    train_every_steps: int = DEFAULT_TRAIN_EVERY_STEPS
+    """Optimizer steps between two ``train/`` points of a run (``logging`` in the file)."""
+    system_metrics: bool = True
+    """Whether each training process logs MLflow's system metrics to its run."""
+    system_metrics_interval: float = 10.0
+    """Seconds between two system metrics samples."""
 
     @property
     def is_local(self) -> bool:
@@ -123,6 +144,15 @@ class TrackingSettings:
         """The experiment to log a sweep to: the template with ``{sweep}`` and ``{domain}``
         filled in, e.g. ``sparling-paper-digit-circle`` (default ``sparling-{sweep}``)."""
         return self.experiment_name.format(domain=domain, sweep=sweep).strip("-_ ") or "sparling"
+
+    def run_options(self) -> dict[str, Any]:
+        """What each run's worker needs of these settings besides the URI (plain values,
+        passed to the worker in its tracking dict)."""
+        return {
+            "train_every_steps": self.train_every_steps,
+            "system_metrics": self.system_metrics,
+            "system_metrics_interval": self.system_metrics_interval,
+        }
 
     def describe(self) -> str:
         """One line for people: the profile and where runs and artifacts go (no secrets)."""
@@ -199,6 +229,7 @@ def load_settings(
             else:
                 profile = "server"  # "log there": a server already runs at that URI
     described = source + (f" + {', '.join(overrides)}" if overrides else "")
+    run_logging: dict[str, Any] = parsed.logging.model_dump()
 
     if profile == "server":
         server = parsed.profiles.server
@@ -223,6 +254,7 @@ def load_settings(
             source=described,
             tracking_uri=uri,
             artifact_location=server.artifact_location,
+            **run_logging,
         )
 
     local = parsed.profiles.local
@@ -240,6 +272,7 @@ def load_settings(
         artifact_location=str(artifacts),
         port=local.port,
         start_timeout=local.start_timeout,
+        **run_logging,
     )
 
 

@@ -95,6 +95,33 @@ CASES = [
         ["plans 2,000,000 runs", "over the limit of 10,000 runs", "SPARLING_SWEEP_MAX_RUNS"],
     ),
     (["sweep", "{tmp}", "--dry-run", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
+    # the sweep's command-line overrides (checked before anything is made)
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--seeds", "3-1", *W],
+        2,
+        ["--seeds '3-1': the range 3-1 goes down; write 1-3"],
+    ),
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--seeds", "0,x", *W],
+        2,
+        ["--seeds expects seeds as N, N-M or a comma list of them, e.g. 0-8"],
+    ),
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--methods", "sparlin,l1", *W],
+        2,
+        ["--methods: no method 'sparlin' in", "(did you mean 'sparling'?); accepted: sparling"],
+    ),
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--set", "optim.lrr=1", *W],
+        2,
+        ["--set: optim.lrr: unknown config field 'optim.lrr' (did you mean 'lr'?)"],
+    ),
+    (
+        ["sweep", "{tmp}/grid-sweep.yaml", "--set", "batch_size=4", "--dry-run", *W],
+        2,
+        ["--set batch_size: {tmp}/grid-sweep.yaml varies it per run (the axes vary it)"],
+    ),
+    (["sweep", "{tmp}/sweep.yaml", "--set", "seed=1", *W], 2, ["use --seeds"]),
     (["report", "{tmp}", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
     (["report", "quickstart", *W], 2, ["no MLflow tracking store at {tmp}/work/mlflow/mlflow.db"]),
     (["evaluate", "{tmp}/model.safetensors", *W], 2, ["model.safetensors is a folder"]),

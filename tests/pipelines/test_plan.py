@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,118 @@ def test_the_dry_run_checks_the_recordings_folder_as_the_real_run_does(
         else:
             assert "no recordings folder: pass root=DIR or set $SPARLING_AUDIO_ROOT" in err
     assert not work.exists()
+
+
+# -- the command line's overrides: --set, --seeds, --methods, SPARLING_WORK_DIR -------------
+
+OVERRIDDEN = _sweep(
+    set={"optim.lr": 1e-3, "budget_samples": 64},
+    methods=[
+        "sparling",
+        {"name": "l1", "params": {"coefficient": 2.0}, "seeds": [0]},
+        {"name": "l1", "label": "l1-strong", "params": {"coefficient": 10.0}},
+        {"name": "retrained", "from": "sparling"},
+    ],
+    seeds=[0, 1],
+    axes=[{"field": "schedule.delta_update", "values": [0.5, 0.9]}],
+)
+
+
+def test_overrides_give_the_runs_of_the_equivalent_sweep_file() -> None:
+    from pipelines.plan import SweepOverrides
+
+    overrides = SweepOverrides(
+        set={"optim.lr": 3e-3, "val_interval": 8}, seeds=[3, 4, 5], methods=["l1", "sparling"]
+    )
+    sweep = build_sweep(OVERRIDDEN, overrides=overrides)
+    # the same file written with those values: the same runs, the same keys
+    written = {
+        **OVERRIDDEN,
+        "set": {"optim.lr": 3e-3, "budget_samples": 64, "val_interval": 8},
+        "methods": OVERRIDDEN["methods"][:3],
+        "seeds": [3, 4, 5],
+    }
+    written["methods"][1] = {"name": "l1", "params": {"coefficient": 2.0}}  # its seeds replaced
+    assert [r.key for r in sweep.runs] == [r.key for r in build_sweep(written).runs]
+    # "l1" names both l1 methods; every method gets the seeds given
+    assert {r.method for r in sweep.runs} == {"sparling", "l1(coefficient=2.0)", "l1-strong"}
+    assert sorted({r.seed for r in sweep.runs}) == [3, 4, 5] and len(sweep.runs) == 3 * 3 * 2
+    assert {(r.config.optim.lr, r.config.val_interval) for r in sweep.runs} == {(3e-3, 8)}
+    assert sweep.overrides.describe() == {
+        "set": {"optim.lr": 3e-3, "val_interval": 8},
+        "seeds": [3, 4, 5],
+        "methods": ["l1", "sparling"],
+    }
+    # by label, and a retrained method with its source
+    labelled = build_sweep(OVERRIDDEN, overrides=SweepOverrides(methods=["l1-strong"]))
+    assert {r.method for r in labelled.runs} == {"l1-strong"}
+    with_source = SweepOverrides(methods=["retrained", "sparling"])
+    assert {r.method for r in build_sweep(OVERRIDDEN, overrides=with_source).runs} == {
+        "sparling",
+        "retrained",
+    }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"methods": ["sparlin"]}, "--methods: no method 'sparlin' in <dict> (did you mean"),
+        (
+            {"methods": ["topk"]},
+            "accepted: sparling, l1, retrained, l1(coefficient=2.0), l1-strong",
+        ),
+        ({"methods": ["retrained"]}, "retrained takes g from 'sparling', which is not selected"),
+        ({"set": {"optim.lrr": 1}}, "--set: optim.lrr: unknown config field 'optim.lrr' (did"),
+        ({"set": {"schedule.delta_update": 0.7}}, "varies it per run (the axes vary it)"),
+        ({"set": {"seed": 3}}, "--set seed: a sweep gives each run its seed; use --seeds"),
+        ({"set": {"bottleneck.params.coefficient": 3}}, "choose methods with --methods"),
+        ({"set": {"optim.lr": -1.0}}, "optim.lr"),  # the run config refuses it
+    ],
+)
+def test_bad_overrides_name_what_is_accepted(overrides: dict[str, Any], message: str) -> None:
+    from pipelines.plan import SweepOverrides
+
+    with pytest.raises(SweepError) as info:
+        build_sweep(OVERRIDDEN, overrides=SweepOverrides(**overrides))
+    assert message in str(info.value)
+
+
+def test_seeds_accept_ranges_and_comma_lists() -> None:
+    assert cli.parse_seeds("0-8") == list(range(9))
+    assert cli.parse_seeds("7") == [7]
+    assert cli.parse_seeds("0,2, 5-7") == [0, 2, 5, 6, 7]
+    assert cli.parse_seeds(None) is None
+    for bad, message in [
+        ("3-1", "the range 3-1 goes down; write 1-3"),
+        ("0-3,2", "seed 2 is given twice"),
+        ("a", "--seeds expects seeds as N, N-M or a comma list"),
+        ("1,,2", "--seeds expects"),
+        ("-1", "--seeds expects"),
+        ("0-99999999", "names more than 10,000 seeds"),
+    ]:
+        with pytest.raises(cli.UsageError, match=re.escape(message)):
+            cli.parse_seeds(bad)
+    assert cli.parse_methods("sparling, l1") == ["sparling", "l1"]
+    with pytest.raises(cli.UsageError, match="l1 given twice"):
+        cli.parse_methods("l1,sparling,l1")
+
+
+def test_the_work_dir_comes_from_the_environment_unless_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_sweep(seeds=[0, 1])))
+    first = load_sweep(path).runs[0]
+    env_dir, flag_dir = tmp_path / "from-env", tmp_path / "from-flag"
+    folder = env_dir / "runs" / first.key  # a finished run there (result and evaluation)
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text('{"status": "budget-exhausted", "samples": 48}')
+    (folder / "evaluation.json").write_text('{"test_ce": 0.1}')
+    monkeypatch.setenv("SPARLING_WORK_DIR", str(env_dir))
+    assert cli.main(["sweep", str(path), "--dry-run"]) == 0
+    assert f"{first.key}  {first.name}  done" in capsys.readouterr().out
+    assert cli.main(["sweep", str(path), "--dry-run", "--work-dir", str(flag_dir)]) == 0
+    assert capsys.readouterr().out.count("to run") == 2  # the flag wins
+    monkeypatch.setenv("SPARLING_WORK_DIR", "")
+    assert cli.default_work_dir() == "sparling-work"
+    assert not flag_dir.exists()  # a dry run writes nothing

@@ -26,6 +26,7 @@ from pipelines.report import (
     log_report,
     report_command,
 )
+from pipelines.tracking.metrics import RECORD_TO_METRIC
 from sparling.errors import SparlingError
 from sparling.metrics import bootstrap_ci
 
@@ -122,10 +123,29 @@ def _log_child(
         client.set_terminated(run.info.run_id, "FINISHED" if status == "finished" else "FAILED")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+#: How the runs name their metrics: as a sweep logs them now, as runs tracked before the
+#: grouped names did (the record keys), and as a run resumed across the change does (the
+#: old names for the first validations, the new ones after).
+NAMINGS = ("new", "old", "resumed")
+
+
+def _namer(naming: str) -> Any:
+    """``name(key, step)``: the metric name of a record key logged at ``step``."""
+
+    def name(key: str, step: int) -> str:
+        if naming == "old" or (naming == "resumed" and step <= 4000):
+            return key
+        return RECORD_TO_METRIC[key]
+
+    return name
+
+
+@pytest.fixture(scope="module", params=NAMINGS)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Store:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
+
+    name = _namer(request.param)
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -156,16 +176,21 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
                     # the second, which is where the density changes.
                     for step in (1000 * (2 * k + 1), 1000 * (2 * k + 2)):
                         metrics += [
-                            Metric("density", _density(vi, k), t, step),
-                            Metric("val_accuracy", 0.5 + 0.1 * k, t, step),
-                            Metric("train_loss", 1.0 / (step + 1), t, step),
+                            Metric(name("density", step), _density(vi, k), t, step),
+                            Metric(name("val_accuracy", step), 0.5 + 0.1 * k, t, step),
+                            Metric(name("train_loss", step), 1.0 / (step + 1), t, step),
                         ]
                     if status != "failed" or k < 2:
                         metrics += [
-                            Metric(name, v, t, step) for name, v in _val(mi, vi, seed, k).items()
+                            Metric(name(n, step), v, t, step)
+                            for n, v in _val(mi, vi, seed, k).items()
                         ]
                 if status == "finished":
-                    metrics += [Metric(n, v, t, 0) for n, v in _test_metrics(mi, vi, seed).items()]
+                    last = 1000 * 2 * VAL_DENSITY_STEPS
+                    metrics += [
+                        Metric(name(n, last), v, t, last)
+                        for n, v in _test_metrics(mi, vi, seed).items()
+                    ]
                 _log_child(
                     client,
                     exp,
@@ -198,7 +223,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         [("sparling", "failed", t), ("sparling", "finished", t + 10), ("topk", "finished", t)]
     ):
         metrics = (
-            [Metric(n, v, t, 0) for n, v in _test_metrics(i % 2, 0, 0).items()]
+            [Metric(name(n, 8000), v, t, 8000) for n, v in _test_metrics(i % 2, 0, 0).items()]
             if status == "finished"
             else []
         )
@@ -470,7 +495,9 @@ def test_plots_are_pngs(report: Report) -> None:
         assert image.std() > 0.01  # something was drawn
 
 
-def test_report_command_prints_and_logs(store: Store, tmp_path: Path) -> None:
+def test_report_command_prints_and_logs(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
 
     out = tmp_path / "cli"
@@ -482,6 +509,16 @@ def test_report_command_prints_and_logs(store: Store, tmp_path: Path) -> None:
     assert not list(out.glob("*.tex"))  # only the formats asked for
 
     client = MlflowClient(tracking_uri=store.uri)
+    # the per-seed table as an MLflow table too: made again, it is replaced, not doubled
+    report_command(store.uri, EXPERIMENT, SWEEP, out, ("md",))
+    exp = client.get_run(store.parent_id).info.experiment_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)  # load_table searches the default
+    table = client.load_table(exp, "report/per_seed_table.json", run_ids=[store.parent_id])
+    with (out / "per_seed.csv").open() as f:
+        header = next(iter(__import__("csv").reader(f)))
+    assert list(table.columns) == header and len(table) == 17
+    row = table[(table["method"] == "sparling") & (table["seed"] == 1)].iloc[0]
+    assert row["ce_pct"] == pytest.approx(100 * _test_metrics(0, 0, 1)["test_ce"])
     logged = {a.path for a in client.list_artifacts(store.parent_id, "report")}
     assert {"report/report.md", "report/main.csv", "report/plots"} <= logged
     plots = {a.path for a in client.list_artifacts(store.parent_id, "report/plots")}
@@ -600,3 +637,75 @@ def test_one_at_a_time_sensitivity_compares_each_value_with_the_base_runs() -> N
     assert _param({"schedule.delta_update": "0.75"}, "schedule.delta_update") == 0.75
     assert _param({"bottleneck.name": "sparling"}, "bottleneck.name") == "sparling"
     assert _param({}, "x") is None and _param(None, "x") is None
+
+
+# -- the runs as a DataFrame ----------------------------------------------------------------
+
+
+def test_runs_frame_has_a_row_per_run_with_config_metrics_and_tags(store: Store) -> None:
+    from pipelines.report import runs_frame
+
+    df = runs_frame(SWEEP, tracking_uri=store.uri, experiment=EXPERIMENT)
+    assert len(df) == 17 and df["run_id"].is_unique
+    assert list(df.columns[:8]) == [
+        "run_id",
+        "mlflow_run_id",
+        "method",
+        "domain",
+        "seed",
+        "status",
+        "failure",
+        "start_time",
+    ]
+    assert df["status"].value_counts().to_dict() == {"finished": 15, "failed": 1, "running": 1}
+    # config values as they were (floats, not MLflow's text)
+    assert set(df[f"config.{FIELD}"]) == set(VALUES)
+    # metrics under the current names, whatever names the runs were tracked under
+    assert not [c for c in df.columns if c.startswith("metrics.") and "/" not in c]
+    for mi, method in enumerate(METHODS):
+        for vi, value in enumerate(VALUES):
+            for seed in SEEDS:
+                rows = df[
+                    (df.method == method) & (df[f"config.{FIELD}"] == value) & (df.seed == seed)
+                ]
+                key = (method, value, seed)
+                if key == MISSING:
+                    assert rows.empty
+                    continue
+                assert len(rows) == 1
+                r = rows.iloc[0]
+                assert r["tags.sparling.method"] == method
+                if r["status"] == "finished":
+                    expected = _test_metrics(mi, vi, seed)
+                    assert r["metrics.test/e2ee"] == pytest.approx(expected["test_e2ee"])
+                    assert r["metrics.time/total_wall_seconds"] == expected["total_wall_seconds"]
+                else:
+                    assert math.isnan(r["metrics.test/ce"])
+    failed = df[df.status == "failed"].iloc[0]
+    assert failed["failure"] == FAILURE
+    assert df.attrs["counts"] == {
+        "expected": 18,
+        "present": 17,
+        "finished": 15,
+        "failed": 1,
+        "running": 1,
+        "missing": 1,
+    }
+    assert df.attrs["swept_fields"] == [FIELD] and df.attrs["parent_run_id"] == store.parent_id
+    # a groupby gives the report's means: sparling's finished runs at both values
+    finished = df[df.status == "finished"]
+    sparling = [
+        _test_metrics(0, vi, seed)["test_ce"]
+        for vi, value in enumerate(VALUES)
+        for seed in SEEDS
+        if ("sparling", value, seed) != RUNNING
+    ]
+    by_method = finished.groupby("method")["metrics.test/ce"].mean()
+    assert by_method["sparling"] == pytest.approx(np.mean(sparling))
+
+
+def test_runs_frame_of_an_unknown_sweep_lists_the_sweeps(store: Store) -> None:
+    from pipelines.report import runs_frame
+
+    with pytest.raises(SparlingError, match=r"no sweep 'nope'.*'ast-sensitivity', 'retry'"):
+        runs_frame("nope", tracking_uri=store.uri, experiment=EXPERIMENT)

@@ -142,10 +142,14 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
     # Credentials in the environment (as a user of a shared server would have them): none
     # may end up in MLflow (params, tags, artifacts) or in any file or log of the work dir.
     secret = "s3cr3t-" + os.urandom(8).hex()
+    # system metrics every second (the default is 10 s): the Ray Train worker logs them
+    settings = tmp_path / "mlflow.yaml"
+    settings.write_text("logging: {system_metrics_interval: 1}\n")
     proc = subprocess.Popen(
         sweep_command(path, work),
         cwd=REPO,
         env=subprocess_env(
+            SPARLING_MLFLOW_CONFIG=str(settings),
             MLFLOW_TRACKING_USERNAME="sweep-user",
             MLFLOW_TRACKING_PASSWORD=secret,
             AWS_SECRET_ACCESS_KEY=secret + "-aws",
@@ -188,11 +192,17 @@ def test_tracking_server_restart_mid_sweep_loses_no_metric(tmp_path: Path) -> No
             result = json.loads(
                 (work / "runs" / child.data.tags["sparling.run_id"] / "result.json").read_text()
             )
-            history = client.get_metric_history(child.info.run_id, "val_accuracy")
+            history = client.get_metric_history(child.info.run_id, "val/exact_match")
             steps = [m.step for m in history]
             # every validation once, including those made while the server was down
             assert len(steps) == len(set(steps)) == result["validations"] == 15, steps
-            assert "test_ce" in child.data.metrics
+            # every 50th optimizer step of 8 samples (mlflow.yaml's default)
+            lr = client.get_metric_history(child.info.run_id, "train/lr")
+            assert sorted(m.step for m in lr) == [400, 800]
+            assert "system/cpu_utilization_percentage" in child.data.metrics
+            assert "test/ce" in child.data.metrics
+            # every name grouped (train/, val/, test/, ...): the UI groups the charts
+            assert all("/" in k for k in child.data.metrics), sorted(child.data.metrics)
         assert max(killed_at) < 8 * 120  # the kill happened mid-run
 
         # -- no credential anywhere -----------------------------------------------------

@@ -73,6 +73,11 @@ def test_default_settings_without_a_file(tmp_path: Path, monkeypatch: pytest.Mon
     assert s.artifact_location == str(work / "mlflow" / "artifacts")
     assert s.state_dir == work / "mlflow"
     assert s.port is None and s.start_timeout == 120
+    assert s.run_options() == {
+        "train_every_steps": 50,
+        "system_metrics": True,
+        "system_metrics_interval": 10.0,
+    }
     assert s.experiment_for(sweep="paper-digit-circle") == "sparling-paper-digit-circle"
     assert s.experiment_for("digit-circle") == "sparling"  # no sweep given
     assert s.experiment_artifact_location is None  # the local server proxies artifacts
@@ -119,8 +124,14 @@ def test_profiles_and_environment_overrides(
         "profiles:\n"
         "  local: {store_uri: 'sqlite:///db/x.db', artifact_location: arts, port: 5123}\n"
         "  server: {tracking_uri: 'http://mlflow.example:5000', artifact_location: 's3://b/p'}\n"
+        "logging: {train_every_steps: 7, system_metrics: false}\n"
     )
     s = load_settings(work, custom, env={})
+    assert s.run_options() == {
+        "train_every_steps": 7,
+        "system_metrics": False,
+        "system_metrics_interval": 10.0,
+    }
     assert s.store_uri == f"sqlite:///{work}/db/x.db" and s.artifact_location == str(work / "arts")
     assert s.port == 5123 and s.experiment_for("digit-circle") == "exp"
     s = load_settings(
@@ -141,6 +152,21 @@ def test_profiles_and_environment_overrides(
         ),
         ("profiles:\n  local:\n    port: abc\n", {}, r"profiles\.local\.port: Input should be"),
         ("experiment_prefix: x\n", {}, r"experiment_prefix: unknown key.*accepted here"),
+        (
+            "logging:\n  train_every_steps: 0\n",
+            {},
+            r"logging\.train_every_steps: Input should be greater than or equal to 1",
+        ),
+        (
+            "logging:\n  system_metrics: sometimes\n",
+            {},
+            r"logging\.system_metrics: Input should be a valid boolean",
+        ),
+        (
+            "logging:\n  system_metrics_every: 5\n",
+            {},
+            r"logging\.system_metrics_every: unknown key \(did you mean .system_metrics",
+        ),
         ("profile: [local\n", {}, r"not valid YAML"),
         ("- local\n", {}, r"must be a mapping, got list"),
         ("experiment_name: 'x-{user}'\n", {}, r"experiment_name='x-\{user\}': unknown placeholder"),
@@ -649,3 +675,38 @@ def test_measure_direct_sqlite_writers(tmp_path: Path, capsys: pytest.CaptureFix
         for index, ok, errors in results:
             print(f"  writer {index}: {ok} logged, errors: {errors[:2]}")
         print(f"  lost {lost} of {writers * steps} points")
+
+
+def test_system_metrics_of_a_process_on_its_run(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    from pipelines.tracking.system_metrics import system_metrics
+
+    tracker = Tracker(store.uri)
+    exp = tracker.experiment("system-metrics")
+    run = tracker.client.create_run(exp).info.run_id
+    tracking = {"uri": store.uri, "run_id": run, "system_metrics_interval": 0.2}
+    with system_metrics(tracking) as monitor:
+        assert monitor is not None
+        time.sleep(1.5)
+    logged = tracker.client.get_run(run).data.metrics
+    for name in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+        assert f"system/{name}" in logged, sorted(logged)
+    steps = [
+        m.step for m in tracker.client.get_metric_history(run, "system/cpu_utilization_percentage")
+    ]
+    assert steps == list(range(len(steps))) and len(steps) >= 2
+    assert 0 < logged["system/system_memory_usage_megabytes"]
+
+    # turned off in mlflow.yaml, or without psutil: nothing logged, the run goes on
+    quiet = tracker.client.create_run(exp).info.run_id
+    with system_metrics({**tracking, "run_id": quiet, "system_metrics": False}) as monitor:
+        assert monitor is None
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    with system_metrics({**tracking, "run_id": quiet}) as monitor:
+        assert monitor is None
+        time.sleep(0.5)
+    assert "needs psutil" in caplog.text
+    assert not tracker.client.get_run(quiet).data.metrics

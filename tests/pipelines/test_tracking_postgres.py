@@ -124,9 +124,9 @@ def test_sweep_logs_to_a_postgres_backed_server(postgres: str, tmp_path: Path) -
         for r in runs:
             assert r.info.status == "FINISHED"
             # 48 samples validated every 16: three points per metric, none lost, none doubled
-            for key in ("train_loss", "val_accuracy", "density", "val_e2ee"):
+            for key in ("train/loss", "val/exact_match", "schedule/density", "val/e2ee"):
                 steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
                 assert steps == [16, 32, 48], (key, steps)
-            assert {"test_fpe", "test_fne", "test_ce", "test_e2ee"} <= set(r.data.metrics)
+            assert {"test/fpe", "test/fne", "test/ce", "test/e2ee"} <= set(r.data.metrics)
     finally:
         server.stop(force=True)

@@ -144,7 +144,10 @@ def _log_sweep(uri: str, tmp_path: Path) -> tuple[str, str]:
                 for i in range(6):  # validations: accuracy rises while the density falls
                     accuracy = 0.9 * (1 - 0.6**i) + 0.03 * seed - 0.05 * (method != "sparling")
                     density = 0.5 * 0.75**i
-                    logger.log({"val_accuracy": round(accuracy, 3), "density": density}, 2000 * i)
+                    logger.log(
+                        {"val/exact_match": round(accuracy, 3), "schedule/density": density},
+                        2000 * i,
+                    )
                 logger.log_artifacts(report, "evaluation")
             tracker.set_terminated(child)
     tracker.set_terminated(parent)

@@ -45,7 +45,7 @@ def _children(work: Path, sweep: str) -> list[Any]:
         exp = client.get_experiment_by_name(settings.experiment_for(sweep=sweep))
         assert exp is not None
         runs = [
-            (r, sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")))
+            (r, sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/exact_match")))
             for r in client.search_runs([exp.experiment_id])
             if r.data.tags.get("sparling.kind") == "run"
         ]
@@ -89,7 +89,10 @@ def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
         assert 0.0 <= ev["test_e2ee"] <= 1.0 and ev["test_checkpoint_samples"] == 32
         assert ev["total_wall_seconds"] > 0 and "wall_seconds" not in ev
         spooled = [json.loads(line) for line in (run / "metrics.spool.jsonl").open()]
-        assert {(p["k"], p["s"]) for p in spooled} >= {("val_accuracy", 16), ("val_accuracy", 32)}
+        assert {(p["k"], p["s"]) for p in spooled} >= {
+            ("val/exact_match", 16),
+            ("val/exact_match", 32),
+        }
         history = json.loads((run / "history.json").read_text())
         assert [r["samples"] for r in history] == [16, 32]
         assert (run / "checkpoints" / "last").is_dir()
@@ -116,12 +119,13 @@ def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
     assert len(children) == 2
     for child, steps in children:
         assert child.info.status == "FINISHED"
-        assert "test_e2ee" in child.data.metrics
+        assert "test/e2ee" in child.data.metrics
+        assert all("/" in k for k in child.data.metrics), sorted(child.data.metrics)
         assert steps == [16, 32]  # sent from the spool
     # one meaning per metric name: each validation's wall time at its step, the run's
     # total once, at the evaluated checkpoint's step (here the last validation's)
-    walls = _metric_steps(work, "box", ("wall_seconds", "total_wall_seconds"))
-    assert walls == [{"wall_seconds": [16, 32], "total_wall_seconds": [32]}] * 2
+    walls = _metric_steps(work, "box", ("time/wall_seconds", "time/total_wall_seconds"))
+    assert walls == [{"time/wall_seconds": [16, 32], "time/total_wall_seconds": [32]}] * 2
 
 
 def _parent_status(work: Path, sweep: str) -> str:
@@ -143,7 +147,13 @@ def _parent_status(work: Path, sweep: str) -> str:
     return str(parent.info.status)
 
 
-def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
+def test_tracked_runs_stop_at_a_deadline_and_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # system metrics sampled every half second (mlflow.yaml's default is 10 s)
+    settings = tmp_path / "mlflow.yaml"
+    settings.write_text("logging: {system_metrics_interval: 0.5}\n")
+    monkeypatch.setenv("SPARLING_MLFLOW_CONFIG", str(settings))
     # Enough samples that the 1-second deadline stops the runs before they end.
     path = _sweep_file(tmp_path, "deadline", budget_samples=4000, val_interval=16)
     work = tmp_path / "work"
@@ -164,6 +174,16 @@ def test_tracked_runs_stop_at_a_deadline_and_resume(tmp_path: Path) -> None:
     for child, steps in children:
         assert child.info.status == "FINISHED"
         assert steps == list(range(16, 4001, 16))  # every validation, once
+        # MLflow's system metrics of the training process, on by default
+        system = {k for k in child.data.metrics if k.startswith("system/")}
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= (
+            system
+        )
+    # every 50th optimizer step (mlflow.yaml's default) of 8 samples, across the stop
+    train = _metric_steps(work, "deadline", ("train/loss", "train/lr", "train/grad_norm"))
+    for run in train:
+        assert run["train/lr"] == run["train/grad_norm"] == list(range(400, 4001, 400))
+        assert run["train/loss"] == list(range(16, 4001, 16))  # at validations too, once
     assert _parent_status(work, "deadline") == "FINISHED"
 
 

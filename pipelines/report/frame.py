@@ -1,0 +1,159 @@
+"""A sweep's runs as a pandas DataFrame, for notebooks: :func:`runs_frame`.
+
+One row per run of the sweep (per config hash, a retried run's best attempt, in report
+order), read back from MLflow like the report (:func:`~pipelines.report.collect.read_sweep`)::
+
+    from pipelines.report import runs_frame
+
+    df = runs_frame("quickstart")                      # the sweep's name, or its file
+    df = runs_frame("paper-digit-circle.yaml", work_dir="results/digit-circle")
+    df.groupby("method")["metrics.test/ce"].mean()
+
+Columns: ``run_id`` (the config hash), ``mlflow_run_id``, ``method``, ``domain``,
+``seed``, ``status`` (``finished``, ``failed``, ``running``), ``failure``, ``start_time``
+(a UTC timestamp), then ``config.<field>`` for every field of the resolved run config
+(its value, not MLflow's text: ``config.schedule.delta_update`` is a float), then
+``metrics.<name>`` for every metric (the latest value, under the current names of
+:mod:`pipelines.tracking.metrics`, so runs tracked under the older names line up), then
+``tags.<key>``. ``df.attrs`` holds ``sweep``, ``experiment``, ``parent_run_id``,
+``swept_fields``, ``counts`` (expected, present, finished, failed, running, missing) and
+``notes`` (what the report would say about the runs read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.report.records import RunRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: The columns every frame starts with, in order.
+RUN_COLUMNS = (
+    "run_id",
+    "mlflow_run_id",
+    "method",
+    "domain",
+    "seed",
+    "status",
+    "failure",
+    "start_time",
+)
+
+
+def records_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
+    """Run records (:class:`~pipelines.report.records.RunRecord`) as a DataFrame with the
+    columns described in :mod:`pipelines.report.frame`; no MLflow needed."""
+    import pandas as pd
+
+    config = sorted({k for r in runs for k in r.params})
+    metrics = sorted({k for r in runs for k in r.metrics})
+    tags = sorted({k for r in runs for k in r.tags})
+    rows: list[dict[str, Any]] = []
+    for r in runs:
+        row: dict[str, Any] = {
+            "run_id": r.run_id,
+            "mlflow_run_id": r.mlflow_run_id,
+            "method": r.method,
+            "domain": r.domain,
+            "seed": r.seed,
+            "status": r.status,
+            "failure": r.failure,
+            "start_time": pd.Timestamp(r.start_time, unit="ms", tz="UTC"),
+        }
+        row.update({f"config.{k}": r.params.get(k) for k in config})
+        row.update({f"metrics.{k}": r.metric(k) for k in metrics})
+        row.update({f"tags.{k}": r.tags.get(k) for k in tags})
+        rows.append(row)
+    columns = [
+        *RUN_COLUMNS,
+        *(f"config.{k}" for k in config),
+        *(f"metrics.{k}" for k in metrics),
+        *(f"tags.{k}" for k in tags),
+    ]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["seed"] = frame["seed"].astype("Int64")  # a run without a seed tag: <NA>
+    return frame
+
+
+def runs_frame(
+    sweep: str,
+    work_dir: Path | str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+) -> pd.DataFrame:
+    """The runs of sweep ``sweep`` (its name, or its file) as a DataFrame.
+
+    Where they are tracked: ``tracking_uri`` (and ``experiment``, by default the one the
+    tracking settings name for the sweep) if given, else the tracking settings of
+    ``work_dir`` (default: ``$SPARLING_WORK_DIR``, else ``sparling-work``): its local
+    store through the local server (started for the call if none runs), or the
+    configured server.
+
+    Raises:
+        SparlingError: no such store, experiment or sweep (the message lists those that
+            exist).
+    """
+    from pipelines.report.collect import read_sweep
+
+    name = _sweep_name(sweep)
+    notes: list[str] = []
+    if tracking_uri is not None:
+        if experiment is None:
+            experiment = _settings(work_dir).experiment_for(sweep=name)
+        read = read_sweep(tracking_uri, experiment, name, notes)
+    else:
+        from pipelines.tracking.server import tracking_uri as serve
+        from pipelines.tracking.settings import sqlite_path
+        from sparling.errors import SparlingError
+
+        settings = _settings(work_dir)
+        store = sqlite_path(settings.store_uri) if settings.is_local else None
+        if store is not None and not store.is_file():
+            # reading must not start a server on a new, empty store
+            raise SparlingError(
+                f"no MLflow tracking store at {store}: nothing was tracked in work dir "
+                f"{settings.work_dir}"
+            )
+        experiment = experiment or settings.experiment_for(sweep=name)
+        with serve(settings) as uri:
+            read = read_sweep(uri, experiment, name, notes)
+    frame = records_frame(read.runs)
+    c = read.counts
+    frame.attrs.update(
+        sweep=name,
+        experiment=experiment,
+        parent_run_id=read.parent_run_id,
+        swept_fields=list(read.swept_fields),
+        counts={
+            "expected": c.expected,
+            "present": c.present,
+            "finished": c.finished,
+            "failed": c.failed,
+            "running": c.running,
+            "missing": c.missing,
+        },
+        notes=notes,
+    )
+    return frame
+
+
+def _settings(work_dir: Path | str | None) -> Any:
+    from pipelines.cli import default_work_dir
+    from pipelines.tracking.settings import load_settings
+
+    return load_settings(Path(work_dir if work_dir is not None else default_work_dir()))
+
+
+def _sweep_name(sweep: str) -> str:
+    """A sweep's name: as given, or read from the sweep file it names."""
+    path = Path(sweep)
+    if path.is_file() or sweep.endswith((".yaml", ".yml")):
+        from pipelines.plan import load_sweep
+
+        return load_sweep(path).name
+    return sweep

@@ -1,0 +1,154 @@
+"""Sync to MLflow without training: a sweep's parent and children as ``tracking_context``
+makes them on a real local tracking server (started for a temporary work dir and stopped
+at the end), read back through the server: the artifacts, downloaded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+from pipelines.plan import Sweep, load_sweep
+from pipelines.sync import log_datasets, tracking_context
+from pipelines.tracking.finder import Tracker
+from pipelines.tracking.procs import server_healthy
+from sparling.config import RunConfig
+
+pytestmark = pytest.mark.integration
+
+SWEEP = {
+    "name": "synced",
+    "base": tiny_config(),
+    "methods": ["sparling", "l1"],
+    "seeds": [0, 1],
+    "axes": [{"field": "schedule.delta_update", "values": [0.75]}],
+}
+
+
+@dataclass
+class Synced:
+    sweep: Sweep
+    path: Path
+    work: Path
+    parent: str
+    children: dict[str, str]  # run key -> MLflow run id
+    downloads: Path
+    read: dict[str, Any]  # what was read back while the server ran
+
+
+def _download(client: Any, run_id: str, path: str, dst: Path) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, path, str(dst)))
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synced]:
+    from mlflow import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("sync")
+    path = tmp / "synced.yaml"
+    text = yaml.safe_dump(SWEEP) + "# a comment, kept: the file as given\n"
+    path.write_text(text)
+    sweep = load_sweep(path)
+    work = tmp / "work"
+    downloads = tmp / "downloads"
+    read: dict[str, Any] = {}
+    with tracking_context(sweep, work, list(sweep.runs)) as (tracking, parent):
+        client = MlflowClient(tracking["uri"])
+        read["uri"] = tracking["uri"]
+        read["sweep_file"] = _download(client, parent, f"sweep/{path.name}", downloads / "p")
+        read["plan"] = _download(client, parent, "sweep/plan.json", downloads / "p")
+        read["configs"] = {
+            key: _download(client, child, "config.json", downloads / key)
+            for key, child in tracking["runs"].items()
+        }
+        # logging a run's datasets again adds nothing
+        first = sweep.runs[0]
+        log_datasets(Tracker(tracking["uri"]), tracking["runs"][first.key], first, work)
+        read["runs"] = {key: client.get_run(child) for key, child in tracking["runs"].items()}
+        children = dict(tracking["runs"])
+    yield Synced(sweep, path, work, parent, children, downloads, read)
+
+
+def test_the_server_is_stopped_afterwards(synced: Synced) -> None:
+    assert not server_healthy(synced.read["uri"])
+
+
+def test_the_parent_keeps_the_sweep_file_as_given_and_the_resolved_plan(synced: Synced) -> None:
+    assert synced.read["sweep_file"].read_bytes() == synced.path.read_bytes()
+    plan = json.loads(synced.read["plan"].read_text())
+    assert plan["name"] == "synced" and plan["fingerprint"] == synced.sweep.fingerprint()
+    assert plan["swept_fields"] == ["schedule.delta_update"]
+    assert [r["key"] for r in plan["runs"]] == [r.key for r in synced.sweep.runs]
+    for entry, run in zip(plan["runs"], synced.sweep.runs, strict=True):
+        assert (entry["method"], entry["seed"], entry["swept"]) == (
+            run.method,
+            run.seed,
+            {"schedule.delta_update": 0.75},
+        )
+        # the resolved config: the same run id
+        assert RunConfig.model_validate(entry["config"]).run_id() == run.key
+
+
+def test_each_child_keeps_its_resolved_config(synced: Synced) -> None:
+    for run in synced.sweep.runs:
+        config = RunConfig.model_validate_json(synced.read["configs"][run.key].read_text())
+        assert config.run_id() == run.key
+        assert config.schedule.delta_update == 0.75 and config.seed == run.seed
+        assert synced.read["configs"][run.key].read_text() == run.config.to_json()
+
+
+def test_each_child_lists_its_datasets_by_name_and_digest(synced: Synced) -> None:
+    from sparling.shards import plan_dataset
+
+    data = SWEEP["base"]["data"]
+    sizes = {"train": data["train_size"], "val": data["val_size"], "test": data["test_size"]}
+    expected = {}
+    for split, count in sizes.items():
+        plan = plan_dataset("digit-circle", {}, split, 0, count, min(data["shards"], count))
+        expected[split] = (f"digit-circle-{split}-{plan.dataset_hash[:12]}", plan)
+    for run in synced.sweep.runs:
+        inputs = synced.read["runs"][run.key].inputs.dataset_inputs
+        assert len(inputs) == 3  # once each, though logged twice for the first run
+        by_context = {
+            {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset for i in inputs
+        }
+        assert set(by_context) == {"train", "val", "test"}
+        for split, dataset in by_context.items():
+            name, plan = expected[split]
+            assert dataset.name == name  # the dataset's folder under the work dir
+            assert dataset.digest == plan.dataset_hash[:12]
+            source = json.loads(dataset.source)["uri"]
+            folder = synced.work.resolve() / "data" / name
+            assert source == (folder / "manifest.json").as_uri()
+            profile = json.loads(dataset.profile)
+            assert profile["num_rows"] == sizes[split] and profile["split"] == split
+            assert profile["dataset_hash"] == plan.dataset_hash
+    # the data's seed, not the run's: every run of the sweep reads the same datasets
+    digests = {
+        frozenset(i.dataset.digest for i in synced.read["runs"][r.key].inputs.dataset_inputs)
+        for r in synced.sweep.runs
+    }
+    assert len(digests) == 1
+
+
+def test_runs_frame_of_a_work_dir(synced: Synced, tmp_path: Path) -> None:
+    from pipelines.report import runs_frame
+    from sparling.errors import SparlingError
+
+    df = runs_frame(str(synced.path), synced.work)  # the sweep's file: its name is read
+    assert sorted(df["run_id"]) == sorted(r.key for r in synced.sweep.runs)
+    assert set(df["status"]) == {"running"}  # created, never trained
+    assert sorted(df["seed"]) == [0, 0, 1, 1]
+    assert set(df["config.schedule.delta_update"]) == {0.75}
+    assert df.attrs["counts"]["expected"] == 4 and df.attrs["parent_run_id"] == synced.parent
+    assert not server_healthy(synced.read["uri"])  # the server it started is stopped again
+    with pytest.raises(SparlingError, match="no MLflow tracking store"):
+        runs_frame("synced", tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
