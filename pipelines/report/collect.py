@@ -326,6 +326,16 @@ def read_sweep(tracking_uri: str, experiment: str, sweep_name: str, notes: list[
     return Sweep(parent.info.run_id, fields, runs, counts)
 
 
+def _forget_artifact_repo(run_id: str) -> None:
+    """Drop MLflow's cached artifact repository of ``run_id``. MLflow caches one per run
+    id for the whole process, whatever the tracking URI: a sweep that logged the parent's
+    artifacts through its own local server, stopped since, would otherwise upload the
+    report to that server's address (and retry for minutes) instead of the one given."""
+    from mlflow.tracking._tracking_service import utils
+
+    utils._artifact_repos_cache.pop(run_id, None)
+
+
 def log_folder(tracking_uri: str, parent_run_id: str, out_dir: Path) -> None:
     """Log the files under ``out_dir`` as the ``report/`` artifacts of ``parent_run_id``.
 
@@ -341,6 +351,7 @@ def log_folder(tracking_uri: str, parent_run_id: str, out_dir: Path) -> None:
         raise SparlingError(
             f"no MLflow run {parent_run_id!r} at {redact_uri(tracking_uri)!r}: {e}"
         ) from e
+    _forget_artifact_repo(parent_run_id)
     client.log_artifacts(parent_run_id, str(out_dir), artifact_path="report")
 
 
@@ -359,6 +370,7 @@ def log_table_file(tracking_uri: str, run_id: str, frame: Any, artifact_file: st
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         frame.to_json(path, orient="split", index=False, date_format="iso")
+        _forget_artifact_repo(run_id)
         client.log_artifact(run_id, str(path), folder or None)
     logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
     entry = {"path": artifact_file, "type": "table"}
