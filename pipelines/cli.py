@@ -370,12 +370,10 @@ def _report_text(
 ) -> str:
     from pipelines.report import report_command
     from pipelines.tracking.server import tracking_uri
-    from pipelines.tracking.settings import load_settings, sqlite_path
+    from pipelines.tracking.settings import load_settings, missing_local_store
 
     settings = load_settings(work_dir)
-    store = sqlite_path(settings.store_uri) if settings.is_local else None
-    if store is not None and not store.is_file():
-        # a report reads what a sweep tracked: starting a server would create an empty store
+    if (store := missing_local_store(settings)) is not None:
         raise UsageError(
             f"no MLflow tracking store at {store}: nothing was tracked with --work-dir "
             f"{work_dir}; run the sweep first, or pass the --work-dir it ran with"

@@ -108,13 +108,11 @@ def runs_frame(
         read = read_sweep(tracking_uri, experiment, name, notes)
     else:
         from pipelines.tracking.server import tracking_uri as serve
-        from pipelines.tracking.settings import sqlite_path
+        from pipelines.tracking.settings import missing_local_store
         from sparling.errors import SparlingError
 
         settings = _settings(work_dir)
-        store = sqlite_path(settings.store_uri) if settings.is_local else None
-        if store is not None and not store.is_file():
-            # reading must not start a server on a new, empty store
+        if (store := missing_local_store(settings)) is not None:
             raise SparlingError(
                 f"no MLflow tracking store at {store}: nothing was tracked in work dir "
                 f"{settings.work_dir}"

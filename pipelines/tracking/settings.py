@@ -347,6 +347,13 @@ def sqlite_path(uri: str | None) -> Path | None:
     return Path(uri[len("sqlite:///") :])
 
 
+def missing_local_store(settings: TrackingSettings) -> Path | None:
+    """The local profile's SQLite store file when it does not exist yet (nothing was
+    tracked there: reading it must not start a server on a new, empty store), else None."""
+    store = sqlite_path(settings.store_uri) if settings.is_local else None
+    return store if store is not None and not store.is_file() else None
+
+
 def _resolve_store_uri(uri: str, base: Path) -> str:
     uri = uri.strip()
     if uri.startswith("sqlite:"):
