@@ -7,7 +7,9 @@ For ``--samples`` validation images (default 300) it decodes each and sorts the 
 into *exact*, *order* (the right digits in the wrong order) and *set* (a digit missing
 or extra); and it reads the sparse activations: how many survive per image, the share
 inside a digit's box, the share of digits with at least one activation in their box, and
-a digit x channel count of the activations in boxes (which channel fires on which digit).
+a digit x channel count of the activations in boxes (which channel fires on which digit),
+with the median value of those activations (one channel firing strongly on one digit
+and weakly on another stands for both, told apart by magnitude).
 A model on the plateau that knows which digits are present but not their order shows
 mostly *order* errors; one whose ``g`` has not found the digits shows activations
 outside the boxes. The record is printed and, with ``--out``, written as JSON.
@@ -34,6 +36,7 @@ def diagnose(model: Any, samples: list[Any], batch: int = 50) -> dict[str, Any]:
     kinds: Counter[str] = Counter()
     channels = int(model.g.conv_out.out_channels)
     matrix = np.zeros((10, channels), dtype=np.int64)
+    values: dict[tuple[int, int], list[float]] = {}
     total = inside = digits = found = 0
     with torch.no_grad():
         for start in range(0, len(samples), batch):
@@ -59,6 +62,9 @@ def diagnose(model: Any, samples: list[Any], batch: int = 50) -> dict[str, Any]:
                         if rows.start <= r < rows.stop and cols.start <= col < cols.stop:
                             inside += 1
                             matrix[int(motif.symbol), c] += 1
+                            values.setdefault((int(motif.symbol), c), []).append(
+                                float(m[c, r, col])
+                            )
                             break
                 for motif in sample.motifs:
                     rows, cols = motif.slices
@@ -72,6 +78,13 @@ def diagnose(model: Any, samples: list[Any], batch: int = 50) -> dict[str, Any]:
         "share_inside_boxes": inside / max(total, 1),
         "digits_with_an_activation": found / max(digits, 1),
         "digit_by_channel": matrix.tolist(),
+        "median_value_digit_by_channel": [
+            [
+                round(float(np.median(values[d, c])), 3) if (d, c) in values else None
+                for c in range(channels)
+            ]
+            for d in range(10)
+        ],
     }
 
 

@@ -2,8 +2,10 @@
 
 ``export_model`` writes a checkpoint's weights (and the sparsity layer's thresholds and
 batch-norm statistics) in the safetensors format, with the resolved run config, the
-density and the training sample count in the file's metadata. ``load_model`` rebuilds
-the model from that file alone, in eval mode, at the density it was saved at::
+density and the training sample count in the file's metadata, and the architecture
+written out field by field (so that a later change to the preset the config names does
+not change what the file builds). ``load_model`` rebuilds the model from that file
+alone, in eval mode, at the density it was saved at::
 
     import sparling
     model = sparling.load_model("results/models/digit-circle/sparling-seed0.safetensors")
@@ -94,12 +96,21 @@ def export_model(
         "samples": str(int(meta["samples"])),
         "checkpoint": checkpoint.name,
         "extra_state": json.dumps(extra, sort_keys=True),
+        "architecture": json.dumps(architecture_overrides(config), sort_keys=True),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # atomic: a failed export leaves no half-written file
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return metadata
+
+
+def architecture_overrides(config: RunConfig) -> dict[str, Any]:
+    """Every field of ``config``'s resolved ``g`` and ``h``, as flat model overrides: a
+    file that records them builds the model it was trained as, whatever later becomes of
+    the preset it names."""
+    arch = config.architecture()
+    return {**arch.motif.model_dump(mode="json"), **arch.downstream.model_dump(mode="json")}
 
 
 def read_export_metadata(path: str | Path) -> dict[str, str]:
@@ -135,7 +146,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Sparling
     metadata = read_export_metadata(path)
     config: RunConfig = load_config(json.loads(metadata["config"]), source=str(path))
     domain = domains.make(config.domain.name, **config.domain.params)
-    model = build_run_model(config.model_copy(update={"init_from": None}), domain)
+    build = config.model_copy(update={"init_from": None})
+    if "architecture" in metadata:  # older files name only the preset
+        pinned = json.loads(metadata["architecture"])
+        build = build.model_copy(
+            update={"model": config.model.model_copy(update={"overrides": pinned})}
+        )
+    model = build_run_model(build, domain)
     state = _join_state(load_file(str(path)), json.loads(metadata["extra_state"]))
     try:
         model.load_state_dict(state)

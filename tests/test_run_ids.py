@@ -10,9 +10,9 @@ from conftest import REPO
 
 # (sweep method, seed) -> run id, as `sparling sweep ... --dry-run` lists them
 PINNED = {
-    ("sparling", 0): "84ecb22780363a2a",
-    ("sparling", 1): "699e8b04d4a22434",
-    ("sparling", 2): "c7af94af3e3fcaae",
+    ("sparling", 0): "b0b998827db6a8d8",
+    ("sparling", 1): "d7abe1bbeafa1338",
+    ("sparling", 2): "2f3ea72d15a62edd",
 }
 
 

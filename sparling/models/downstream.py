@@ -88,6 +88,12 @@ class DownstreamConfig(BaseModel):
     channel, so activations of different channels that share a cell stay apart. Needs
     ``position="fourier"`` and no row LSTM; ``pool`` sizes the cells, ``pool_first`` does
     not apply (nothing is re-embedded)."""
+    token_strength: bool = True
+    """With ``tokens``: whether a token carries its strength, the learned direction scaled
+    by ``log(1 + value)`` (True), or only its channel and position (False). Without it
+    ``h`` cannot read one channel's strong and weak activations as two kinds of thing,
+    so ``g`` has to give every motif its own channel; the ``salience`` bias still weighs
+    tokens by value. Ignored when ``tokens`` is 0."""
     norm_first: bool = False
     """Pre-norm (True: ``x + f(norm(x))``, with a final LayerNorm after each stack) or
     post-norm (False: ``norm(x + f(x))``, the paper)."""
@@ -149,7 +155,7 @@ class DownstreamModel(nn.Module):
         widen = 2 if config.pool_reduce == "max+logsum" else 1
         if config.tokens:
             self.channel_embed = nn.Embedding(motif_channels, d)
-            self.value_proj = nn.Linear(1, d)
+            self.value_proj = nn.Linear(1, d) if config.token_strength else None
         else:
             self.reembed = conv(motif_channels * widen, d, kernel_size=1)
         self.pool = pool(config.pool)
@@ -268,12 +274,9 @@ class DownstreamModel(nn.Module):
             )
         k = value.shape[1]
         features = fourier_features(coords.reshape(n * k, -1), self.config.fourier_bands)
-        strength = torch.log1p(value.clamp_min(0))
-        z = (
-            self.channel_embed(pick // cells)
-            + self.position_proj(features).view(n, k, -1)
-            + self.value_proj(strength[..., None])
-        )
+        z = self.channel_embed(pick // cells) + self.position_proj(features).view(n, k, -1)
+        if self.value_proj is not None:
+            z = z + self.value_proj(torch.log1p(value.clamp_min(0))[..., None])
         bias = None
         if self.config.salience:
             bias = torch.log(value.float().clamp_min(0) + SALIENCE_FLOOR)[:, None, None, :]

@@ -37,6 +37,13 @@ the full model at density 0.5, batch 16, AdamW 1e-3:
   6.4% and loss 0.93 after 80k samples with cells; with tokens it left the plateau
   after 50k (28% at 80k; 41% at AdamW 3e-4), and ran 3.7x faster. The full model at
   density 5.0e-4 runs 1.7x faster (44 samples/s against 26) and left the plateau too.
+- **Tokens without strength** (``token_strength=False``): a token is its channel and its
+  position; only the salience bias sees its value. With the strength as a token feature,
+  two of three DigitCircle seeds let one channel stand for two digits, told apart by
+  magnitude: one seed's channel 4 fired on 2s at a median of 84 and on 3s at 13 (and
+  channel 1 on 4s at 59 and on 3s at 9), so no channel was the 3s' and CE was 8.9% at
+  5.0e-5 with 85% exact match; the other's channel 6 fired on 8s at 4.5 and on 9s at 1.0,
+  and it stayed on the plateau at 5.0e-4 for 180k samples (docs/results.md).
 - **Pool before re-embedding** (``pool_first=True``): 60 samples/s against 26 (2.3x), with
   the loss per sample close (1.30 against 1.08 at 20k). The paper's order re-embeds all
   10,000 positions to 128 channels and keeps one value in 64.
@@ -127,6 +134,7 @@ _FAST_H = DownstreamConfig(
     pool_first=True,
     salience=True,
     tokens=64,
+    token_strength=False,
 )
 # g's convolutions are most of the compute at 100x100. Width 16 (a sixteenth of the
 # paper's g FLOPs): on an H100, DigitCircle probes at AdamW 3e-4 learned per sample as

@@ -27,3 +27,8 @@ def test_diagnosis_counts_activations_in_boxes_and_sorts_errors() -> None:
     inside = sum(map(sum, record["digit_by_channel"]))
     assert inside == round(record["share_inside_boxes"] * record["activations_per_image"] * 6)
     assert 0 <= record["digits_with_an_activation"] <= 1
+    medians = record["median_value_digit_by_channel"]
+    for counts, row in zip(record["digit_by_channel"], medians):
+        for count, median in zip(counts, row):
+            assert (median is None) == (count == 0)
+            assert median is None or median > 0  # surviving activations are positive

@@ -148,3 +148,41 @@ def test_render_text_marks_activations_with_their_symbol() -> None:
     acts[2, 5, 6] = 0
     acts[1, 0, 0] = 1.0  # an unassigned channel
     assert render_text(Sample(x, ["7"]), acts, {2: "7"}).split("\n")[0] == "?"
+
+
+def test_export_builds_its_own_architecture_after_the_preset_changes(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file records every field of g and h: a preset redefined later (here, h's
+    Fourier encoding given more bands, and its tokens their strength) still loads the
+    exported weights, and they decode the same."""
+    from sparling.models import presets
+
+    out = tmp_path / "model.safetensors"
+    export_model(trained_run, out)
+    before = sparling.load_model(out)
+    original = presets._preset
+
+    def wider(domain: str, preset: str) -> Any:
+        g, h = original(domain, preset)
+        return g, h.model_copy(
+            update={"fourier_bands": h.fourier_bands + 2, "token_strength": True}
+        )
+
+    monkeypatch.setattr(presets, "_preset", wider)
+    after = sparling.load_model(out)
+    assert after.run_config.run_id() == before.run_config.run_id()
+    x = torch.as_tensor(domains.make("digit-circle", split="test").sample(0, 0).x[None])
+    assert after.decode(x.float()) == before.decode(x.float())
+    # a file without the record (older exports) builds from the preset, so it no longer fits
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(out), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        metadata = dict(f.metadata())
+    metadata.pop("architecture")
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata=metadata)
+    with pytest.raises(ExportError, match="do not fit the model its config builds"):
+        sparling.load_model(old)

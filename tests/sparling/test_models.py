@@ -519,6 +519,29 @@ def test_tokens_are_the_strongest_activations_each_with_its_own_position() -> No
         )
 
 
+def test_tokens_without_strength_see_only_channel_and_position() -> None:
+    """``token_strength=False``: a token is its channel at its position. Scaling the maps
+    (same ranking, other magnitudes) leaves the tokens unchanged; with strength it does
+    not, and the salience bias still follows the values."""
+    motifs = torch.zeros(2, 4, 8, 8)
+    motifs[:, 0, 0, 0], motifs[:, 3, 5, 5], motifs[:, 1, 7, 2] = 2.0, 0.5, 0.25
+    louder = motifs * torch.tensor([3.0, 0.2])[:, None, None, None]
+    without = _h(2, position="fourier", tokens=3, salience=True, token_strength=False)
+    assert without.value_proj is None
+    plain, bias = without._tokens(motifs)
+    scaled, scaled_bias = without._tokens(louder)
+    torch.testing.assert_close(plain, scaled)
+    assert bias is not None and scaled_bias is not None
+    assert not torch.allclose(bias, scaled_bias)
+    with_strength = _h(2, position="fourier", tokens=3, salience=True)
+    assert not torch.allclose(with_strength._tokens(motifs)[0], with_strength._tokens(louder)[0])
+    # g still gets gradient through the salience bias
+    motifs.requires_grad_(True)
+    without.train()
+    without(motifs, torch.full((2, 3), BOS_ID)).sum().backward()
+    assert motifs.grad is not None and motifs.grad[0, 0, 0, 0] != 0
+
+
 @pytest.mark.parametrize("kind", ["image", "audio"])
 def test_token_model_decodes_as_its_naive_reference(kind: str) -> None:
     model = tiny_model(kind, position="fourier", row_lstm=False, tokens=5, salience=True).eval()
