@@ -78,6 +78,8 @@ def tracking_context(
         log_sweep_files(tracker, parent, sweep)
         # Children a killed driver left RUNNING: mark them KILLED; they resume below.
         tracker.mark_stale(parent, keep=set())
+        # Runs of earlier configs under the names planned now: kept, left out of reports.
+        tracker.mark_superseded(parent, {r.name: r.key for r in sweep.runs})
         env = environment_tags(source=f"sparling sweep {_relative(sweep.source)}")
         runs: dict[str, str] = {}
         todo_keys = {r.key for r in todo}

@@ -44,6 +44,7 @@ from pipelines.tracking.tags import (
     TAG_RUN_ID,
     TAG_SEED,
     TAG_STATUS,
+    TAG_SUPERSEDED,
     TAG_SWEPT,
     TAG_SWEPT_FIELDS,
 )
@@ -298,11 +299,14 @@ def read_sweep(tracking_uri: str, experiment: str, sweep_name: str, notes: list[
     fields = _swept_fields(parent, notes)
 
     children = _search_all(client, experiment_id, f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
-    records = [
-        _record(client, run, fields, notes)
-        for run in children
-        if run.data.tags.get(TAG_KIND, "run") == "run"
-    ]
+    runs_only = [run for run in children if run.data.tags.get(TAG_KIND, "run") == "run"]
+    current = [run for run in runs_only if TAG_SUPERSEDED not in run.data.tags]
+    if len(current) < len(runs_only):
+        notes.append(
+            f"{len(runs_only) - len(current)} runs of earlier configs of this sweep's runs "
+            f"(tag {TAG_SUPERSEDED}) left out."
+        )
+    records = [_record(client, run, fields, notes) for run in current]
     runs = sorted(_deduplicate(records, notes), key=_run_key)
 
     raw_expected = parent.data.tags.get(TAG_EXPECTED)

@@ -30,6 +30,7 @@ from pipelines.tracking.tags import (
     TAG_KIND,
     TAG_PARENT,
     TAG_RUN_ID,
+    TAG_SUPERSEDED,
     TAG_SWEEP,
 )
 
@@ -277,6 +278,31 @@ class Tracker:
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 stale.append(key)
         return sorted(stale)
+
+    def mark_superseded(self, parent_id: str, planned: Mapping[str, str]) -> list[str]:
+        """Tag ``sparling.superseded_by`` on the children that an earlier config of a
+        planned run left behind: the same run name (``planned`` maps each planned run's
+        name to its key) under another key (a changed preset or default gives every run
+        a new id). They stay in MLflow, ended KILLED if still RUNNING; reports leave them
+        out. A planned child loses the tag (a config changed back). Children of names
+        not planned now (a sweep run with ``--seeds`` or ``--methods``) are left alone.
+        Returns the superseded keys, sorted."""
+        superseded = []
+        for run in self.children(parent_id):
+            key = run.data.tags.get(TAG_RUN_ID, "")
+            name = run.info.run_name
+            if name not in planned:
+                continue
+            if key == planned[name]:
+                if TAG_SUPERSEDED in run.data.tags:
+                    self.client.delete_tag(run.info.run_id, TAG_SUPERSEDED)
+                continue
+            if run.data.tags.get(TAG_SUPERSEDED) != planned[name]:
+                self.client.set_tag(run.info.run_id, TAG_SUPERSEDED, planned[name])
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, "KILLED")
+            superseded.append(key)
+        return sorted(superseded)
 
     def find_parent(self, experiment_name: str, sweep_name: str) -> Run | None:
         """The parent run of a sweep in an experiment, if both exist."""

@@ -56,6 +56,8 @@ TAG_SWEPT = "sparling.swept"
 TAG_STATUS = "sparling.status"
 TAG_FAILURE = "sparling.failure"
 TAG_RUN_ID = "sparling.run_id"
+#: on a child that an earlier config of a planned run left: the run id that replaces it
+TAG_SUPERSEDED = "sparling.superseded_by"
 TAG_METHOD = "sparling.method"
 TAG_DOMAIN = "sparling.domain"
 TAG_SEED = "sparling.seed"

@@ -453,6 +453,45 @@ def test_find_or_create_never_duplicates(store: LocalStore) -> None:
 
 
 @pytest.mark.integration
+def test_runs_of_an_earlier_config_are_superseded_and_left_out_of_reports(
+    store: LocalStore,
+) -> None:
+    """A changed preset gives every run a new id: the old children under the same run
+    names are tagged with the id that replaces them (a RUNNING one ended KILLED), and
+    the report reads only the current ones."""
+    from pipelines.report.collect import read_sweep
+    from pipelines.tracking.tags import TAG_SUPERSEDED, child_tags, parent_tags
+
+    tracker = Tracker(store.uri)
+    exp = tracker.experiment("sparling-superseded")
+    parent = tracker.parent_run(exp, "sweep-superseded", parent_tags(2, [], "sweep.yaml"))
+
+    def child(key: str, seed: int) -> str:
+        tags = child_tags(key, "sparling", "digit-circle", seed, {})
+        return tracker.child_run(exp, parent, key, run_name("sparling", seed), {}, tags)[0]
+
+    old0, old1, other = child("old0", 0), child("old1", 1), child("other7", 7)
+    tracker.set_terminated(old0, "FINISHED")
+    new0, new1 = child("new0", 0), child("new1", 1)
+    planned = {run_name("sparling", 0): "new0", run_name("sparling", 1): "new1"}
+    assert tracker.mark_superseded(parent, planned) == ["old0", "old1"]
+    tags = {r: tracker.client.get_run(r).data.tags for r in (old0, old1, other, new0, new1)}
+    assert tags[old0][TAG_SUPERSEDED] == "new0" and tags[old1][TAG_SUPERSEDED] == "new1"
+    # a name not planned now (a sweep run with --seeds) is left alone
+    assert TAG_SUPERSEDED not in tags[other] and TAG_SUPERSEDED not in tags[new0]
+    assert tracker.client.get_run(old1).info.status == "KILLED"
+    assert tracker.client.get_run(old0).info.status == "FINISHED"
+    notes: list[str] = []
+    sweep = read_sweep(store.uri, "sparling-superseded", "sweep-superseded", notes)
+    assert sorted(r.run_id for r in sweep.runs) == ["new0", "new1", "other7"]
+    assert any("2 runs of earlier configs" in n for n in notes)
+    # the config changed back: the old runs are current again, the new ones superseded
+    back = {run_name("sparling", 0): "old0", run_name("sparling", 1): "old1"}
+    assert tracker.mark_superseded(parent, back) == ["new0", "new1"]
+    assert TAG_SUPERSEDED not in tracker.client.get_run(old0).data.tags
+
+
+@pytest.mark.integration
 def test_stale_running_children_are_marked_killed(store: LocalStore) -> None:
     tracker = Tracker(store.uri)
     exp = tracker.experiment("sparling-stale")
