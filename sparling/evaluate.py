@@ -27,7 +27,7 @@ from .config import RunConfig, load_config
 from .domains import Domain, Sample
 from .metrics import MotifErrors, combine_motif_errors, end_to_end_error
 from .models import SparlingModel
-from .runs import build_run_model
+from .runs import build_run_model, load_weights
 from .runs import select_checkpoint as select_checkpoint  # how `sparling evaluate RUN` chooses
 from .scoring import SampleSource, batch_motif_errors, collate_inputs
 
@@ -59,8 +59,10 @@ def load_model(
     state, meta = load_checkpoint(checkpoint)
     domain = domains.make(config.domain.name, **config.domain.params)
     # The weights come from the checkpoint itself: no need to fetch init_from again.
-    model = build_run_model(config.model_copy(update={"init_from": None}), domain)
-    model.load_state_dict(state["model"])
+    model = build_run_model(
+        config.model_copy(update={"init_from": None}), domain, architecture=meta.get("architecture")
+    )
+    load_weights(model, state["model"], checkpoint)
     model.to(device)
     bottleneck: Any = model.bottleneck
     if getattr(bottleneck, "adaptive", False):

@@ -28,7 +28,7 @@ from .devices import resolve_device
 from .errors import SparlingError
 from .fileio import atomic_write, check_writable
 from .models import SparlingModel
-from .runs import build_run_model, select_checkpoint
+from .runs import architecture_overrides, build_run_model, select_checkpoint
 
 if TYPE_CHECKING:
     from .domains import Domain
@@ -96,21 +96,15 @@ def export_model(
         "samples": str(int(meta["samples"])),
         "checkpoint": checkpoint.name,
         "extra_state": json.dumps(extra, sort_keys=True),
-        "architecture": json.dumps(architecture_overrides(config), sort_keys=True),
+        "architecture": json.dumps(
+            meta.get("architecture") or architecture_overrides(config), sort_keys=True
+        ),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # atomic: a failed export leaves no half-written file
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return metadata
-
-
-def architecture_overrides(config: RunConfig) -> dict[str, Any]:
-    """Every field of ``config``'s resolved ``g`` and ``h``, as flat model overrides: a
-    file that records them builds the model it was trained as, whatever later becomes of
-    the preset it names."""
-    arch = config.architecture()
-    return {**arch.motif.model_dump(mode="json"), **arch.downstream.model_dump(mode="json")}
 
 
 def read_export_metadata(path: str | Path) -> dict[str, str]:
@@ -146,13 +140,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Sparling
     metadata = read_export_metadata(path)
     config: RunConfig = load_config(json.loads(metadata["config"]), source=str(path))
     domain = domains.make(config.domain.name, **config.domain.params)
-    build = config.model_copy(update={"init_from": None})
-    if "architecture" in metadata:  # older files name only the preset
-        pinned = json.loads(metadata["architecture"])
-        build = build.model_copy(
-            update={"model": config.model.model_copy(update={"overrides": pinned})}
-        )
-    model = build_run_model(build, domain)
+    # older files name only the preset
+    pinned = json.loads(metadata["architecture"]) if "architecture" in metadata else None
+    model = build_run_model(
+        config.model_copy(update={"init_from": None}), domain, architecture=pinned
+    )
     state = _join_state(load_file(str(path)), json.loads(metadata["extra_state"]))
     try:
         model.load_state_dict(state)

@@ -348,12 +348,26 @@ def resolve_init_from(init_from: str, run_dir: Path | None = None) -> Path:
         raise TrainingFailed(f"init_from {init_from!r}: {e}") from None
 
 
+def architecture_overrides(config: RunConfig) -> dict[str, Any]:
+    """Every field of ``config``'s resolved ``g`` and ``h``, as flat model overrides.
+    Checkpoints and exported files record them, so that they build the model they were
+    trained as whatever later becomes of the preset their config names."""
+    arch = config.architecture()
+    return {**arch.motif.model_dump(mode="json"), **arch.downstream.model_dump(mode="json")}
+
+
 def build_run_model(
-    config: RunConfig, domain: Domain, run_dir: Path | None = None
+    config: RunConfig,
+    domain: Domain,
+    run_dir: Path | None = None,
+    *,
+    architecture: Mapping[str, Any] | None = None,
 ) -> SparlingModel:
     """The model a config describes, with ``init_from``/``freeze_motif_model`` applied
-    (``run_dir``: the run's folder, for ``run:`` references in ``init_from``)."""
-    overrides = dict(config.model.overrides)
+    (``run_dir``: the run's folder, for ``run:`` references in ``init_from``).
+    ``architecture`` (:func:`architecture_overrides` as a checkpoint recorded them)
+    replaces the preset and overrides when given."""
+    overrides = dict(config.model.overrides if architecture is None else architecture)
     if config.model.channels is not None:
         overrides["channels"] = config.model.channels
     model = build_model(
@@ -369,3 +383,32 @@ def build_run_model(
         for p in model.g.parameters():
             p.requires_grad_(False)
     return model
+
+
+def load_weights(model: SparlingModel, weights: Mapping[str, Any], source: Path | str) -> None:
+    """``model.load_state_dict(weights)``, or a :class:`CheckpointError` naming ``source``
+    and the parameters that do not fit (weights written for another definition of the
+    preset, before checkpoints recorded their architecture)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        own = model.state_dict()
+        missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+        shapes = sorted(
+            k
+            for k in set(own) & set(weights)
+            if getattr(weights[k], "shape", None) != getattr(own[k], "shape", None)
+        )
+        found = [("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)]
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for what, keys in found
+            if keys
+        )
+        detail = detail or str(e).splitlines()[0]
+        raise CheckpointError(
+            f"{source}: the weights do not fit the model its config builds ({detail}); "
+            f"they were written for another definition of the model preset, before "
+            f"checkpoints recorded their architecture: evaluate them with the code that "
+            f"trained them, or pin that architecture in the config's model.overrides"
+        ) from None

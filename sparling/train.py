@@ -32,7 +32,13 @@ from .errors import TrainingFailed
 from .fileio import LockTimeout, file_lock
 from .metrics import combine_motif_errors, end_to_end_error
 from .models import SparlingModel, sequence_loss
-from .runs import RunFolder, build_run_model, density_checkpoint_name, density_key
+from .runs import (
+    RunFolder,
+    architecture_overrides,
+    build_run_model,
+    density_checkpoint_name,
+    density_key,
+)
 from .schedule import AdaptiveSparsitySchedule
 from .scoring import SampleSource, batch_motif_errors, collate_inputs
 from .seeding import set_seed
@@ -241,6 +247,9 @@ class Trainer:
             "samples": self.samples,
             "density": self.schedule.density if density is None else density,
             "name": name,
+            # g and h field by field: the checkpoint builds its own model even after the
+            # preset its config names is redefined
+            "architecture": architecture_overrides(self.config),
         }
         folder = self.folder.checkpoint(name)
         try:

@@ -186,3 +186,40 @@ def test_export_builds_its_own_architecture_after_the_preset_changes(
     save_file(tensors, str(old), metadata=metadata)
     with pytest.raises(ExportError, match="do not fit the model its config builds"):
         sparling.load_model(old)
+
+
+def test_checkpoints_build_their_own_architecture_after_the_preset_changes(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint's meta.json records g and h field by field: it loads (and exports)
+    after its preset is redefined. One without the record (written before checkpoints
+    had it) is refused with the parameters that do not fit, not a traceback."""
+    import shutil
+
+    from sparling.checkpoint import META_FILE, CheckpointError
+    from sparling.models import presets
+
+    checkpoint = trained_run / "checkpoints" / "last"
+    assert "token_strength" in json.loads((checkpoint / META_FILE).read_text())["architecture"]
+    before, _, _ = load_checkpoint_model(checkpoint)
+    original = presets._preset
+
+    def redefined(domain: str, preset: str) -> Any:
+        g, h = original(domain, preset)
+        return g, h.model_copy(update={"fourier_bands": h.fourier_bands + 2})
+
+    monkeypatch.setattr(presets, "_preset", redefined)
+    after, _, _ = load_checkpoint_model(checkpoint)
+    x = torch.as_tensor(domains.make("digit-circle", split="test").sample(0, 1).x[None]).float()
+    assert after.decode(x) == before.decode(x)
+    export_model(checkpoint, tmp_path / "m.safetensors")
+    assert sparling.load_model(tmp_path / "m.safetensors").decode(x) == before.decode(x)
+    old = tmp_path / "old"
+    shutil.copytree(checkpoint, old)
+    meta = json.loads((old / META_FILE).read_text())
+    del meta["architecture"]
+    (old / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(
+        CheckpointError, match=r"do not fit .*\(other shapes: h\.position_proj\.weight"
+    ):
+        load_checkpoint_model(old)
