@@ -21,7 +21,7 @@
 Channels of the ideal maps: a motif class's channel is its place in the domain's
 ``motif_symbols`` (DigitCircle and audio: digit d in channel d, of 10; LaTeX-OCR: the 16
 symbols, ``+``, the two parentheses and the fraction bar in channels 0-19 of its 32, the
-other 12 left empty, as spare channels of a trained model are). A model with fewer
+other 12 left empty). A model with fewer
 channels than the domain has motif classes (``--set channels=N``) is refused for
 ``h-ideal``: two classes in one channel would make the maps ambiguous, no longer ideal.
 ``--ideal-inside`` and ``--ideal-outside`` add the clutter of a real ``g``.
@@ -33,12 +33,14 @@ on samples generated on the fly from the domain's train split: by default every 
 is fresh (stream position i is sample i), as in the paper; ``--train-size N`` repeats a
 set of N instead, in seeded shuffled epochs. Validation is greedy decoding, up to the
 domain's longest output plus the end token, on ``--val-size`` samples of the val split.
-samples/s counts generating the samples too (LaTeX-OCR renders each one).
+samples/s counts generating the samples too (LaTeX-OCR renders each one); ``cpu_share``
+(the process's CPU time over the wall time of the steps, per thread) says how much of the
+machine it had, since on a shared machine wall-clock rates also measure the neighbours.
 
 Each evaluation is printed as it happens and written to the domain's records folder,
 ``docs/learning-curve/LABEL.json`` for DigitCircle and
 ``docs/learning-curve/DOMAIN/LABEL.json`` for the others (``samples``, ``exact_match``,
-``loss``, wall time), with the samples to 50% and to 95% exact match and the domain's
+``loss``, wall and CPU time), with the samples to 50% and to 95% exact match and the domain's
 name and spec. ``plot`` draws one figure per domain from every record in its folder (or
 from the records named): ``docs/img/learning-curve.png`` for DigitCircle,
 ``docs/img/learning-curve-DOMAIN.png`` for the others.
@@ -217,6 +219,11 @@ def noisy_maps(
     return maps
 
 
+def share(cpu_seconds: float, wall_seconds: float, threads: int = 1) -> float | None:
+    """CPU time / (wall time x threads), as :func:`benchlib.time_reps` reports it."""
+    return round(cpu_seconds / (wall_seconds * threads), 3) if wall_seconds > 0 else None
+
+
 def samples_to(curve: list[dict[str, Any]], level: float) -> int | None:
     """The first evaluated sample count at which exact match reached ``level``."""
     return next((r["samples"] for r in curve if r["exact_match"] >= level), None)
@@ -330,11 +337,12 @@ def run(
     curve: list[dict[str, Any]] = []
     start_time = time.monotonic()
     train_seconds = 0.0
-    pos = 0
+    train_cpu = 0.0  # this process's CPU time in the steps: on a shared machine, wall time
+    pos = 0  # also measures the neighbours (cpu_share = CPU time / wall time / threads)
     running = math.nan
     model.train()
     while pos < args.samples:
-        step_start = time.monotonic()
+        step_start, step_cpu = time.monotonic(), time.process_time()
         batch = [
             train_domain.sample(args.data_seed, stream_index(pos + i)) for i in range(args.batch)
         ]
@@ -351,6 +359,7 @@ def run(
         value = float(loss.detach())
         running = value if math.isnan(running) else 0.98 * running + 0.02 * value
         train_seconds += time.monotonic() - step_start
+        train_cpu += time.process_time() - step_cpu
         if pos % args.eval_every < args.batch or pos >= args.samples:
             acc, val_loss = evaluate()
             curve.append(
@@ -360,20 +369,23 @@ def run(
                     "val_loss": round(val_loss, 5),
                     "train_loss": round(running, 5),
                     "train_seconds": round(train_seconds, 1),
+                    "train_cpu_seconds": round(train_cpu, 1),
                     "wall_seconds": round(time.monotonic() - start_time, 1),
                 }
             )
             print(
                 f"[{args.domain} {label}] samples={pos} exact_match={acc:.3f} "
                 f"val_loss={val_loss:.4f} train_loss={running:.4f} "
-                f"{pos / train_seconds:.1f} samples/s t={time.monotonic() - start_time:.0f}s",
+                f"{pos / train_seconds:.1f} samples/s "
+                f"(cpu share {share(train_cpu, train_seconds, args.threads)}) "
+                f"t={time.monotonic() - start_time:.0f}s",
                 flush=True,
             )
             if on_eval is not None:
-                on_eval(summary(curve, pos, train_seconds))
+                on_eval(summary(curve, pos, train_seconds, train_cpu))
             if args.stop_at and acc >= args.stop_at:
                 break
-    return summary(curve, pos, train_seconds)
+    return summary(curve, pos, train_seconds, train_cpu)
 
 
 def _summary(args: argparse.Namespace, overrides: dict[str, Any], setup: Setup) -> Any:
@@ -389,7 +401,9 @@ def _summary(args: argparse.Namespace, overrides: dict[str, Any], setup: Setup) 
     ).model_dump(mode="json")
     domain_spec = setup.train.spec()
 
-    def summary(curve: list[dict[str, Any]], pos: int, train_seconds: float) -> dict[str, Any]:
+    def summary(
+        curve: list[dict[str, Any]], pos: int, train_seconds: float, train_cpu: float
+    ) -> dict[str, Any]:
         return {
             "label": args.label or args.setting,
             "setting": args.setting,
@@ -412,6 +426,8 @@ def _summary(args: argparse.Namespace, overrides: dict[str, Any], setup: Setup) 
             "ideal_clutter": {"inside": args.ideal_inside, "outside": args.ideal_outside},
             "threads": args.threads,
             "samples_per_s": round(pos / max(train_seconds, 1e-9), 1),
+            # the CPU share of the asked-for threads the steps got (near 1: a quiet machine)
+            "cpu_share": share(train_cpu, train_seconds, args.threads),
             "samples_to": {f"{int(t * 100)}%": samples_to(curve, t) for t in THRESHOLDS},
             "curve": curve,
         }

@@ -160,7 +160,7 @@ def test_run_writes_the_curve_in_the_domains_folder_and_plot_draws_it(
         assert set(result["samples_to"]) == {"50%", "95%"}
         assert result["architecture"]["downstream"]["d_model"] == 32
         assert result["architecture"]["channels"] == {"latex-ocr": 32}.get(domain, 10)
-        assert result["train_size"] == 16
+        assert result["train_size"] == 16 and result["cpu_share"] > 0
         # the longest output + 1: 6 digits, max_length=6, 10 spoken digits
         assert result["max_output_len"] == {"audio-digits": 11}.get(domain, 7)
         assert (result["symbol_channels"] is None) == (setting != "h-ideal")
