@@ -14,6 +14,8 @@ the registry instead of lists of their own:
 - ``context_radius``: the context radius of the paper's ``g`` for the domain (both
   model presets use it; a domain without one cannot be trained, only sampled);
 - ``assignment``: how CE assigns motif channels to symbols ("hungarian" or "majority").
+- ``max_tokens`` (a property, optional): the longest output a sample can have, which
+  bounds greedy decoding (``bench/learning_curve.py`` decodes ``max_tokens + 1`` steps).
 
 Adding a domain is one new module in this package: the modules here are imported when
 the registry is first read, and the class decorated with ``@register`` registers itself::

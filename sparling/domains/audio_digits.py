@@ -487,6 +487,10 @@ class AudioDigits(Domain):
         return 10
 
     @property
+    def max_tokens(self) -> int:
+        return self.p.max_digits
+
+    @property
     def expected_motifs(self) -> float:
         return (self.p.min_digits + self.p.max_digits) / 2
 

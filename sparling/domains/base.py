@@ -111,6 +111,14 @@ class Domain(ABC):
         """Number of motif channels the paper used for this domain."""
 
     @property
+    def max_tokens(self) -> int | None:
+        """The longest output a sample can have, in tokens (None: not bounded or not known).
+
+        Decoding needs one step more, for the end-of-sequence token.
+        """
+        return None
+
+    @property
     @abstractmethod
     def expected_motifs(self) -> float:
         """Expected number of true motifs per sample."""

@@ -232,6 +232,10 @@ class DigitCircle(Domain):
         return 10
 
     @property
+    def max_tokens(self) -> int:
+        return self.params.max_digits
+
+    @property
     def expected_motifs(self) -> float:
         # Exact mean of the uniform digit count (the paper's 4.492 is a 1,000-sample estimate).
         return (self.params.min_digits + self.params.max_digits) / 2

@@ -462,6 +462,10 @@ class LatexOCR(Domain):
         return 32
 
     @property
+    def max_tokens(self) -> int:
+        return self.params.max_length
+
+    @property
     def expected_motifs(self) -> float:
         # The paper's figure, which fixes the reported density (0.5 * 0.75**38); the
         # exact mean of this grammar is mean_characters() (about 9.6).
