@@ -11,10 +11,11 @@ restarts a worker on another node. Ray Train is given no checkpoint: a copy in i
 would be a second write of every validation's checkpoint to the same shared storage.
 
 Stopping early (:mod:`sparling.stopping`): SIGTERM or SIGINT to the driver (``sparling
-train``) writes the run folder's stop request, which the workers read between steps;
-Ray Train's preemption notice (``ray.train.get_preemption_info``: a node of the run is
-being drained, e.g. a spot instance reclaimed, or a ``ray start`` node sent SIGTERM) is
-asked at every step. Either way the workers write the checkpoint at the step they are on.
+train``) writes the run folder's stop request, which the workers look for between steps;
+they also ask for Ray Train's preemption notice (``ray.train.get_preemption_info``: a
+node of the run is being drained as preempted, e.g. by the autoscaler for a reclaimed
+spot instance, or a ``ray start --block`` node sent SIGTERM, which Ray drains for 30 s).
+Either way the workers write the checkpoint at the step they are on.
 On a stop request they then end and the driver raises :class:`RunStopped`; on a
 preemption notice they wait for Ray Train to restart them elsewhere, where they resume
 from that step.

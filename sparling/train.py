@@ -462,7 +462,8 @@ class Trainer:
         :class:`TrainingStopped`."""
         if bar is not None:
             bar.write(
-                f"run {self.config.run_id()}: {reason} at sample {self.samples}; writing its checkpoint"
+                f"run {self.config.run_id()}: {reason} at sample {self.samples}; "
+                "writing its checkpoint"
             )
         checkpoint = self.folder.last if self.rank == 0 else None
         if self._last_saved != self.samples:

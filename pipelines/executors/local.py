@@ -369,14 +369,7 @@ def run_local(
         for key, (p, job, t) in list(running.items()):
             if not p.is_alive():
                 p.join()
-                if p.exitcode == 0:
-                    outcome[key] = ("finished", "")
-                elif is_stopped_exit_code(p.exitcode):
-                    outcome[key] = ("stopped", _stopped_reason(job, "by a signal"))
-                else:
-                    failure = RunFolder(job["run_dir"]).failure_path
-                    why = failure.read_text().strip() if failure.is_file() else ""
-                    outcome[key] = ("failed", why or f"its process exited with {p.exitcode}")
+                outcome[key] = _ended(p.exitcode, job, "by a signal")
                 if progress:
                     print(
                         f"{job['name']}: {outcome[key][0]} in {time.monotonic() - t:.0f} s "
@@ -385,11 +378,14 @@ def run_local(
                     )
                 del running[key]
         if late and running:
-            stopped = _stop_all(running, progress)
-            for key, job in stopped.items():
-                outcome[key] = ("stopped", _stopped_reason(job, stop_why))
-                if progress:
-                    print(f"{job['name']}: {outcome[key][1]}", flush=True)
+            killed = _stop_all(running, progress)
+            for key, (p, job, _t) in running.items():
+                # stopped; or finished (or failed) on its own before the SIGTERM counted
+                outcome[key] = _ended(p.exitcode, job, stop_why, killed=key in killed)
+                status, reason = outcome[key]
+                if progress:  # a stop's reason says so; the others, their status first
+                    said = reason if status == "stopped" else f"{status} {reason}".rstrip()
+                    print(f"{job['name']}: {said}", flush=True)
             running.clear()
         if late:
             for job in pending:
@@ -414,21 +410,41 @@ def run_local(
     return outcome
 
 
-def _stop_all(
-    running: dict[str, tuple[Any, dict[str, Any], float]], progress: bool
-) -> dict[str, dict[str, Any]]:
+def _ended(
+    exitcode: int | None, job: dict[str, Any], stop_why: str, killed: bool = False
+) -> tuple[str, str]:
+    """The outcome of a run process that exited with ``exitcode``: finished, stopped
+    (``stop_why``: by what; ``killed``: by the driver, once it had not stopped in time) or
+    failed (with the reason it left)."""
+    if exitcode == 0:
+        return "finished", ""
+    if killed:
+        return "stopped", (
+            f"stopped {stop_why}: killed {STOP_GRACE_SECONDS:.0f} s after SIGTERM without a "
+            "new checkpoint; resumes from its previous one when run again"
+        )
+    if is_stopped_exit_code(exitcode):
+        return "stopped", _stopped_reason(job, stop_why)
+    failure = RunFolder(job["run_dir"]).failure_path
+    why = failure.read_text().strip() if failure.is_file() else ""
+    return "failed", why or f"its process exited with {exitcode}"
+
+
+def _stop_all(running: dict[str, tuple[Any, dict[str, Any], float]], progress: bool) -> set[str]:
     """SIGTERM to every running run process at once, then wait for each to write its
     checkpoint and exit; the ones still there after :data:`STOP_GRACE_SECONDS` are killed.
-    Returns run key -> job of every run so ended."""
+    Returns the keys of those killed."""
     for p, _job, _t in running.values():
         if p.is_alive():
             p.terminate()
     if progress:
         print(f"stopping {len(running)} run(s): each writes its checkpoint", flush=True)
     until = time.monotonic() + STOP_GRACE_SECONDS
-    for p, job, _t in running.values():
+    killed: set[str] = set()
+    for key, (p, job, _t) in running.items():
         p.join(max(0.0, until - time.monotonic()))
         if p.is_alive():
+            killed.add(key)
             print(
                 f"{job['name']}: no checkpoint within {STOP_GRACE_SECONDS:.0f} s of SIGTERM; "
                 "killed (its previous checkpoint is kept)",
@@ -437,7 +453,7 @@ def _stop_all(
             )
             p.kill()
             p.join()
-    return {key: job for key, (_p, job, _t) in running.items()}
+    return killed
 
 
 def _stopped_reason(job: dict[str, Any], why: str) -> str:
