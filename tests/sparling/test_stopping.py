@@ -318,3 +318,45 @@ def test_sigterm_to_a_training_process_checkpoints_within_a_step_and_it_resumes(
     )
     _assert_same_tensors(state["model"], ref.model.state_dict(), "model")
     _assert_same_tensors(state["optimizer"], ref.optimizer.state_dict(), "optim")
+
+
+def test_a_committed_result_checkpoint_resumes_and_stops_in_the_same_format(
+    tmp_path: Path,
+) -> None:
+    """A run checkpointed before stopping existed (results/digit-circle, seed 1 at 162,000
+    samples) resumes, and a stop one step later writes a checkpoint of the same form: the
+    same state and metadata keys, loadable as before."""
+    import shutil
+
+    source = REPO / "results" / "digit-circle" / "runs" / "699e8b04d4a22434"
+    run = tmp_path / source.name
+    shutil.copy(source / "config.json", tmp_path / "config.json")
+    shutil.copytree(source / "checkpoints" / "last", run / "checkpoints" / "last")
+    old_state, old_meta = load_checkpoint(run / "checkpoints" / "last")
+    cfg = load_config(tmp_path / "config.json")
+    assert cfg.run_id() == source.name
+    # the run's own data is 300,000 generated samples; any will do to take one step
+    train = [
+        domains.make("digit-circle", split="train").sample(cfg.data.seed, i) for i in range(16)
+    ]
+    val = _samples("val", 2)
+    asked: list[int] = []
+
+    def one_step_then_stop() -> str | None:
+        asked.append(1)
+        return "a test's stop request" if len(asked) == 2 else None
+
+    trainer = make_trainer(
+        cfg, train, val, run, callbacks=Callbacks(should_stop=one_step_then_stop), progress=False
+    )
+    with pytest.raises(TrainingStopped) as info:
+        trainer.fit()
+    assert old_meta["samples"] == 162_000
+    assert info.value.samples == 162_000 + cfg.batch_size
+    new_state, new_meta = load_checkpoint(run / "checkpoints" / "last")
+    assert new_meta["samples"] == 162_000 + cfg.batch_size
+    assert new_meta.keys() == old_meta.keys()
+    assert new_state.keys() == old_state.keys()
+    assert new_state["model"].keys() == old_state["model"].keys()
+    assert new_state["history"] == old_state["history"]  # no validation in between
+    torch.load(run / "checkpoints" / "last" / "state.pt", weights_only=True)
