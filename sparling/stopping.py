@@ -49,8 +49,8 @@ def stopped_exit_code(signum: int | None) -> int:
 def is_stopped_exit_code(code: int | None) -> bool:
     """Whether a process exit status says "stopped by a stop request or signal, resumable":
     ``128 + SIGTERM|SIGINT`` from a run that stopped cleanly, or ``-SIGTERM|-SIGINT`` for a
-    process the signal ended before its handlers were installed (nothing trained yet is
-    lost then: the last checkpoint is where it was)."""
+    process the signal ended while no handler was installed, before training or after it
+    (evaluating): all it trained is in its last checkpoint then too."""
     if code is None:
         return False
     return any(code in (128 + s, -s) for s in STOP_SIGNALS)
