@@ -3,7 +3,7 @@
 # on the 2-core EPYC). Results: bench/results/*.json; the log: bench/results/run_all.log.
 #
 #     bash bench/run_all.sh            # all
-#     bash bench/run_all.sh sparsity   # some: sparsity decode train data sweep
+#     bash bench/run_all.sh sparsity   # some: sparsity decode train data sweep checkpoint
 #
 # Sizes are chosen to fit an hour; each script's --help says what its options change.
 set -euo pipefail
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 LOG=bench/results/run_all.log
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(sparsity decode train data sweep)
+[ ${#parts[@]} -eq 0 ] && parts=(sparsity decode train data sweep checkpoint)
 say() { echo "=== $(date -u +%H:%M:%S) $* (load: $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$LOG"; }
 for p in "${parts[@]}"; do
   say "start $p"
@@ -26,7 +26,8 @@ for p in "${parts[@]}"; do
         --min-steps 2 --no-reference --out bench/results/train_step_latex.json ;;
     data) $PY bench/bench_data.py && $PY bench/bench_data_pipeline.py ;;
     sweep) $PY bench/bench_sweep.py --runs 2 --samples 6000 --preset fast ;;
-    *) echo "unknown part $p (accepted: sparsity decode train data sweep)" >&2; exit 2 ;;
+    checkpoint) $PY bench/bench_checkpoint_io.py ;;
+    *) echo "unknown part $p (accepted: sparsity decode train data sweep checkpoint)" >&2; exit 2 ;;
   esac 2>&1 | tee -a "$LOG"
   say "end $p"
 done

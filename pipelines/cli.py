@@ -126,7 +126,7 @@ def _load_run_config(path: str, sets: list[str] | None) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.train_job import run_training
+    from pipelines.train_job import RunStopped, run_training
     from sparling.runs import RunFolder
 
     config = _load_run_config(args.config, args.set)
@@ -134,7 +134,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"run {config.run_id()}  ({config.domain.name}, {config.model.preset} preset, "
         f"{config.bottleneck.name}, seed {config.seed})"
     )
-    result = run_training(config, work_dir=Path(args.work_dir), progress=not args.quiet)
+    try:
+        result = run_training(config, work_dir=Path(args.work_dir), progress=not args.quiet)
+    except RunStopped as stopped:  # SIGTERM/SIGINT: checkpointed, resumable; not an error
+        print(stopped, file=sys.stderr)
+        return stopped.exit_code
     last = result.get("last") or {}
     print(
         f"{result['status']}: {result['samples']} samples, density {result['density']:.3e}, "

@@ -2,20 +2,35 @@
 
 The driver prepares the run's datasets (through the sharded generator), then runs
 ``TorchTrainer.fit()``; each worker builds the library's :class:`~sparling.train.Trainer`
-and turns its validation records into ``ray.train.report`` calls with the run's
-checkpoint. The library's loop knows nothing of Ray: this module is the whole bridge.
+and turns its validation records into ``ray.train.report`` calls (metrics only). The
+library's loop knows nothing of Ray: this module is the whole bridge.
+
+Checkpoints have one owner, the run folder: the trainer writes them there (on the work
+dir's shared storage, which every node sees) and resumes from there, also when Ray Train
+restarts a worker on another node. Ray Train is given no checkpoint: a copy in its storage
+would be a second write of every validation's checkpoint to the same shared storage.
+
+Stopping early (:mod:`sparling.stopping`): SIGTERM or SIGINT to the driver (``sparling
+train``) writes the run folder's stop request, which the workers look for between steps;
+they also ask for Ray Train's preemption notice (``ray.train.get_preemption_info``: a
+node of the run is being drained as preempted, e.g. by the autoscaler for a reclaimed
+spot instance, or a ``ray start --block`` node sent SIGTERM, which Ray drains for 30 s).
+Either way the workers write the checkpoint at the step they are on.
+On a stop request they then end and the driver raises :class:`RunStopped`; on a
+preemption notice they wait for Ray Train to restart them elsewhere, where they resume
+from that step.
 
 Where things live (``work_dir`` defaults to ``./sparling-work``)::
 
     work_dir/data/<domain>-<split>-<hash>/   shared datasets (one per config hash)
     work_dir/runs/<run_id>/                   the run folder (:mod:`sparling.runs`)
-    work_dir/ray/<run_id>/                    Ray Train's own storage (reported checkpoints)
+    work_dir/ray/<run_id>/                    Ray Train's own storage (its run state)
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +41,43 @@ from typing import Any
 from sparling.config import RunConfig
 from sparling.errors import SparlingError
 from sparling.runs import RunFolder
+from sparling.stopping import STOP_GRACE_SECONDS, StopRequest, stop_on_signals, stopped_exit_code
 
 DEFAULT_WORK_DIR = Path("sparling-work")
+#: how often a worker looks for the run folder's stop request (seconds; a file on shared
+#: storage, so not at every step)
+STOP_REQUEST_POLL_SECONDS = 0.25
+#: how often a single worker asks Ray Train for a preemption notice (seconds): each ask
+#: is a call to Ray Train's synchronisation actor (2.9 ms measured here), too dear for
+#: every step; Ray Train itself looks for drained nodes every 5 s
+PREEMPTION_POLL_SECONDS = 1.0
+#: with several workers the ask is a collective that every rank must make at the same
+#: steps: every this many steps
+PREEMPTION_POLL_STEPS = 8
+#: how long past a preemption deadline a worker that has written its checkpoint waits for
+#: Ray Train to restart it, before it fails (and is restarted as a failed worker)
+PREEMPTION_WAIT_MARGIN_SECONDS = 60.0
+#: Ray Train's own wait when a node is drained without a deadline (its
+#: ``DEFAULT_PREEMPTION_DEADLINE_S``)
+PREEMPTION_DEFAULT_DEADLINE_SECONDS = 120.0
 
 
 class RunFailed(SparlingError):
     """A run ended in an error (its last good checkpoint is kept)."""
+
+
+class RunStopped(Exception):  # noqa: N818 (a stop, not an error)
+    """The run was asked to stop (SIGTERM or SIGINT to the driver) and its workers wrote
+    their checkpoint at the step they were on; the same command resumes it from there.
+    ``exit_code``: what the command returns (``128 + signal``)."""
+
+    def __init__(self, message: str, signum: int | None) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return stopped_exit_code(self.signum)
 
 
 @dataclass
@@ -68,41 +114,85 @@ def prepare_datasets(
 
 
 # -- the worker side -----------------------------------------------------------------------
-def _restore_from_ray(run_dir: Path) -> None:
-    """Make the run's last checkpoint at least as new as Ray Train's latest checkpoint.
+class _StopWatch:
+    """``Callbacks.should_stop`` of a Ray Train worker (asked before every step): Ray
+    Train's preemption notice (every :data:`PREEMPTION_POLL_SECONDS` with one worker;
+    with several, every :data:`PREEMPTION_POLL_STEPS` steps on every rank, as the
+    collective it is needs), then the run folder's stop request (looked for every
+    :data:`STOP_REQUEST_POLL_SECONDS`). The trainer makes the ranks agree on a stop."""
 
-    On one machine they are the same; on a cluster a retried worker may land on another
-    node, where only Ray's persisted copy exists.
-    """
-    import ray.train
+    def __init__(self, folder: RunFolder, world_size: int = 1) -> None:
+        self.folder = folder
+        self.world_size = world_size
+        self._next_look = 0.0
+        self._next_ask = 0.0
+        self._steps = 0
+        self.requested: str | None = None
+        #: Ray Train's preemption notice, once one came
+        self.preemption: Any = None
 
-    from sparling.checkpoint import read_meta
+    def _ask_ray(self, now: float) -> bool:
+        if self.world_size > 1:
+            self._steps += 1
+            return self._steps % PREEMPTION_POLL_STEPS == 1
+        if now < self._next_ask:
+            return False
+        self._next_ask = now + PREEMPTION_POLL_SECONDS
+        return True
 
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return
-    last = RunFolder(run_dir).last
-    with ckpt.as_directory() as src:
-        theirs = read_meta(Path(src))["samples"]
-        try:
-            ours = read_meta(last)["samples"]
-        except Exception:
-            ours = -1
-        if theirs > ours:
-            tmp = last.with_name(".last.restore")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp)
-            if last.exists():
-                shutil.rmtree(last)
-            os.replace(tmp, last)
+    def __call__(self) -> str | None:
+        import ray.train
+
+        now = time.monotonic()
+        # Ray Train v2's (the default); without it, no notice is asked for
+        ask = getattr(ray.train, "get_preemption_info", None)
+        if ask is not None and self.preemption is None and self._ask_ray(now):
+            self.preemption = ask()
+        if self.preemption is not None:
+            return "Ray Train's preemption notice"
+        if self.requested is None and now >= self._next_look:
+            self._next_look = now + STOP_REQUEST_POLL_SECONDS
+            self.requested = _read_stop_request(self.folder)
+        return self.requested
+
+    def wait_for_restart(self) -> None:
+        """After the checkpoint of a preemption notice: wait for Ray Train to tear this
+        worker down (it then restarts the run on other nodes, from that checkpoint). Ending
+        now would tell Ray Train the run had finished, or failed; a worker still here well
+        past the deadline fails, and is restarted as a failed worker is."""
+        deadline_ms = getattr(self.preemption, "deadline_ms", None)
+        until = (
+            deadline_ms / 1000.0
+            if deadline_ms
+            else time.time() + PREEMPTION_DEFAULT_DEADLINE_SECONDS
+        ) + PREEMPTION_WAIT_MARGIN_SECONDS
+        while time.time() < until:
+            time.sleep(min(1.0, max(0.0, until - time.time())))
+        raise RunFailed(
+            f"run {self.folder.run_id}: checkpointed on a preemption notice, but Ray Train "
+            f"had not restarted it {PREEMPTION_WAIT_MARGIN_SECONDS:.0f} s past the deadline"
+        )
+
+
+def _read_stop_request(folder: RunFolder) -> str | None:
+    """The reason in the run folder's stop request, or None when there is none."""
+    try:
+        request = json.loads(folder.stop_request_path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "a stop request"  # being written, or unreadable: a request all the same
+    return str(request.get("reason", "a stop request")) if isinstance(request, dict) else None
 
 
 def _numeric(record: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
 
 
-class _ProgressFile:
-    """Writes ``progress.json`` at most every ``interval`` seconds (for the live displays)."""
+class ProgressFile:
+    """Writes a run's ``progress.json`` (the latest value of every key it was given) at
+    most every ``interval`` seconds, or at once with ``force``: what the live displays
+    read, for a Ray Train worker and a local executor's run process alike."""
 
     def __init__(self, folder: RunFolder, interval: float = 1.0) -> None:
         self.folder = folder
@@ -134,6 +224,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     from sparling.shards import ShardedDataset
+    from sparling.stopping import TrainingStopped
     from sparling.train import Callbacks, make_trainer
 
     startup["imports"] = time.time()
@@ -143,13 +234,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(int(config.compute.threads or max(1, config.compute.cpus_per_worker)))
-    if rank == 0:
-        _restore_from_ray(run_dir)
 
     train = ShardedDataset(loop_config["train"])
     val = ShardedDataset(loop_config["val"])
     startup["data"] = time.time()
-    progress = _ProgressFile(folder)
+    progress = ProgressFile(folder)
+    # where rank 0 trains: on a cluster, the node a drain (preemption) would concern
+    progress.latest["node_id"] = ray.get_runtime_context().get_node_id()
     tracking = loop_config.get("tracking")
     logger = None
     train_points = None
@@ -164,16 +255,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         every = int(tracking.get("train_every_steps", DEFAULT_TRAIN_EVERY_STEPS))
         train_points = TrainPoints(every, config.batch_size * world)
 
-    def on_validation(record: dict[str, Any], checkpoint: Path | None) -> None:
+    def on_validation(record: dict[str, Any], _checkpoint: Path | None) -> None:
         metrics = _numeric(record)
         if rank == 0:
             progress({**metrics, "state": "running"}, force=True)
         if logger is not None:
             logger.log(mlflow_metrics(record), int(record["samples"]))
-        if checkpoint is not None:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint))
-        else:
-            ray.train.report(metrics)
+        # metrics only: the checkpoint is the run folder's (see the module's docstring)
+        ray.train.report(metrics)
 
     def on_progress(info: dict[str, Any]) -> None:
         if rank == 0:
@@ -191,12 +280,15 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             return DistributedDataParallel(m)
 
     device = ray.train.torch.get_device() if config.compute.gpus_per_worker > 0 else "cpu"
+    watch = _StopWatch(folder, world)
     trainer = make_trainer(
         config,
         train,
         val,
         run_dir,
-        callbacks=Callbacks(on_validation=on_validation, on_progress=on_progress),
+        callbacks=Callbacks(
+            on_validation=on_validation, on_progress=on_progress, should_stop=watch
+        ),
         progress=False,
         rank=rank,
         world_size=world,
@@ -207,9 +299,23 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     progress.latest["startup"] = startup
     from pipelines.tracking.system_metrics import system_metrics
 
-    # one process's system metrics per run: rank 0's
-    with system_metrics(tracking if rank == 0 else None):
-        result = trainer.fit()
+    try:
+        # one process's system metrics per run: rank 0's
+        with system_metrics(tracking if rank == 0 else None):
+            result = trainer.fit()
+    except TrainingStopped as stopped:
+        # the checkpoint at this step is written: send what is queued, say where it stands
+        if logger is not None:
+            logger.close()
+        state = "preempted" if watch.preemption is not None else "stopped"
+        if rank == 0:
+            progress(
+                {"samples": stopped.samples, "state": state, "reason": stopped.reason},
+                force=True,
+            )
+        if watch.preemption is not None:
+            watch.wait_for_restart()
+        return  # the driver finds the run stopped (no result.json) and says so
     if logger is not None:
         logger.close()
     if rank == 0:
@@ -255,7 +361,6 @@ def build_trainer(
             name=config.run_id(),
             storage_path=str((work_dir / "ray").resolve()),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
 
@@ -271,7 +376,9 @@ def run_training(
     """Prepare data, run one Ray Train job, return ``result.json``'s summary.
 
     Resumable: run it again after an interruption and it continues from the run's last
-    checkpoint; a run that already finished returns at once with its result.
+    checkpoint; a run that already finished returns at once with its result. Called in
+    the main thread, SIGTERM and SIGINT during training ask the workers to checkpoint at
+    the step they are on and stop; it then raises :class:`RunStopped`.
     """
     from pipelines.ray_env import ensure_ray, refuse_unavailable_gpus
     from sparling.datasets import check_domain
@@ -291,6 +398,8 @@ def run_training(
     paths = RunPaths(datasets["train"], datasets["val"], datasets["test"], run_dir)
     ensure_ray()
     trainer = build_trainer(config, paths, work_dir, max_failures=max_failures, tracking=tracking)
+    # a request an earlier driver left (killed before it could take it back)
+    folder.stop_request_path.unlink(missing_ok=True)
 
     errors: list[BaseException] = []
 
@@ -300,12 +409,29 @@ def run_training(
         except BaseException as e:  # reported below, in the caller's thread
             errors.append(e)
 
+    stop = StopRequest()
     thread = threading.Thread(target=fit, name=f"fit-{config.run_id()}", daemon=True)
-    thread.start()
-    _watch(thread, folder, config, progress)
+    try:
+        # after ensure_ray: these handlers stand in for Ray's own while the run trains
+        with stop_on_signals(stop):
+            thread.start()
+            _watch(thread, folder, config, progress, stop)
+    finally:
+        folder.stop_request_path.unlink(missing_ok=True)
     if errors:
         raise RunFailed(f"run {config.run_id()} failed: {_root_cause(errors[0])}") from errors[0]
     result = folder.read_result()
+    if result is None and stop:
+        info = folder.read_progress() or {}
+        if info.get("state") == "stopped":
+            where = f"wrote its checkpoint at sample {int(info['samples'])}"
+        else:
+            where = f"did not confirm its checkpoint within {STOP_GRACE_SECONDS:.0f} s"
+        raise RunStopped(
+            f"run {config.run_id()} stopped on {stop.reason}: it {where}; run the same "
+            "command again to resume it",
+            stop.signum,
+        )
     if result is None:
         raise RunFailed(f"run {config.run_id()} ended without a result (see {run_dir})")
     return result
@@ -317,19 +443,42 @@ def _root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _watch(thread: threading.Thread, folder: RunFolder, config: RunConfig, progress: bool) -> None:
-    """A progress bar fed by the worker's ``progress.json`` (samples, density, accuracy)."""
-    if not progress:
-        thread.join()
-        return
-    from tqdm import tqdm
+def _watch(
+    thread: threading.Thread,
+    folder: RunFolder,
+    config: RunConfig,
+    progress: bool,
+    stop: StopRequest | None = None,
+) -> None:
+    """Wait for the job's thread, with a progress bar fed by the worker's
+    ``progress.json`` (samples, density, accuracy) when ``progress``. Once ``stop`` is set,
+    write the run folder's stop request and wait at most :data:`STOP_GRACE_SECONDS` more."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
 
-    bar = tqdm(total=config.budget_samples, unit="sample", desc=f"run {config.run_id()[:8]}")
+        bar = tqdm(total=config.budget_samples, unit="sample", desc=f"run {config.run_id()[:8]}")
     acc = float("nan")
     seen: dict[str, Any] = {}
+    give_up: float | None = None
     try:
         while thread.is_alive():
-            thread.join(timeout=1.0)
+            if stop is not None and not stop:
+                stop.wait(0.2)  # wakes at once when a signal sets it
+            else:
+                thread.join(timeout=0.2)
+            if stop and give_up is None:
+                give_up = time.monotonic() + STOP_GRACE_SECONDS
+                _write_stop_request(folder, str(stop.reason))
+                message = f"run {config.run_id()}: {stop.reason}: asking it to checkpoint and stop"
+                if bar is not None:
+                    bar.write(message)
+                else:
+                    print(message, flush=True)
+            if give_up is not None and time.monotonic() > give_up:
+                return
+            if bar is None:
+                continue
             info = folder.read_progress() or {}
             if "samples" in info and info != seen:
                 seen = info
@@ -343,4 +492,12 @@ def _watch(thread: threading.Thread, folder: RunFolder, config: RunConfig, progr
                 )
                 bar.refresh()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+
+
+def _write_stop_request(folder: RunFolder, reason: str) -> None:
+    """Ask the run's workers to checkpoint at the step they are on and stop."""
+    from sparling.fileio import atomic_write_text
+
+    atomic_write_text(folder.stop_request_path, json.dumps({"reason": reason, "time": time.time()}))

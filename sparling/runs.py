@@ -13,6 +13,7 @@ A run lives in ``<work_dir>/runs/<run id>/`` (the id is its config's hash,
     train.lock              held by the process training the run
     evaluation.json         test scores (with the figures in ``evaluation/``)
     failure.txt             why the last attempt failed (the local executor's)
+    stop-request.json       asks the run's Ray Train workers to checkpoint and stop
 
 :class:`RunFolder` names these paths, lists and chooses the checkpoints, and reads and
 writes the JSON records; :func:`build_run_model` builds the model a run's config
@@ -52,6 +53,7 @@ LOCK_FILE = "train.lock"
 EVALUATION_FILE = "evaluation.json"
 EVALUATION_DIR = "evaluation"
 FAILURE_FILE = "failure.txt"
+STOP_REQUEST_FILE = "stop-request.json"
 __all__ = [
     "CONFIG_FILE",
     "RunFolder",
@@ -173,6 +175,12 @@ class RunFolder:
     @property
     def failure_path(self) -> Path:
         return self.path / FAILURE_FILE
+
+    @property
+    def stop_request_path(self) -> Path:
+        """Written by the driver of a run whose training runs elsewhere (a Ray Train
+        worker) to ask it to write its checkpoint at the current step and stop."""
+        return self.path / STOP_REQUEST_FILE
 
     def records(self) -> list[Path]:
         """Every file of the run but its checkpoints and lock (what a copy of its results

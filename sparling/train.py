@@ -7,6 +7,12 @@ logs). The loop is short and calls small named steps.
 Determinism: the order of training samples is a pure function of (seed, position in the
 sample stream), and the checkpoint holds model, optimiser, schedule, bottleneck and RNG
 state, so a run resumed from any checkpoint continues bitwise as if never stopped.
+
+Stopping: the loop checkpoints at each validation, and also at any step where it is asked
+to stop (SIGTERM or SIGINT while it trains in the main thread, ``Trainer.stop`` set by
+another thread, or ``Callbacks.should_stop``): it writes ``last`` at that step and raises
+:class:`~sparling.stopping.TrainingStopped`, so a stopped run loses at most the step in
+flight, and resumes from that step exactly.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from .runs import (
 from .schedule import AdaptiveSparsitySchedule
 from .scoring import SampleSource, batch_motif_errors, collate_inputs
 from .seeding import set_seed
+from .stopping import STOP_SIGNALS, StopRequest, TrainingStopped, stop_on_signals
 
 
 @dataclass
@@ -55,6 +62,12 @@ class Callbacks:
     ``density`` (the schedule's), ``loss`` (the step batch's training loss), ``lr`` (the
     learning rate of the step) and ``grad_norm`` (the gradients' global L2 norm, before
     any clipping)."""
+    should_stop: Callable[[], str | None] | None = None
+    """Asked before each training step: a reason (e.g. ``"preemption notice"``) makes the
+    loop write its checkpoint at the current step and raise
+    :class:`~sparling.stopping.TrainingStopped`; ``None`` lets it go on. In data-parallel
+    training every rank asks at the same steps, and the ranks stop together when any of
+    them is asked to."""
 
 
 @dataclass
@@ -135,6 +148,7 @@ class Trainer:
         world_size: int = 1,
         wrapped: torch.nn.Module | None = None,
         domain: Domain | None = None,
+        stop_signals: Sequence[int] = STOP_SIGNALS,
     ) -> None:
         self.config = config
         #: for motif errors at density steps (the symbols and the CE assignment)
@@ -173,6 +187,12 @@ class Trainer:
         self.density_checkpoints: dict[str, str] = {}
         #: the last optimizer step's learning rate and gradient norm (``on_progress``)
         self.last_step: dict[str, float] = {}
+        #: set it (from a signal handler, another thread) to stop at the next step with a
+        #: checkpoint there; ``fit`` makes ``stop_signals`` set it while it trains
+        self.stop = StopRequest()
+        self.stop_signals = tuple(stop_signals)
+        #: the sample count of the run's ``last`` checkpoint (None before there is one)
+        self._last_saved: int | None = None
         self._apply_density(self.schedule.density)
 
     # -- set-up ---------------------------------------------------------------------------
@@ -253,7 +273,10 @@ class Trainer:
         }
         folder = self.folder.checkpoint(name)
         try:
-            return save_checkpoint(folder, self.state(), meta, self.config.to_json())
+            written = save_checkpoint(folder, self.state(), meta, self.config.to_json())
+            if name == "last":
+                self._last_saved = self.samples
+            return written
         except OSError as e:
             # Disk full, quota, read-only or missing folder: say where, and that what was
             # written before is intact (checkpoints are replaced atomically).
@@ -279,6 +302,7 @@ class Trainer:
             )
         state, _ = load_checkpoint(last)
         self.load_state(state)
+        self._last_saved = self.samples
         return True
 
     # -- steps ----------------------------------------------------------------------------
@@ -428,8 +452,40 @@ class Trainer:
                 ) from None
             yield
 
+    def _stop_reason(self) -> str | None:
+        """Why the loop should stop now, or None: the stop request, else ``should_stop``.
+        With several ranks they agree (any rank asked: all stop), at the same steps."""
+        # ``should_stop`` is asked at every step whatever the request says: it may be a
+        # collective that every rank must enter the same number of times
+        asked = self.callbacks.should_stop() if self.callbacks.should_stop is not None else None
+        reason = self.stop.reason or asked
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            flag = torch.tensor([0.0 if reason is None else 1.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if reason is None and flag.item() > 0:
+                reason = "another rank was asked to stop"
+        return reason
+
+    def _stop_here(self, reason: str, bar: Any) -> None:
+        """Write ``last`` at the current step (unless it is there already) and raise
+        :class:`TrainingStopped`."""
+        if bar is not None:
+            bar.write(
+                f"run {self.config.run_id()}: {reason} at sample {self.samples}; "
+                "writing its checkpoint"
+            )
+        checkpoint = self.folder.last if self.rank == 0 else None
+        if self._last_saved != self.samples:
+            checkpoint = self.save("last")
+        raise TrainingStopped(
+            self.config.run_id(), self.samples, reason, checkpoint, signum=self.stop.signum
+        )
+
     def fit(self) -> RunResult:
-        with self._exclusive():
+        """Train to the end of the budget (or the target density), resuming from the last
+        checkpoint; raises :class:`~sparling.stopping.TrainingStopped` when asked to stop
+        (see the module's docstring)."""
+        with self._exclusive(), stop_on_signals(self.stop, self.stop_signals):
             return self._fit()
 
     def _fit(self) -> RunResult:
@@ -451,6 +507,9 @@ class Trainer:
         loss = math.nan
         try:
             while (status := self._done()) is None:
+                reason = self._stop_reason()
+                if reason is not None:
+                    self._stop_here(reason, bar)
                 idx = batch_positions(
                     cfg.seed, len(self.train_data), self.samples, global_batch, self._blocks
                 )
@@ -504,11 +563,13 @@ def make_trainer(
     world_size: int = 1,
     wrap: Callable[[SparlingModel], torch.nn.Module] | None = None,
     device: torch.device | str | None = None,
+    stop_signals: Sequence[int] = STOP_SIGNALS,
 ) -> Trainer:
     """Everything a run needs, built from its config (seeded first, so init is reproducible).
 
     ``device``: where to train; by default ``cuda`` when ``compute.gpus_per_worker > 0``
-    (an error if no GPU is visible), else the CPU.
+    (an error if no GPU is visible), else the CPU. ``stop_signals``: the signals that make
+    ``fit`` checkpoint and stop (``()``: none; they are only caught in the main thread).
     """
     if device is None:
         device = config.compute.device_type
@@ -532,4 +593,5 @@ def make_trainer(
         world_size=world_size,
         wrapped=wrap(model) if wrap is not None else None,
         domain=domain,
+        stop_signals=stop_signals,
     )

@@ -10,8 +10,11 @@ and the same MLflow sync as the Ray executor; only how runs are started differs:
   ``progress.json``, its metric spool (sent to MLflow as it trains when tracking is on)
   and ``result.json`` as the Ray Train worker does, plus ``history.json`` (every
   validation record, kept), then evaluated on its test split;
-- a ``deadline`` stops running runs (each keeps its last checkpoint and resumes when the
-  sweep is run again) and starts no new ones.
+- a ``deadline``, or SIGTERM / SIGINT to the driver, stops the running runs and starts no
+  new ones: each run process gets SIGTERM, writes its checkpoint at the step it is on and
+  exits with status 143 (``sparling.stopping``), and resumes from that step when the sweep
+  is run again. A run process ended by SIGTERM or SIGINT in any other way (an operator's
+  ``kill``) counts as stopped too, never as failed.
 
 Without tracking this module imports neither Ray nor MLflow: it is what a GPU machine with
 only PyTorch installed runs (``--no-tracking``); back on a machine with the project, the
@@ -45,8 +48,15 @@ from pipelines.sync import (
     run_tracking,
     validation_points,
 )
-from pipelines.train_job import prepare_datasets
+from pipelines.train_job import ProgressFile, prepare_datasets
 from sparling.runs import RUNS_DIR, RunFolder
+from sparling.stopping import (
+    STOP_GRACE_SECONDS,
+    StopRequest,
+    TrainingStopped,
+    is_stopped_exit_code,
+    stop_on_signals,
+)
 
 #: how often the driver looks at its runs (seconds)
 POLL_SECONDS = 5.0
@@ -125,8 +135,8 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     logger = run_logger(tracking, folder) if tracking else None
     t0 = time.time()
 
-    def write_progress(info: dict[str, Any]) -> None:
-        folder.write_progress({**info, "pid": os.getpid()})
+    # the live display's record: each validation, and the sample count once a second
+    progress = ProgressFile(folder)
 
     holder: dict[str, Any] = {}
 
@@ -142,7 +152,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         # the run folder for good: the spool is emptied once MLflow has the points
         folder.write_history(holder["trainer"].history)
         log(validation_points(record), int(record["samples"]))
-        write_progress({**numeric, "state": "running"})
+        progress({**numeric, "state": "running"}, force=True)
 
     train_points = TrainPoints(
         int((tracking or {}).get("train_every_steps", DEFAULT_TRAIN_EVERY_STEPS)),
@@ -150,6 +160,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     )
 
     def on_progress(info: dict[str, Any]) -> None:
+        progress(info)
         points = train_points(info)
         if points is not None:
             log(points, int(info["samples"]))
@@ -165,7 +176,18 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     )
     holder["trainer"] = trainer
     with system_metrics(tracking):  # of this process, training and evaluating
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except TrainingStopped as stopped:
+            # Asked to stop (SIGTERM from the driver at its deadline, or from anyone): the
+            # checkpoint is written at this step; send what is queued, say where it stands.
+            if logger is not None:
+                logger.close()
+            progress(
+                {"samples": stopped.samples, "state": "stopped", "reason": stopped.reason},
+                force=True,
+            )
+            raise
         if logger is not None:
             logger.close()
         folder.write_result(
@@ -175,7 +197,9 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
             device=torch.cuda.get_device_name() if job["device"].startswith("cuda") else "cpu",
             process_seconds=time.time() - t0,
         )
-        write_progress({"samples": result.samples, "state": "finished", "status": result.status})
+        progress(
+            {"samples": result.samples, "state": "finished", "status": result.status}, force=True
+        )
         run = PlannedRun(config=config, method=job["method"], seed=config.seed)
         work_dir = Path(job["work_dir"])
         metrics = evaluate_run(run, work_dir, test_dir=Path(job["test"]), device=job["device"])
@@ -190,6 +214,9 @@ def _numeric(record: dict[str, Any]) -> dict[str, float]:
 def _child_main(job: dict[str, Any]) -> None:
     try:
         train_and_evaluate(job)
+    except TrainingStopped as stopped:
+        # stopped, resumable: 128 + the signal (143 for SIGTERM), not a failure
+        raise SystemExit(stopped.exit_code) from None
     except BaseException:
         traceback.print_exc(file=sys.stderr)
         # the reason, for the driver's summary (the last line of the error)
@@ -208,10 +235,32 @@ def _launch_local(
     options: LocalOptions,
 ) -> None:
     """The local executor: runs in processes on this machine; a Retrained run waits for
-    its source (started in a later round, once the source has finished)."""
+    its source (started in a later round, once the source has finished). SIGTERM or
+    SIGINT stops the running runs (see :func:`run_local`) and starts no more."""
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        _rounds(todo, work_dir, tracking, outcomes, progress, options, stop)
+
+
+def _rounds(
+    todo: list[PlannedRun],
+    work_dir: Path,
+    tracking: dict[str, Any] | None,
+    outcomes: dict[str, RunOutcome],
+    progress: bool,
+    options: LocalOptions,
+    stop: StopRequest,
+) -> None:
     waiting = sorted(todo, key=lambda r: r.seed) if options.seeds_first else list(todo)
     todo_keys = {r.key for r in todo}
     while waiting:
+        if stop:
+            for run in waiting:
+                reason = f"not started: the sweep was asked to stop ({stop.reason})"
+                outcomes[run.key] = RunOutcome(run.key, run.name, "stopped", reason)
+                if tracking:
+                    mark_ended(tracking, run, "stopped", reason)
+            break
         ready = [
             r for r in waiting if r.after is None or r.after not in todo_keys or r.after in outcomes
         ]
@@ -241,6 +290,7 @@ def _launch_local(
             device=options.device,
             deadline=options.deadline,
             progress=progress,
+            stop=stop,
         )
         for run in ready:
             status, reason = results.get(run.key, ("failed", "no outcome"))
@@ -263,10 +313,15 @@ def run_local(
     device: str = "cpu",
     deadline: float | None = None,
     progress: bool = True,
+    stop: StopRequest | None = None,
 ) -> dict[str, tuple[str, str]]:
     """Train ``todo`` (runs whose ``after`` source is finished or absent) ``parallel`` at a
     time; returns run key -> (status, reason), status ``finished``, ``failed`` or
-    ``stopped`` (by the deadline, or never started before it)."""
+    ``stopped`` (by the deadline or ``stop``, or never started before it).
+
+    At the deadline (or once ``stop`` is set) every running run gets SIGTERM: it writes
+    its checkpoint at the step it is on and exits (:mod:`sparling.stopping`); one that has
+    not within :data:`STOP_GRACE_SECONDS` is killed and keeps its previous checkpoint."""
     start = time.monotonic()
     ctx = mp.get_context("spawn")
     outcome: dict[str, tuple[str, str]] = {}
@@ -303,7 +358,8 @@ def run_local(
     running: dict[str, tuple[Any, dict[str, Any], float]] = {}
     last_line = ""
     while pending or running:
-        late = deadline is not None and time.monotonic() - start > deadline
+        late = (deadline is not None and time.monotonic() - start > deadline) or bool(stop)
+        stop_why = "at the deadline" if not stop else f"on {stop.reason}"
         while pending and len(running) < parallel and not late:
             job = pending.pop(0)
             RunFolder(job["run_dir"]).failure_path.unlink(missing_ok=True)
@@ -313,12 +369,7 @@ def run_local(
         for key, (p, job, t) in list(running.items()):
             if not p.is_alive():
                 p.join()
-                if p.exitcode == 0:
-                    outcome[key] = ("finished", "")
-                else:
-                    failure = RunFolder(job["run_dir"]).failure_path
-                    why = failure.read_text().strip() if failure.is_file() else ""
-                    outcome[key] = ("failed", why or f"its process exited with {p.exitcode}")
+                outcome[key] = _ended(p.exitcode, job, "by a signal")
                 if progress:
                     print(
                         f"{job['name']}: {outcome[key][0]} in {time.monotonic() - t:.0f} s "
@@ -326,16 +377,19 @@ def run_local(
                         flush=True,
                     )
                 del running[key]
-            elif late:
-                p.terminate()
-                p.join()
-                outcome[key] = ("stopped", "stopped at the deadline; resumes when run again")
-                if progress:
-                    print(f"{job['name']}: stopped at the deadline", flush=True)
-                del running[key]
+        if late and running:
+            killed = _stop_all(running, progress)
+            for key, (p, job, _t) in running.items():
+                # stopped; or finished (or failed) on its own before the SIGTERM counted
+                outcome[key] = _ended(p.exitcode, job, stop_why, killed=key in killed)
+                status, reason = outcome[key]
+                if progress:  # a stop's reason says so; the others, their status first
+                    said = reason if status == "stopped" else f"{status} {reason}".rstrip()
+                    print(f"{job['name']}: {said}", flush=True)
+            running.clear()
         if late:
             for job in pending:
-                outcome[job["key"]] = ("stopped", "not started before the deadline")
+                outcome[job["key"]] = ("stopped", f"not started: stopped {stop_why}")
             pending = []
         if running:
             line = " | ".join(
@@ -345,8 +399,69 @@ def run_local(
             if progress and line != last_line:  # a line per validation, not per poll
                 print(f"[{time.monotonic() - start:.0f} s] {line}", flush=True)
                 last_line = line
-            time.sleep(POLL_SECONDS)
+            # until the next poll, the deadline, or a stop request, whichever comes first
+            wait = POLL_SECONDS
+            if deadline is not None:
+                wait = min(wait, max(0.05, deadline - (time.monotonic() - start)))
+            if stop is not None:
+                stop.wait(wait)
+            else:
+                time.sleep(wait)
     return outcome
+
+
+def _ended(
+    exitcode: int | None, job: dict[str, Any], stop_why: str, killed: bool = False
+) -> tuple[str, str]:
+    """The outcome of a run process that exited with ``exitcode``: finished, stopped
+    (``stop_why``: by what; ``killed``: by the driver, once it had not stopped in time) or
+    failed (with the reason it left)."""
+    if exitcode == 0:
+        return "finished", ""
+    if killed:
+        return "stopped", (
+            f"stopped {stop_why}: killed {STOP_GRACE_SECONDS:.0f} s after SIGTERM without a "
+            "new checkpoint; resumes from its previous one when run again"
+        )
+    if is_stopped_exit_code(exitcode):
+        return "stopped", _stopped_reason(job, stop_why)
+    failure = RunFolder(job["run_dir"]).failure_path
+    why = failure.read_text().strip() if failure.is_file() else ""
+    return "failed", why or f"its process exited with {exitcode}"
+
+
+def _stop_all(running: dict[str, tuple[Any, dict[str, Any], float]], progress: bool) -> set[str]:
+    """SIGTERM to every running run process at once, then wait for each to write its
+    checkpoint and exit; the ones still there after :data:`STOP_GRACE_SECONDS` are killed.
+    Returns the keys of those killed."""
+    for p, _job, _t in running.values():
+        if p.is_alive():
+            p.terminate()
+    if progress:
+        print(f"stopping {len(running)} run(s): each writes its checkpoint", flush=True)
+    until = time.monotonic() + STOP_GRACE_SECONDS
+    killed: set[str] = set()
+    for key, (p, job, _t) in running.items():
+        p.join(max(0.0, until - time.monotonic()))
+        if p.is_alive():
+            killed.add(key)
+            print(
+                f"{job['name']}: no checkpoint within {STOP_GRACE_SECONDS:.0f} s of SIGTERM; "
+                "killed (its previous checkpoint is kept)",
+                file=sys.stderr,
+                flush=True,
+            )
+            p.kill()
+            p.join()
+    return killed
+
+
+def _stopped_reason(job: dict[str, Any], why: str) -> str:
+    """``stopped <why> at sample N; resumes from there when run again``, N from the run's
+    ``progress.json`` when the run process wrote its stop there."""
+    info = RunFolder(job["run_dir"]).read_progress() or {}
+    at = f" at sample {int(info['samples'])}" if info.get("state") == "stopped" else ""
+    return f"stopped {why}{at}; resumes from there when run again"
 
 
 def pack(prefix: str, run_dirs: Sequence[Path], part_bytes: int = 12_000_000) -> list[Path]:

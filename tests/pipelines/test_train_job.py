@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,8 +43,9 @@ def test_run_as_ray_train_job_then_evaluate(
     assert json.loads((run_dir / "config.json").read_text())["seed"] == 0
     state, meta = load_checkpoint(run_dir / "checkpoints" / "last")
     assert meta["samples"] == 48 and meta["run_id"] == cfg.run_id()
-    # Ray Train persisted the reported checkpoints in its own storage too
-    assert list((tmp_path / "ray" / cfg.run_id()).glob("checkpoint_*"))
+    # one owner of checkpoints, the run folder: Ray Train's storage holds none
+    assert (tmp_path / "ray" / cfg.run_id()).is_dir()
+    assert not list((tmp_path / "ray").rglob("state.pt"))
     # the datasets were generated once, as sharded datasets keyed by their hash
     assert len(list((tmp_path / "data").glob("digit-circle-*"))) == 3
 
@@ -201,3 +205,297 @@ def test_retrained_run_fails_when_its_source_fails(local_ray: None, tmp_path: Pa
     assert retrained.status == "failed"
     assert f"({sweep.runs[0].key}), whose g it retrains, failed" in retrained.reason
     assert not (tmp_path / "runs" / sweep.runs[1].key).exists()  # never started
+
+
+def _read_progress(run_dir: Path) -> dict[str, Any]:
+    try:
+        info: dict[str, Any] = json.loads((run_dir / "progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return info
+
+
+def test_sigterm_to_sparling_train_checkpoints_at_the_step_and_the_rerun_resumes(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """A real SIGTERM to a real `sparling train` (a Ray Train job on its own local Ray),
+    between validations 640 samples apart: the worker writes its checkpoint within a few
+    steps of the signal, the command exits 143 saying so, and running it again resumes
+    from that step to the result of a run never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from conftest import REPO, subprocess_env
+
+    from sparling.checkpoint import read_meta
+
+    batch = 16
+    cfg_dict = tiny_config(
+        **{
+            "data.train_size": 64,
+            "batch_size": batch,
+            "budget_samples": batch * 50,
+            "val_interval": batch * 40,
+        }
+    )
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg_dict))
+    cfg = load_config(cfg_dict)
+    work = tmp_path / "work"
+    run_dir = work / "runs" / cfg.run_id()
+    command = [sys.executable, "-m", "pipelines.cli", "train", str(path)]
+    command += ["--work-dir", str(work), "--quiet"]
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    proc = start()
+    try:
+        # The worker rewrites progress.json at most once a second: signal the moment a
+        # record past 8 steps appears, when its sample count is the worker's own.
+        seen: dict[str, Any] = {}
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            info = _read_progress(run_dir)
+            if info != seen and info.get("samples", 0) >= batch * 8:
+                break
+            seen = info
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.005)
+        signalled_at = int(info["samples"])
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out[-3000:]
+    assert "stopped on SIGTERM: it wrote its checkpoint at sample" in out, out[-3000:]
+    meta = read_meta(run_dir / "checkpoints" / "last")
+    print(f"signalled at sample {signalled_at}, checkpoint at {meta['samples']}")
+    # nothing trained before the signal is lost; a few steps are trained after it (the
+    # worker looks for the request every quarter second), never a validation interval
+    assert signalled_at <= meta["samples"] <= signalled_at + 12 * batch, (signalled_at, meta)
+    assert meta["samples"] < batch * 40  # before the first validation
+    stopped = _read_progress(run_dir)
+    assert stopped["state"] == "stopped" and stopped["samples"] == meta["samples"]
+    assert not (run_dir / "stop-request.json").exists()
+    assert not (run_dir / "result.json").exists()
+    assert not list((work / "ray").rglob("state.pt"))  # no second copy in Ray's storage
+
+    # again, here (on this module's Ray): the new worker's first progress record is the
+    # step after the checkpoint's
+    import threading
+
+    firsts: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            info = _read_progress(run_dir)
+            if info.get("pid") not in (None, stopped["pid"]) and "samples" in info:
+                firsts.append(int(info["samples"]))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run_training(cfg, work_dir=work, progress=False)
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+    assert min(firsts) == meta["samples"] + batch, firsts[:5]  # resumed at the next step
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["samples"] == batch * 50 and result["validations"] == 2
+
+    from sparling.shards import ShardedDataset
+    from sparling.train import make_trainer
+
+    paths = prepare_datasets(cfg, work, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker's
+    try:
+        clean = make_trainer(
+            cfg,
+            ShardedDataset(paths["train"]),
+            ShardedDataset(paths["val"]),
+            tmp_path / "clean",
+            progress=False,
+        )
+        clean.fit()
+    finally:
+        torch.set_num_threads(threads)
+    keys = ("samples", "density", "train_loss", "val_accuracy", "val_e2ee", "threshold")
+    a, _ = load_checkpoint(run_dir / "checkpoints" / "last")
+    assert [{k: r[k] for k in keys} for r in a["history"]] == [
+        {k: r[k] for k in keys} for r in clean.history
+    ]
+    _assert_same_state(a["model"], clean.model.state_dict())
+    _assert_same_state(a["optimizer"], clean.optimizer.state_dict(), "optimizer")
+
+
+def test_a_worker_on_a_node_sent_sigterm_checkpoints_before_it_goes_and_resumes_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """A spot node reclaimed: SIGTERM to the `ray start --block` node that runs the
+    run's Ray Train worker (what Kubernetes does to a deleted pod). Ray drains the node as
+    preempted (for 6 s here, ``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S``), Ray Train's
+    preemption notice reaches the worker, which writes its checkpoint at the step it is
+    on and waits; the node goes, Ray Train restarts the worker on a new node, and it
+    resumes from that step to the result of a run never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from conftest import REPO, free_port, subprocess_env
+
+    from sparling.checkpoint import read_meta
+
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    # Ray's socket paths must stay under 108 characters; the teardown ends only the
+    # processes of this cluster (named by this folder), never another Ray here.
+    temp = Path("/tmp") / f"rpt{os.getpid()}"
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = subprocess_env(RAY_AUTH_MODE="disabled")
+    common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    batch = 16
+    cfg_dict = tiny_config(
+        **{
+            "data.train_size": 64,
+            "batch_size": batch,
+            "budget_samples": batch * 50,
+            "val_interval": batch * 40,
+        }
+    )
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg_dict))
+    cfg = load_config(cfg_dict)
+    work = tmp_path / "work"
+    run_dir = work / "runs" / cfg.run_id()
+
+    def node(*extra: str, **more_env: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [ray_bin, "start", "--block", f"--address={address}", *common, *extra],
+            env={**env, **more_env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    started: list[subprocess.Popen[Any]] = []
+    # the head has no CPU for a worker: the run trains on the node that will be reclaimed
+    subprocess.run(
+        [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0"]
+        + ["--include-dashboard=false", f"--temp-dir={temp}", *common],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        spot = node("--num-cpus=1", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="6")
+        started.append(spot)
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "train", str(path)]
+            + ["--work-dir", str(work), "--quiet"],
+            cwd=REPO,
+            # Ray Train looks for drained nodes every 5 s by default
+            env={**env, "RAY_ADDRESS": address, "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "0.5"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(driver)
+        seen: dict[str, Any] = {}
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            info = _read_progress(run_dir)
+            if info != seen and info.get("samples", 0) >= batch * 8:
+                break
+            seen = info
+            assert driver.poll() is None, driver.communicate()[0][-3000:]
+            time.sleep(0.005)
+        signalled_at = int(info["samples"])
+        spot.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        while time.monotonic() < signalled + 60:
+            notice = _read_progress(run_dir)
+            if notice.get("state") == "preempted":
+                break
+            time.sleep(0.02)
+        noticed_after = time.monotonic() - signalled
+        assert notice.get("state") == "preempted", notice
+        meta = read_meta(run_dir / "checkpoints" / "last")
+        print(
+            f"node sent SIGTERM at sample {signalled_at}; checkpoint at {meta['samples']}, "
+            f"{noticed_after:.1f} s later"
+        )
+        # before the node went (its drain lasts 6 s), at the step the worker was on
+        assert noticed_after < 6
+        assert notice["reason"] == "Ray Train's preemption notice"
+        assert signalled_at <= meta["samples"] == notice["samples"] < batch * 40
+
+        started.append(node("--num-cpus=1"))  # the replacement node
+        firsts: list[int] = []  # the restarted worker's progress records
+        while driver.poll() is None:
+            info = _read_progress(run_dir)
+            if info.get("pid") not in (None, notice["pid"]) and "samples" in info:
+                firsts.append(int(info["samples"]))
+            time.sleep(0.005)
+        out = driver.communicate(timeout=60)[0]
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.terminate()
+        found = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in [int(p) for p in found.stdout.split()]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            time.sleep(1)
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert driver.returncode == 0, out[-3000:]
+    assert min(firsts) == meta["samples"] + batch, firsts[:5]  # resumed at the next step
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["samples"] == batch * 50 and result["validations"] == 2
+    assert result["node_id"] != notice["node_id"]  # finished on the replacement node
+
+    from sparling.shards import ShardedDataset
+    from sparling.train import make_trainer
+
+    paths = prepare_datasets(cfg, work, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker's
+    try:
+        clean = make_trainer(
+            cfg,
+            ShardedDataset(paths["train"]),
+            ShardedDataset(paths["val"]),
+            tmp_path / "clean",
+            progress=False,
+        )
+        clean.fit()
+    finally:
+        torch.set_num_threads(threads)
+    keys = ("samples", "density", "train_loss", "val_accuracy", "val_e2ee", "threshold")
+    a, _ = load_checkpoint(run_dir / "checkpoints" / "last")
+    assert [{k: r[k] for k in keys} for r in a["history"]] == [
+        {k: r[k] for k in keys} for r in clean.history
+    ]
+    _assert_same_state(a["model"], clean.model.state_dict())
+    _assert_same_state(a["optimizer"], clean.optimizer.state_dict(), "optimizer")

@@ -228,3 +228,88 @@ def test_a_run_resumed_elsewhere_keeps_its_whole_history(tmp_path: Path) -> None
     ((child, steps),) = _children(there, "moved")
     assert child.info.status == "FINISHED"
     assert steps == list(range(16, 4001, 16))
+
+
+def _progress(work: Path) -> dict[str, Any]:
+    found = list(work.glob("runs/*/progress.json"))
+    try:
+        info: dict[str, Any] = json.loads(found[0].read_text()) if found else {}
+    except json.JSONDecodeError:
+        return {}
+    return info
+
+
+def test_the_deadline_and_a_sigterm_to_the_driver_stop_a_run_at_its_step(
+    tmp_path: Path,
+) -> None:
+    """A run whose first validation is 500 steps away: the deadline stops it with its
+    checkpoint at the step it was on (the old deadline ended the process and kept only
+    the checkpoint of its last validation: none), reported stopped; run again, it resumes
+    at the next step, and a real SIGTERM to the sweep's driver stops it the same way.
+    (That a resumed run ends as one never stopped is the library's, checked in
+    tests/sparling/test_stopping.py; a local run resumed after its deadline in
+    test_tracked_runs_stop_at_a_deadline_and_resume.)"""
+    import signal
+    import time
+
+    from sparling.checkpoint import read_meta
+
+    batch = 16  # 20-40 ms a step here: the deadline falls well before the validation
+    updates = {"data.train_size": 64, "batch_size": batch, "val_interval": batch * 500}
+    sweep = {
+        "name": "stops",
+        "base": tiny_config(**{**updates, "budget_samples": batch * 1000}),
+        "methods": ["sparling"],
+    }
+    path = tmp_path / "stops.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    work = tmp_path / "work"
+    command = [sys.executable, "-m", "pipelines.cli", "sweep", str(path), "--work-dir"]
+    command += [str(work), "--executor", "local", "--no-tracking", "--no-report"]
+
+    # A deadline that falls before the run process has started training (the machine
+    # busy) stops it with nothing to keep: again, with a later one.
+    for deadline in (10, 20, 40):
+        first = _sparling(*command[3:], "--deadline", str(deadline))
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "1 stopped" in first.stdout
+        (run,) = (work / "runs").iterdir()
+        if (run / "checkpoints" / "last").is_dir():
+            break
+    at_deadline = read_meta(run / "checkpoints" / "last")["samples"]
+    assert f"stopped at the deadline at sample {at_deadline}" in first.stdout, first.stdout
+    assert batch <= at_deadline < batch * 500
+    assert _progress(work)["state"] == "stopped"
+
+    def resumed_at(proc: subprocess.Popen[str], until: int) -> tuple[int, int]:
+        """The first sample count the new run process reports, and the count at which the
+        driver ``proc`` was sent SIGTERM: the moment a record past ``until`` appeared (the
+        run process writes one each second, the sample count then its own)."""
+        old_pid = _progress(work).get("pid")
+        firsts: list[int] = []
+        seen: dict[str, Any] = {}
+        while proc.poll() is None:
+            info = _progress(work)
+            if info.get("pid") not in (None, old_pid) and "samples" in info:
+                firsts.append(int(info["samples"]))
+                if info != seen and info["samples"] >= until:
+                    proc.send_signal(signal.SIGTERM)
+                    return firsts[0], int(info["samples"])
+                seen = info
+            time.sleep(0.005)
+        raise AssertionError(f"the run never got past sample {until}: {firsts}")
+
+    second = subprocess.Popen(
+        command, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        start, signalled_at = resumed_at(second, at_deadline + 4 * batch)
+        out = second.communicate(timeout=300)[0]
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert start == at_deadline + batch  # resumed at the step after the deadline's
+    assert second.returncode == 0 and "1 stopped" in out, out
+    at_driver = read_meta(run / "checkpoints" / "last")["samples"]
+    assert f"stopped on SIGTERM at sample {at_driver}" in out, out
+    assert signalled_at <= at_driver <= signalled_at + 4 * batch, (signalled_at, at_driver)
