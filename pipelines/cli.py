@@ -90,6 +90,26 @@ def parse_methods(text: str | None) -> list[str] | None:
     return names
 
 
+def tracking_settings(args: argparse.Namespace, work_dir: Path) -> Any:
+    """The command's MLflow settings: ``--mlflow-config FILE`` if given, else those found
+    for the work dir (:func:`pipelines.tracking.settings.load_settings`); refused with
+    ``--no-tracking``, which it would contradict."""
+    from pipelines.tracking.settings import load_settings
+
+    named = getattr(args, "mlflow_config", None)
+    if named is not None and getattr(args, "no_tracking", False):
+        raise UsageError("--mlflow-config names where to track; --no-tracking tracks nothing")
+    return load_settings(work_dir, Path(named) if named is not None else None)
+
+
+def tracking_line(settings: Any, experiment: str) -> str:
+    """The line a command prints about where it tracks (the local server's URI if one runs
+    now; nothing is started)."""
+    from pipelines.tracking.server import running_server_uri
+
+    return str(settings.summary(running_server_uri(settings), experiment))
+
+
 # -- data ---------------------------------------------------------------------------------
 def _cmd_data_generate(args: argparse.Namespace) -> int:
     from pipelines.generate import generate_dataset
@@ -126,15 +146,40 @@ def _load_run_config(path: str, sets: list[str] | None) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.sweep import run_is_finished
     from pipelines.train_job import run_training
     from sparling.runs import RunFolder
 
     config = _load_run_config(args.config, args.set)
+    work_dir = Path(args.work_dir).resolve()
+    settings = None if args.no_tracking else tracking_settings(args, work_dir)
+    folder = RunFolder.for_config(config, work_dir)
     print(
         f"run {config.run_id()}  ({config.domain.name}, {config.model.preset} preset, "
         f"{config.bottleneck.name}, seed {config.seed})"
     )
-    result = run_training(config, work_dir=Path(args.work_dir), progress=not args.quiet)
+    if args.dry_run:
+        from sparling.datasets import check_domain
+
+        check_domain(config)  # what the real run checks first (e.g. a recordings folder)
+        result = folder.read_result()
+        state = (
+            "finished and evaluated"
+            if run_is_finished(config, work_dir)
+            else f"trained ({result['status']}, {result['samples']} samples)"
+            if result
+            else "resumes from its last checkpoint"
+            if folder.has_checkpoint()
+            else "to train"
+        )
+        print(f"  {state}: {folder.path}")
+        print(
+            tracking_line(settings, settings.experiment_for(domain=config.domain.name))
+            if settings is not None
+            else "MLflow: not tracked (--no-tracking)"
+        )
+        return 0
+    result = run_training(config, work_dir=work_dir, progress=not args.quiet)
     last = result.get("last") or {}
     print(
         f"{result['status']}: {result['samples']} samples, density {result['density']:.3e}, "
@@ -265,7 +310,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "non-sparse, 2 seeds), run as parallel Ray Train jobs, tracked in MLflow, then the "
         "comparison table. `sparling ui` opens the runs in the MLflow UI afterwards."
     )
-    return main(["sweep", "quickstart", "--work-dir", args.work_dir])
+    named = ["--mlflow-config", args.mlflow_config] if args.mlflow_config else []
+    return main(["sweep", "quickstart", "--work-dir", args.work_dir, *named])
 
 
 # -- sweeps ----------------------------------------------------------------------------------
@@ -339,20 +385,29 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     overrides = _sweep_overrides(args)
     sweep = load_sweep(_resolve_sweep_file(args.file), overrides)
     work_dir = Path(args.work_dir).resolve()
+    settings = None if args.no_tracking else tracking_settings(args, work_dir)
+    where = (
+        tracking_line(settings, settings.experiment_for(sweep=sweep.name))
+        if settings is not None
+        else "MLflow: not tracked (--no-tracking)"
+    )
     if args.dry_run:
         done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
         # what the real run checks before its first step (e.g. a recordings folder)
         check_runs_can_start([r for r in sweep.runs if r.key not in done])
         print(describe(sweep, done))
+        print(where)
         return 0
     print(describe(sweep, {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}))
+    print(where)
     summary = run_sweep(
         sweep,
         work_dir,
         progress=not args.quiet,
-        track=not args.no_tracking,
+        track=settings is not None,
         executor=args.executor,
         local=local,
+        settings=settings,
     )
     print(summary.table())
     if args.pack:
@@ -360,19 +415,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from sparling.runs import RunFolder
 
         pack(args.pack, [RunFolder.for_config(r.config, work_dir).path for r in sweep.runs])
-    if not args.no_tracking and not args.no_report:
-        print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex")))
+    if settings is not None and not args.no_report:
+        print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex"), settings))
     return 1 if summary.failed else 0
 
 
 def _report_text(
-    sweep_name: str, work_dir: Path, out: Path | None, formats: tuple[str, ...]
+    sweep_name: str,
+    work_dir: Path,
+    out: Path | None,
+    formats: tuple[str, ...],
+    settings: Any,
 ) -> str:
     from pipelines.report import report_command
     from pipelines.tracking.server import tracking_uri
-    from pipelines.tracking.settings import load_settings, missing_local_store
+    from pipelines.tracking.settings import missing_local_store
 
-    settings = load_settings(work_dir)
     if (store := missing_local_store(settings)) is not None:
         raise UsageError(
             f"no MLflow tracking store at {store}: nothing was tracked with --work-dir "
@@ -393,14 +451,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
         name = load_sweep(_resolve_sweep_file(name)).name
     formats = tuple(args.format) if args.format else ("md", "csv", "tex")
     out = Path(args.out) if args.out else None
-    print(_report_text(name, Path(args.work_dir).resolve(), out, formats))
+    work_dir = Path(args.work_dir).resolve()
+    settings = tracking_settings(args, work_dir)
+    print(_report_text(name, work_dir, out, formats, settings))
     return 0
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from pipelines.ui import run_ui
 
-    run_ui(Path(args.work_dir).resolve(), port=args.port)
+    named = Path(args.mlflow_config) if args.mlflow_config else None
+    run_ui(Path(args.work_dir).resolve(), port=args.port, settings_path=named)
     return 0
 
 
@@ -437,6 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     work_dir = default_work_dir()
     work_help = f"default: ${WORK_DIR_ENV}, else {DEFAULT_WORK_DIR} (now {work_dir})"
 
+    def mlflow_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--mlflow-config",
+            metavar="FILE",
+            help="MLflow settings file (default: $SPARLING_MLFLOW_CONFIG, else the first "
+            "mlflow.yaml in the work dir, next to it, or in the current folder)",
+        )
+
     data = sub.add_parser("data", help="generate or fetch datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
@@ -472,6 +541,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir", default=work_dir, help=f"datasets, runs, Ray storage; {work_help}"
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the run's id, state and where it is tracked; run nothing",
+    )
+    train.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    mlflow_config(train)
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser(
@@ -530,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no live progress display")
     sw.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     sw.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    mlflow_config(sw)
     sw.add_argument(
         "--executor",
         choices=["ray", "local"],
@@ -563,15 +640,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", action="append", choices=["md", "csv", "tex"])
     rep.add_argument("--out", help="output folder (default: <work-dir>/reports/<sweep>)")
     rep.add_argument("--work-dir", default=work_dir, help=work_help)
+    mlflow_config(rep)
     rep.set_defaults(func=_cmd_report)
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, help="port (default: a free one, or the running server's)")
     ui.add_argument("--work-dir", default=work_dir, help=work_help)
+    mlflow_config(ui)
     ui.set_defaults(func=_cmd_ui)
 
     demo = sub.add_parser("demo", help="the end-to-end demo: the quickstart sweep and its report")
     demo.add_argument("--work-dir", default=work_dir, help=work_help)
+    mlflow_config(demo)
     demo.add_argument(
         "--showcase-samples",
         type=int,

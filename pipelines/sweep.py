@@ -23,7 +23,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.executors import make_executor
 from pipelines.executors.base import RunOutcome
@@ -31,6 +31,9 @@ from pipelines.executors.local import LocalOptions
 from pipelines.plan import PlannedRun, Sweep
 from pipelines.sync import tracking_context
 from sparling.runs import RunFolder
+
+if TYPE_CHECKING:
+    from pipelines.tracking.settings import TrackingSettings
 
 
 @dataclass
@@ -87,12 +90,14 @@ def run_sweep(
     track: bool = True,
     executor: str = "ray",
     local: LocalOptions | None = None,
+    settings: TrackingSettings | None = None,
 ) -> SweepSummary:
     """Run every run of ``sweep`` that is not finished yet; returns the outcome of each.
 
     ``executor``: ``ray`` (one Ray Train job per run, on the local instance or the cluster
     ``RAY_ADDRESS`` names) or ``local`` (processes on this machine, no Ray; ``local``
-    says how many at once, with how many threads, on which device, until when)."""
+    says how many at once, with how many threads, on which device, until when).
+    ``settings``: where to track (default: the work dir's tracking settings)."""
     runner = make_executor(executor, local)
     t0 = time.monotonic()
     work_dir = Path(work_dir).resolve()
@@ -111,7 +116,7 @@ def run_sweep(
         parent: str | None = None
         if track:
             tracking, parent = stack.enter_context(
-                tracking_context(sweep, work_dir, todo, outcomes)
+                tracking_context(sweep, work_dir, todo, outcomes, settings)
             )
         if todo:
             runner.execute(todo, work_dir, tracking, outcomes, progress=progress)

@@ -43,6 +43,7 @@ from sparling.runs import CHECKPOINTS_DIR, EVALUATION_DIR, RunFolder
 
 if TYPE_CHECKING:
     from pipelines.tracking.logger import MetricLogger
+    from pipelines.tracking.settings import TrackingSettings
 
 
 @contextlib.contextmanager
@@ -51,8 +52,12 @@ def tracking_context(
     work_dir: Path,
     todo: list[PlannedRun],
     outcomes: Mapping[str, Any] | None = None,
+    settings: TrackingSettings | None = None,
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The tracking server (started or reused), the sweep's parent run and each run's child.
+
+    ``settings``: where to track (default: :func:`~pipelines.tracking.settings.load_settings`
+    of ``work_dir``).
 
     Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}, "options":
     what the workers log besides validations (:meth:`TrackingSettings.run_options`)},
@@ -66,7 +71,7 @@ def tracking_context(
     from pipelines.tracking.settings import load_settings
     from pipelines.tracking.tags import environment_tags
 
-    settings = load_settings(work_dir)
+    settings = settings or load_settings(work_dir)
     with tracking_uri(settings) as uri:
         tracker = Tracker(uri)
         experiment = tracker.experiment(

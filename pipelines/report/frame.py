@@ -85,6 +85,7 @@ def runs_frame(
     *,
     tracking_uri: str | None = None,
     experiment: str | None = None,
+    mlflow_config: Path | str | None = None,
 ) -> pd.DataFrame:
     """The runs of sweep ``sweep`` (its name, or its file) as a DataFrame.
 
@@ -104,14 +105,14 @@ def runs_frame(
     notes: list[str] = []
     if tracking_uri is not None:
         if experiment is None:
-            experiment = _settings(work_dir).experiment_for(sweep=name)
+            experiment = _settings(work_dir, mlflow_config).experiment_for(sweep=name)
         read = read_sweep(tracking_uri, experiment, name, notes)
     else:
         from pipelines.tracking.server import tracking_uri as serve
         from pipelines.tracking.settings import missing_local_store
         from sparling.errors import SparlingError
 
-        settings = _settings(work_dir)
+        settings = _settings(work_dir, mlflow_config)
         if (store := missing_local_store(settings)) is not None:
             raise SparlingError(
                 f"no MLflow tracking store at {store}: nothing was tracked in work dir "
@@ -140,11 +141,12 @@ def runs_frame(
     return frame
 
 
-def _settings(work_dir: Path | str | None) -> Any:
+def _settings(work_dir: Path | str | None, mlflow_config: Path | str | None = None) -> Any:
     from pipelines.cli import default_work_dir
     from pipelines.tracking.settings import load_settings
 
-    return load_settings(Path(work_dir if work_dir is not None else default_work_dir()))
+    work = Path(work_dir if work_dir is not None else default_work_dir())
+    return load_settings(work, Path(mlflow_config) if mlflow_config is not None else None)
 
 
 def _sweep_name(sweep: str) -> str:

@@ -204,6 +204,62 @@ def test_bad_settings_are_refused_with_file_and_key(
 def test_missing_settings_file(tmp_path: Path) -> None:
     with pytest.raises(TrackingConfigError, match="settings file not found: .*nope.yaml"):
         load_settings(tmp_path, tmp_path / "nope.yaml", env={})
+    with pytest.raises(TrackingConfigError, match=r"nope.yaml \(\$SPARLING_MLFLOW_CONFIG"):
+        load_settings(tmp_path, env={"SPARLING_MLFLOW_CONFIG": str(tmp_path / "nope.yaml")})
+    with pytest.raises(TrackingConfigError, match="not found: .* it is a folder"):
+        load_settings(tmp_path, tmp_path, env={})
+
+
+def test_settings_file_is_found_beside_the_work_dir_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    work = project / "sparling-work"
+    work.mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_settings(work, env={}).source == "built-in defaults"
+
+    beside = project / "mlflow.yaml"
+    beside.write_text("experiment_name: beside-{sweep}\n")
+    s = load_settings(work, env={})
+    assert s.source == f"{beside} (next to the work dir)" and s.also_found == ()
+    assert s.experiment_for(sweep="q") == "beside-q"
+    assert "next to the work dir" in s.summary() and str(beside) in s.summary()
+
+    # one in the work dir wins over the one beside it; the other is named as not used
+    inside = work / "mlflow.yaml"
+    inside.write_text("experiment_name: inside-{sweep}\n")
+    # and one in the current folder (another file) comes last
+    (elsewhere / "mlflow.yaml").write_text("experiment_name: cwd-{sweep}\n")
+    s = load_settings(work, env={})
+    assert s.source == f"{inside} (in the work dir)"
+    assert s.also_found == (str(beside), str(elsewhere / "mlflow.yaml"))
+    assert f"also found, not used: {beside}, {elsewhere / 'mlflow.yaml'}" in s.summary()
+    # the same text in two places is no conflict
+    beside.write_text(inside.read_text())
+    assert load_settings(work, env={}).also_found == (str(elsewhere / "mlflow.yaml"),)
+
+    # a named file (the flag, then the variable) wins over every one found
+    named = tmp_path / "named.yaml"
+    named.write_text("experiment_name: named-{sweep}\n")
+    s = load_settings(work, named, env={"SPARLING_MLFLOW_CONFIG": str(inside)})
+    assert s.source == f"{named} (--mlflow-config)" and s.also_found == ()
+    s = load_settings(work, env={"SPARLING_MLFLOW_CONFIG": str(named)})
+    assert s.source == f"{named} ($SPARLING_MLFLOW_CONFIG)"
+
+    # a broken file is one line naming it, whichever way it was found
+    inside.write_text("profile: [local\n")
+    with pytest.raises(TrackingConfigError) as e:
+        load_settings(work, env={})
+    assert str(e.value).startswith(f"{inside}: not valid YAML") and "\n" not in str(e.value)
+    inside.write_text("profil: local\nlogging: {train_every_steps: 0}\n")
+    with pytest.raises(TrackingConfigError) as e:
+        load_settings(work, env={})
+    message = str(e.value)
+    assert message.startswith(f"{inside}: invalid MLflow settings: ") and "\n" not in message
+    assert "profil: unknown key (did you mean 'profile'?)" in message
+    assert "logging.train_every_steps" in message
 
 
 # -- credentials and environment tags ---------------------------------------------------------
