@@ -129,9 +129,9 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
-    from pipelines.fetch import fetch_dataset
+    from pipelines.fetch import PINNED, fetch_dataset
 
-    path = fetch_dataset(args.name, Path(args.to), url=args.url)
+    path = fetch_dataset(args.name, Path(args.to), url=args.url, sha256=args.sha256 or PINNED)
     print(f"{args.name} ready in {path}")
     return 0
 
@@ -529,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--to", required=True, help="folder to put it in")
     fetch.add_argument(
         "--url", help="another source for the archive (e.g. file:// of a copy fetched elsewhere)"
+    )
+    fetch.add_argument(
+        "--sha256",
+        metavar="HEX",
+        help="the checksum the recordings must have instead of the pinned one "
+        "(pipelines/fetch.py, content_sha256)",
     )
     fetch.set_defaults(func=_cmd_data_fetch)
 
