@@ -7,6 +7,7 @@ problem in one stage never breaks another.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -137,6 +138,14 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 # -- train / evaluate -------------------------------------------------------------------------
+def _relative(path: str | Path) -> str:
+    """``path`` relative to the current folder where it is inside it (as MLflow's Source)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def _load_run_config(path: str, sets: list[str] | None) -> Any:
     from sparling.config import load_config
 
@@ -158,6 +167,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"run {config.run_id()}  ({config.domain.name}, {config.model.preset} preset, "
         f"{config.bottleneck.name}, seed {config.seed})"
     )
+    experiment = None
+    if settings is not None:
+        experiment = args.experiment or settings.experiment_for(domain=config.domain.name)
+    elif args.experiment:
+        raise UsageError("--experiment names where to track; --no-tracking tracks nothing")
     if args.dry_run:
         from sparling.datasets import check_domain
 
@@ -174,12 +188,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         print(f"  {state}: {folder.path}")
         print(
-            tracking_line(settings, settings.experiment_for(domain=config.domain.name))
+            tracking_line(settings, str(experiment))
             if settings is not None
             else "MLflow: not tracked (--no-tracking)"
         )
         return 0
-    result = run_training(config, work_dir=work_dir, progress=not args.quiet)
+    if settings is not None:
+        # what the run refuses before it writes anything, refused before the MLflow run
+        # (and a local store) is made for it
+        from pipelines.ray_env import refuse_unavailable_gpus
+        from sparling.datasets import check_domain
+        from sparling.runs import resolve_init_from
+
+        refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
+        check_domain(config)
+        if config.init_from:
+            resolve_init_from(config.init_from, folder.path)
+        folder.write_config(config)  # what the run writes first: a read-only work dir said
+    with contextlib.ExitStack() as stack:
+        tracking = None
+        if settings is not None:
+            from pipelines.sync import standalone_tracking
+
+            source = f"sparling train {_relative(args.config)}"
+            tracking = stack.enter_context(
+                standalone_tracking(
+                    config, work_dir, settings, experiment=experiment, source=source
+                )
+            )
+            print(
+                f"MLflow: run {tracking['run_id']} in experiment {tracking['experiment']!r} "
+                f"({settings.source})"
+            )
+        result = run_training(config, work_dir=work_dir, progress=not args.quiet, tracking=tracking)
     last = result.get("last") or {}
     print(
         f"{result['status']}: {result['samples']} samples, density {result['density']:.3e}, "
@@ -281,10 +322,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         domain = domains.make(config.domain.name, split="test", **config.domain.params)
         test = GeneratedSamples(domain, config.data.seed, config.data.test_size)
+    settings = None
+    if in_run and not args.no_tracking:
+        settings = tracking_settings(args, run.work_dir)  # bad settings: said before scoring
+    elif args.mlflow_config:
+        raise UsageError(
+            "--mlflow-config applies to a run in its work dir (a checkpoint copied out of "
+            "one is tracked nowhere)"
+        )
     result = evaluate_checkpoint(
         checkpoint, test, samples=args.samples, out_dir=out, device=args.device
     )
     _print_evaluation(result, f"checkpoint {checkpoint}", out, args.json)
+    if settings is not None:
+        from pipelines.executors.base import evaluation_record
+        from pipelines.sync import log_evaluation
+
+        record = evaluation_record(result.metrics, config, run)
+        logged = log_evaluation(settings, config, record, out, checkpoint.name)
+        if logged is None:
+            where = f"MLflow: not logged (nothing is tracked in {run.work_dir})"
+        elif not logged:
+            where = f"MLflow: not logged (run {config.run_id()} is not tracked there)"
+        else:
+            where = f"MLflow: logged to run(s) {', '.join(logged)}"
+        print(where, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -553,6 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the run's id, state and where it is tracked; run nothing",
     )
     train.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    train.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help="the MLflow experiment (default: the settings' experiment_name with no sweep, "
+        "e.g. sparling; a sweep's experiment makes the run that sweep's when it plans it)",
+    )
     mlflow_config(train)
     train.set_defaults(func=_cmd_train)
 
@@ -577,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--work-dir", default=work_dir, help=f"exported models: report folder; {work_help}"
     )
+    ev.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not log the results to the run's MLflow runs (logged where it is tracked)",
+    )
+    mlflow_config(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser("export", help="write a run's model as one safetensors file")

@@ -34,6 +34,7 @@ from pipelines.tracking.metrics import (
 from pipelines.tracking.tags import (
     STATUS_FAILED,
     STATUS_FINISHED,
+    STATUS_RUNNING,
     TAG_FAILURE,
     TAG_STATUS,
     child_tags,
@@ -44,6 +45,7 @@ from sparling.runs import CHECKPOINTS_DIR, EVALUATION_DIR, RunFolder
 if TYPE_CHECKING:
     from pipelines.tracking.logger import MetricLogger
     from pipelines.tracking.settings import TrackingSettings
+    from sparling.config import RunConfig
 
 
 @contextlib.contextmanager
@@ -196,11 +198,104 @@ def log_run_results(
     step = int(metrics["test_checkpoint_samples"])
     tracker.log_metrics(mlflow_run, mlflow_metrics(metrics), step)
     tracker.log_artifacts(mlflow_run, folder.evaluation_dir, EVALUATION_DIR)
+    log_training_results(tracker, mlflow_run, folder)
+
+
+def log_training_results(tracker: Any, mlflow_run: str, folder: RunFolder) -> None:
+    """A trained run's config and density checkpoints into its MLflow run, then the run
+    ``finished`` and FINISHED."""
     tracker.log_artifact(mlflow_run, folder.config_path)
     for ckpt in folder.density_checkpoint_folders():
         tracker.log_artifacts(mlflow_run, ckpt, f"{CHECKPOINTS_DIR}/{ckpt.name}")
     tracker.set_tags(mlflow_run, {TAG_STATUS: STATUS_FINISHED})
     tracker.set_terminated(mlflow_run, "FINISHED")
+
+
+@contextlib.contextmanager
+def standalone_tracking(
+    config: RunConfig,
+    work_dir: Path,
+    settings: TrackingSettings,
+    *,
+    experiment: str | None = None,
+    source: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The MLflow run of one run trained alone (``sparling train``), for the block.
+
+    The run is the one of the config's key in ``experiment`` (default: the settings'
+    experiment for the domain and no sweep, ``sparling``), found again or created with the
+    tags, params, config and dataset inputs a sweep gives its children
+    (:meth:`~pipelines.tracking.finder.Tracker.standalone_run`), so that a sweep planning
+    the same config finds it. Yields the worker's tracking dict (``{"uri", "run_id"}`` and
+    the options) with ``"experiment"``, the experiment's name. When the block ends, the
+    run's config and density checkpoints are logged and it is FINISHED; an error ends it
+    FAILED with the reason, an interruption KILLED (it resumes)."""
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.tags import environment_tags, run_name
+
+    run = PlannedRun(config=config, method=config.bottleneck.name, seed=config.seed)
+    folder = RunFolder.for_config(config, work_dir)
+    name = experiment or settings.experiment_for(domain=config.domain.name)
+    with tracking_uri(settings) as uri:
+        tracker = Tracker(uri)
+        experiment_id = tracker.experiment(name, settings.experiment_artifact_location)
+        env = environment_tags(source=source)
+        tags = child_tags(run.key, run.method, config.domain.name, run.seed, {})
+        mlflow_run, existed = tracker.standalone_run(
+            experiment_id, run.key, run_name(run.method, run.seed), config.flat(), {**env, **tags}
+        )
+        if existed:  # trained again: by the code of now, from where it stopped
+            tracker.set_tags(mlflow_run, {**env, TAG_STATUS: STATUS_RUNNING})
+        else:
+            tracker.log_text(mlflow_run, config.to_json(), CONFIG_ARTIFACT)
+        log_datasets(tracker, mlflow_run, run, work_dir)
+        if folder.spool_path.is_file():  # points an interrupted attempt did not send
+            send_spool(uri, mlflow_run, folder)
+        tracker.set_status(mlflow_run, "RUNNING")
+        try:
+            yield {
+                **settings.run_options(),
+                "uri": uri,
+                "run_id": mlflow_run,
+                "experiment": name,
+            }
+        except BaseException as e:
+            interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+            end_child(tracker, mlflow_run, "stopped" if interrupted else "failed", str(e)[:500])
+            raise
+        if folder.spool_path.is_file():
+            send_spool(uri, mlflow_run, folder)
+        log_training_results(tracker, mlflow_run, folder)
+
+
+def log_evaluation(
+    settings: TrackingSettings,
+    config: RunConfig,
+    record: Mapping[str, float],
+    out_dir: Path,
+    checkpoint: str,
+) -> list[str] | None:
+    """An evaluation of a run's checkpoint (``sparling evaluate``) into every MLflow run of
+    the run's key (a run trained alone, a sweep's children): ``record`` (the test record,
+    :func:`~pipelines.executors.base.evaluation_record`) as the ``test/`` metrics at the
+    step of the checkpoint's samples, the report folder ``out_dir`` as the artifacts
+    ``evaluation/<checkpoint>/``. Returns the MLflow runs logged to; ``None`` when nothing
+    is tracked where the settings point (no local store: none is made)."""
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import missing_local_store
+
+    if missing_local_store(settings) is not None:
+        return None
+    with tracking_uri(settings) as uri:
+        tracker = Tracker(uri)
+        runs = [r.info.run_id for r in tracker.runs_of(config.run_id())]
+        step = int(record["test_checkpoint_samples"])
+        for mlflow_run in runs:
+            tracker.log_metrics(mlflow_run, mlflow_metrics(record), step)
+            tracker.log_artifacts(mlflow_run, out_dir, f"{EVALUATION_DIR}/{checkpoint}")
+    return runs
 
 
 def end_child(tracker: Any, child: str, status: str, reason: str) -> None:

@@ -31,6 +31,8 @@ from pipelines.tracking.tags import (
     TAG_PARENT,
     TAG_RUN_ID,
     TAG_SWEEP,
+    TAG_SWEEP_RUNS,
+    TAG_TRAINED_IN,
 )
 
 if TYPE_CHECKING:
@@ -121,14 +123,32 @@ class Tracker:
             if not token:
                 return runs
 
+    def experiment_ids(self) -> list[str]:
+        """The ids of every active experiment."""
+        ids: list[str] = []
+        token: str | None = None
+        while True:
+            page = self.client.search_experiments(max_results=1000, page_token=token)
+            ids += [str(e.experiment_id) for e in page]
+            token = page.token
+            if not token:
+                return ids
+
     def _find_or_create(
-        self, experiment_id: str, filter_string: str, create: Any
+        self, experiment_id: str, filter_string: str, create: Any, keep: Any = None
     ) -> tuple[Run, bool]:
-        found = self._search([experiment_id], filter_string)
+        """The oldest run matching ``filter_string`` (and the predicate ``keep``), or the one
+        ``create`` makes; ``(run, existed)``."""
+
+        def search() -> list[Run]:
+            runs = self._search([experiment_id], filter_string)
+            return [r for r in runs if keep(r)] if keep is not None else runs
+
+        found = search()
         if found:
             return _oldest(found), True
         mine: Run = create()
-        found = self._search([experiment_id], filter_string)
+        found = search()
         winner = _oldest(found) if found else mine
         if winner.info.run_id != mine.info.run_id:
             # Lost a race with another process creating the same run: keep theirs.
@@ -180,9 +200,96 @@ class Tracker:
         def create() -> Run:
             return self.client.create_run(experiment_id, tags=_tags(all_tags), run_name=name)
 
+        found = self._search([experiment_id], filter_string)
+        if not found:
+            alone = self.standalone_runs(key)
+            here = [r for r in alone if r.info.experiment_id == experiment_id]
+            if here:
+                # trained alone (``sparling train``) in this experiment: that run becomes
+                # the sweep's child, nested under its parent
+                run = _oldest(here)
+                self.set_tags(run.info.run_id, all_tags)
+                self.client.update_run(run.info.run_id, name=name)
+                self._log_params(self.client.get_run(run.info.run_id), params)
+                return str(run.info.run_id), True
+            if alone:
+                # trained alone in another experiment (runs cannot move): a new child,
+                # linked both ways, with the metrics that run logged
+                source = _oldest(alone)
+                all_tags[TAG_TRAINED_IN] = source.info.run_id
+        run, existed = self._find_or_create(experiment_id, filter_string, create)
+        self._log_params(run, params)
+        linked = run.data.tags.get(TAG_TRAINED_IN) or all_tags.get(TAG_TRAINED_IN)
+        if not existed and linked:
+            self.copy_metrics(linked, run.info.run_id)
+            self.link(linked, run.info.run_id)
+        return str(run.info.run_id), existed
+
+    def standalone_runs(self, key: str, experiment_ids: list[str] | None = None) -> list[Run]:
+        """The runs of ``key`` logged outside any sweep (``sparling train``: tag
+        ``sparling.run_id``, no parent) in the experiments (default: every one), oldest
+        first."""
+        ids = experiment_ids if experiment_ids is not None else self.experiment_ids()
+        if not ids:
+            return []
+        filter_string = f"tags.`{TAG_RUN_ID}` = {_quote(key)} and tags.`{TAG_KIND}` = '{KIND_RUN}'"
+        return [r for r in self._search(ids, filter_string) if TAG_PARENT not in r.data.tags]
+
+    def runs_of(self, key: str) -> list[Run]:
+        """Every active run of ``key`` (tag ``sparling.run_id``: sweep children and runs
+        trained alone) in every experiment, oldest first."""
+        ids = self.experiment_ids()
+        if not ids:
+            return []
+        filter_string = f"tags.`{TAG_RUN_ID}` = {_quote(key)} and tags.`{TAG_KIND}` = '{KIND_RUN}'"
+        return self._search(ids, filter_string)
+
+    def standalone_run(
+        self,
+        experiment_id: str,
+        key: str,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """``(run_id, existed)`` of the MLflow run of ``key`` in the experiment, for a run
+        trained alone (``sparling train``): one found there (trained alone before, or a
+        sweep's child: the run is the same) or a new one without a parent, tagged as a
+        sweep would tag it, so that a sweep later finds it (:meth:`child_run`)."""
+        filter_string = f"tags.`{TAG_RUN_ID}` = {_quote(key)} and tags.`{TAG_KIND}` = '{KIND_RUN}'"
+        all_tags = {**scrub(dict(tags or {})), TAG_KIND: KIND_RUN, TAG_RUN_ID: key}
+
+        def create() -> Run:
+            return self.client.create_run(experiment_id, tags=_tags(all_tags), run_name=name)
+
         run, existed = self._find_or_create(experiment_id, filter_string, create)
         self._log_params(run, params)
         return str(run.info.run_id), existed
+
+    def copy_metrics(self, source: str, target: str) -> int:
+        """Every point of every metric of run ``source`` into run ``target`` (steps and
+        timestamps kept); returns how many."""
+        from mlflow.entities import Metric
+
+        points: list[Metric] = []
+        for key in self.client.get_run(source).data.metrics:
+            points += [
+                Metric(m.key, m.value, m.timestamp, m.step)
+                for m in self.client.get_metric_history(source, key)
+            ]
+        for i in range(0, len(points), METRICS_PER_BATCH):
+            self.client.log_batch(target, metrics=points[i : i + METRICS_PER_BATCH])
+        return len(points)
+
+    def link(self, trained: str, child: str) -> None:
+        """Record that sweep child ``child`` stands for run ``trained`` (trained alone in
+        another experiment): ``sparling.trained_in`` on the child, ``sparling.sweep_runs``
+        (the children, comma-separated) on the other."""
+        have = self.client.get_run(trained).data.tags.get(TAG_SWEEP_RUNS, "")
+        children = [c for c in have.split(",") if c]
+        if child not in children:
+            self.set_tags(trained, {TAG_SWEEP_RUNS: ",".join([*children, child])})
+        self.set_tags(child, {TAG_TRAINED_IN: trained})
 
     def _log_params(self, run: Run, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -23,8 +23,17 @@ tag                         on           value
 ``sparling.git_commit``     child        ``git rev-parse HEAD`` of the project, or ``unknown``
 ``sparling.git_dirty``      child        ``true`` when the work tree had uncommitted changes
 ``sparling.versions``       child        ``sparling=... torch=... ray=... mlflow=...``
+``sparling.trained_in``     child        the run trained alone that it stands for
+``sparling.sweep_runs``     alone        the sweep children standing for it, comma-separated
 ``mlflow.parentRunId``      child        the parent's run id (the MLflow UI nests it)
 ==========================  ===========  ==================================================
+
+A run trained alone (``sparling train``, "alone" above) has a child's tags, without a
+parent and with ``sparling.swept`` ``{}``: a sweep that plans the same config finds it by
+``sparling.run_id``. In the sweep's experiment it becomes the sweep's child (nested under
+the parent, the same MLflow run); in another experiment (runs cannot move) the sweep makes
+a child that gets its metrics and is linked to it both ways (``sparling.trained_in``,
+``sparling.sweep_runs``).
 
 A child without ``sparling.status`` (an older or crashed driver) is read by MLflow's own
 run status. Experiments carry ``mlflow.experimentKind=custom_model_development`` and UI
@@ -62,6 +71,8 @@ TAG_SEED = "sparling.seed"
 TAG_COMMIT = "sparling.git_commit"
 TAG_DIRTY = "sparling.git_dirty"
 TAG_VERSIONS = "sparling.versions"
+TAG_TRAINED_IN = "sparling.trained_in"
+TAG_SWEEP_RUNS = "sparling.sweep_runs"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 

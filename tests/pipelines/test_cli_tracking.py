@@ -6,7 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 from conftest import REPO, subprocess_env, tiny_config
 
@@ -54,3 +56,84 @@ def test_dry_runs_name_the_settings_file_found_beside_the_work_dir(tmp_path: Pat
     out = _sparling_in(elsewhere, "sweep", str(sweep), "--dry-run", "--work-dir", str(work), *named)
     assert "(--mlflow-config)" in out.stdout and "experiment 'mine-s'" in out.stdout
     assert not work.exists()  # a dry run writes nothing
+
+
+def _mlflow_runs(uri: str) -> list[dict[str, Any]]:
+    """Every run of every experiment at ``uri``: the run, its experiment's name, the steps
+    of its ``val/exact_match`` points and its ``evaluation/last`` artifacts."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return [
+        {
+            "run": r,
+            "experiment": client.get_experiment(r.info.experiment_id).name,
+            "val_steps": sorted(
+                m.step for m in client.get_metric_history(r.info.run_id, "val/exact_match")
+            ),
+            "artifacts": sorted(
+                a.path for a in client.list_artifacts(r.info.run_id, "evaluation/last")
+            ),
+        }
+        for r in client.search_runs(ids, max_results=1000)
+        if r.data.tags.get("sparling.kind") == "run"
+    ]
+
+
+@pytest.mark.integration
+def test_a_run_trained_alone_is_evaluated_into_its_mlflow_run_and_reused_by_a_sweep(
+    tmp_path: Path,
+) -> None:
+    from pipelines.plan import load_sweep
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+    from sparling.config import load_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(budget_samples=32, val_interval=16)))
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "s", "base": "run.yaml", "methods": ["sparling"]}))
+    key = load_config(config).run_id()
+    assert [r.key for r in load_sweep(sweep).runs] == [key]  # the sweep plans that run
+    work = tmp_path / "work"
+    run_dir = work / "runs" / key
+
+    # one local server for the whole test: each command reuses it (as the sweep's
+    # processes do) instead of starting its own
+    with tracking_uri(load_settings(work)) as uri:
+        trained = _sparling_in(REPO, "train", str(config), "--work-dir", str(work), "--quiet")
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        assert "in experiment 'sparling'" in trained.stdout
+        (alone,) = _mlflow_runs(uri)
+        tags = alone["run"].data.tags
+        assert alone["experiment"] == "sparling" and alone["run"].info.status == "FINISHED"
+        assert tags["sparling.run_id"] == key and tags["sparling.kind"] == "run"
+        assert tags["sparling.method"] == "sparling" and tags["sparling.seed"] == "0"
+        assert tags["sparling.status"] == "finished" and "mlflow.parentRunId" not in tags
+        assert alone["val_steps"] == [16, 32]
+        assert alone["run"].data.params["budget_samples"] == "32"
+
+        evaluated = _sparling_in(REPO, "evaluate", str(run_dir), "--samples", "4")
+        assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+        alone_id = alone["run"].info.run_id
+        assert f"MLflow: logged to run(s) {alone_id}" in evaluated.stdout
+        (alone,) = _mlflow_runs(uri)
+        assert "test/ce" in alone["run"].data.metrics
+        assert "evaluation/last/evaluation.json" in alone["artifacts"]
+
+        last = run_dir / "checkpoints" / "last" / "state.pt"
+        stamp = last.stat().st_mtime_ns
+        swept = _sparling_in(
+            REPO, "sweep", str(sweep), "--work-dir", str(work), "--executor", "local", "--no-report"
+        )
+        assert swept.returncode == 0, swept.stdout + swept.stderr
+        assert last.stat().st_mtime_ns == stamp  # not trained again: evaluated only
+        runs = {r["experiment"]: r for r in _mlflow_runs(uri)}
+        assert sorted(runs) == ["sparling", "sparling-s"]
+        child = runs["sparling-s"]
+        # the sweep's child stands for the run trained alone: linked both ways
+        assert child["run"].data.tags["sparling.trained_in"] == alone_id
+        assert runs["sparling"]["run"].data.tags["sparling.sweep_runs"] == child["run"].info.run_id
+        assert child["run"].info.status == "FINISHED" and "test/ce" in child["run"].data.metrics
+        assert child["val_steps"] == [16, 32]  # its training's validations, once each

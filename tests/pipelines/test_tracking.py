@@ -509,6 +509,52 @@ def test_find_or_create_never_duplicates(store: LocalStore) -> None:
 
 
 @pytest.mark.integration
+def test_a_sweep_takes_over_or_links_the_run_trained_alone(store: LocalStore) -> None:
+    tracker = Tracker(store.uri)
+    tags = {"sparling.method": "sparling", "sparling.seed": "0"}
+    sweep_exp = tracker.experiment("sparling-adopt")
+    alone_exp = tracker.experiment("sparling-alone")
+
+    # trained alone in the sweep's own experiment: the sweep's child is that very run
+    here, existed = tracker.standalone_run(
+        sweep_exp, "k-here", "sparling seed=0", {"seed": 0}, tags
+    )
+    assert not existed
+    assert tracker.standalone_run(sweep_exp, "k-here", "x", {"seed": 0}, tags) == (here, True)
+    assert [r.info.run_id for r in tracker.standalone_runs("k-here")] == [here]
+    parent = tracker.parent_run(sweep_exp, "adopting")
+    child, existed = tracker.child_run(
+        sweep_exp, parent, "k-here", "sparling seed=0 M=0.1", {"seed": 0, "lr": 0.1}, tags
+    )
+    assert (child, existed) == (here, True)
+    run = tracker.client.get_run(here)
+    assert run.data.tags[TAG_PARENT] == parent and run.info.run_name == "sparling seed=0 M=0.1"
+    assert run.data.params == {"seed": "0", "lr": "0.1"}
+    assert tracker.standalone_runs("k-here") == []  # it is the sweep's now
+    assert [r.info.run_id for r in tracker.runs_of("k-here")] == [here]
+    # ... and training it alone again logs to the same run
+    assert tracker.standalone_run(sweep_exp, "k-here", "x", {"seed": 0}, tags) == (here, True)
+
+    # trained alone elsewhere: a new child with its metrics, linked to it both ways
+    there, _ = tracker.standalone_run(alone_exp, "k-there", "sparling seed=0", {"seed": 0}, tags)
+    for step in (16, 32):
+        tracker.log_metrics(there, {"val/exact_match": step / 100, "train/loss": 1.0}, step)
+    child, existed = tracker.child_run(sweep_exp, parent, "k-there", "n", {"seed": 0}, tags)
+    assert not existed and child != there
+    assert tracker.client.get_run(child).data.tags["sparling.trained_in"] == there
+    assert tracker.client.get_run(there).data.tags["sparling.sweep_runs"] == child
+    history = tracker.client.get_metric_history(child, "val/exact_match")
+    assert sorted((m.step, m.value) for m in history) == [(16, 0.16), (32, 0.32)]
+    # found again by key under its parent: nothing copied twice
+    assert tracker.child_run(sweep_exp, parent, "k-there", "n", {"seed": 0}, tags) == (child, True)
+    assert len(tracker.client.get_metric_history(child, "train/loss")) == 2
+    # a second sweep's child is listed beside the first
+    other = tracker.parent_run(sweep_exp, "another")
+    second, _ = tracker.child_run(sweep_exp, other, "k-there", "n", {"seed": 0}, tags)
+    assert tracker.client.get_run(there).data.tags["sparling.sweep_runs"] == f"{child},{second}"
+
+
+@pytest.mark.integration
 def test_stale_running_children_are_marked_killed(store: LocalStore) -> None:
     tracker = Tracker(store.uri)
     exp = tracker.experiment("sparling-stale")
