@@ -232,17 +232,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from sparling.export import export_model
+    from sparling.runs import RunFolder, select_checkpoint
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, got {out}")
+    checkpoint = select_checkpoint(Path(args.path), args.density)
+    run = RunFolder.of_checkpoint(checkpoint)
+    in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
+    settings = None
+    if in_run and not args.no_tracking:
+        settings = tracking_settings(args, run.work_dir)  # bad settings: said before writing
+    elif args.mlflow_config:
+        raise UsageError(
+            "--mlflow-config applies to a run in its work dir (a checkpoint copied out of "
+            "one is tracked nowhere)"
+        )
     meta = export_model(Path(args.path), out, density=args.density)
     print(
         f"exported {meta['checkpoint']} of run {meta['run_id']} (density "
         f"{float(meta['density']):.3e}, {meta['samples']} training samples) to {out} "
         f"({out.stat().st_size / 1e6:.1f} MB)"
     )
+    if settings is not None:
+        print(_log_export(settings, run, out))
     return 0
+
+
+def _log_export(settings: Any, run: Any, out: Path) -> str:
+    """The exported file as the logged model of each MLflow run of its run, where the run's
+    work dir is tracked; what to print about it."""
+    from pipelines.sync import log_model
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.metrics import METRICS
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import missing_local_store
+
+    if missing_local_store(settings) is not None:
+        return f"MLflow: not logged (nothing is tracked in {run.work_dir})"
+    test = [m for m in METRICS if m.startswith("test/")]
+    with tracking_uri(settings) as uri:
+        tracker = Tracker(uri)
+        runs = [r.info.run_id for r in tracker.runs_of(run.run_id)]
+        models = [log_model(tracker, r, run, export=out, link_metrics=test) for r in runs]
+    if not runs:
+        return f"MLflow: not logged (run {run.run_id} is not tracked there)"
+    return "MLflow: logged model(s) " + ", ".join(
+        f"{m} of run {r}" for m, r in zip(models, runs, strict=True)
+    )
 
 
 def _print_evaluation(result: Any, where: str, out: Path, as_json: bool) -> None:
@@ -657,6 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("path", help="a run folder (sparling-work/runs/ID) or a checkpoint folder")
     ex.add_argument("--density", type=float, help="the run's checkpoint at this density")
     ex.add_argument("--out", required=True, help="the file to write (.safetensors)")
+    ex.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not log the file as the logged model of the run's MLflow runs",
+    )
+    mlflow_config(ex)
     ex.set_defaults(func=_cmd_export)
 
     sw = sub.add_parser("sweep", help="run a sweep: methods x seeds x fields, tracked in MLflow")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,7 +198,62 @@ def log_run_results(
     step = int(metrics["test_checkpoint_samples"])
     tracker.log_metrics(mlflow_run, mlflow_metrics(metrics), step)
     tracker.log_artifacts(mlflow_run, folder.evaluation_dir, EVALUATION_DIR)
+    # the evaluated checkpoint, exported, as the run's logged model with its test metrics
+    # (not for a run folder brought back without its checkpoints, `--pack`)
+    if _has_model(folder):
+        log_model(tracker, mlflow_run, folder, link_metrics=list(mlflow_metrics(metrics)))
     log_training_results(tracker, mlflow_run, folder)
+
+
+def _has_model(folder: RunFolder) -> bool:
+    """Whether the run folder holds the checkpoint :func:`log_model` exports by default."""
+    if not folder.has_checkpoints():
+        return False
+    try:
+        return folder.has_checkpoint(folder.select_checkpoint().name)
+    except (OSError, ValueError):
+        return False
+
+
+def log_model(
+    tracker: Any,
+    mlflow_run: str,
+    folder: RunFolder,
+    *,
+    density: float | None = None,
+    export: Path | None = None,
+    link_metrics: Collection[str] = (),
+) -> str:
+    """The run's model (its checkpoint at ``density``, chosen as ``sparling export`` does;
+    or the file ``export`` already written) as the logged model of its MLflow run
+    (:mod:`pipelines.tracking.models`); its points of ``link_metrics`` at the checkpoint's
+    step linked to it with the test dataset. Returns the model's id."""
+    import tempfile
+
+    from pipelines.tracking.datasets import run_dataset_inputs
+    from pipelines.tracking.models import log_exported_model
+    from sparling.export import export_model, read_export_metadata
+
+    config = folder.read_config()
+    test = [
+        i.dataset
+        for i in run_dataset_inputs(config, folder.work_dir)
+        if {t.key: t.value for t in i.tags}.get("mlflow.data.context") == "test"
+    ]
+    dataset = (test[0].name, test[0].digest) if test else None
+    with tempfile.TemporaryDirectory(prefix="sparling-export-") as tmp:
+        if export is None:
+            export = Path(tmp) / "model.safetensors"
+            export_model(folder.path, export, density=density)
+        model_id, _ = log_exported_model(
+            tracker.client,
+            mlflow_run,
+            export,
+            read_export_metadata(export),
+            link_metrics=link_metrics,
+            dataset=dataset,
+        )
+    return model_id
 
 
 def log_training_results(tracker: Any, mlflow_run: str, folder: RunFolder) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO, subprocess_env, tiny_config
+from mlflow import MlflowClient
 
 
 def _sparling_in(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -61,8 +62,6 @@ def test_dry_runs_name_the_settings_file_found_beside_the_work_dir(tmp_path: Pat
 def _mlflow_runs(uri: str) -> list[dict[str, Any]]:
     """Every run of every experiment at ``uri``: the run, its experiment's name, the steps
     of its ``val/exact_match`` points and its ``evaluation/last`` artifacts."""
-    from mlflow import MlflowClient
-
     client = MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     return [
@@ -81,13 +80,30 @@ def _mlflow_runs(uri: str) -> list[dict[str, Any]]:
     ]
 
 
+def _logged_models(uri: str, run_id: str) -> list[Any]:
+    """The logged models whose source is MLflow run ``run_id``."""
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    return list(
+        client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+    )
+
+
 @pytest.mark.integration
 def test_a_run_trained_alone_is_evaluated_into_its_mlflow_run_and_reused_by_a_sweep(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import mlflow
+    import numpy as np
+    from mlflow.entities import LoggedModelStatus
+
+    import sparling
     from pipelines.plan import load_sweep
     from pipelines.tracking.server import tracking_uri
     from pipelines.tracking.settings import load_settings
+    from sparling import domains
     from sparling.config import load_config
 
     config = tmp_path / "run.yaml"
@@ -137,3 +153,39 @@ def test_a_run_trained_alone_is_evaluated_into_its_mlflow_run_and_reused_by_a_sw
         assert runs["sparling"]["run"].data.tags["sparling.sweep_runs"] == child["run"].info.run_id
         assert child["run"].info.status == "FINISHED" and "test/ce" in child["run"].data.metrics
         assert child["val_steps"] == [16, 32]  # its training's validations, once each
+
+        # the finished sweep run's logged model: its evaluated checkpoint, exported
+        child_id = child["run"].info.run_id
+        (model,) = _logged_models(uri, child_id)
+        assert model.status.to_int() == LoggedModelStatus.READY.to_int()
+        assert model.source_run_id == child_id and model.model_type == "sparling"
+        assert model.tags["sparling.run_id"] == key and model.tags["sparling.checkpoint"] == "last"
+        assert model.params["budget_samples"] == "32"
+        linked = {m.key: m for m in model.metrics}
+        assert linked["test/ce"].value == child["run"].data.metrics["test/ce"]
+        assert linked["test/ce"].step == 32 and linked["test/ce"].dataset_name.startswith(
+            "digit-circle-test-"
+        )
+        # listed among the run's outputs (the run page's "Logged models")
+        outputs = MlflowClient(uri).get_run(child_id).outputs.model_outputs
+        assert [o.model_id for o in outputs] == [model.model_id]
+        # loadable as MLflow users load models; it decodes as the exported file does
+        out = tmp_path / "m.safetensors"
+        exported = _sparling_in(REPO, "export", str(run_dir), "--out", str(out))
+        assert exported.returncode == 0, exported.stdout + exported.stderr
+        images = np.stack(
+            [domains.make("digit-circle", split="test").sample(0, i).x for i in range(3)]
+        ).astype(np.float32)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ URIs resolve
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+        assert pyfunc.predict(images) == sparling.load_model(out).decode(images, max_len=8)
+
+        # sparling export logs the file to the run's MLflow runs: the child has it already,
+        # the run trained alone gets its own; exported again, nothing new
+        assert f"{model.model_id} of run {child_id}" in exported.stdout
+        (alone_model,) = _logged_models(uri, alone_id)
+        assert alone_model.model_id != model.model_id
+        again = _sparling_in(REPO, "export", str(run_dir), "--out", str(out))
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert [m.model_id for m in _logged_models(uri, alone_id)] == [alone_model.model_id]
+        assert len(_logged_models(uri, child_id)) == 1
