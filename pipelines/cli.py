@@ -93,13 +93,15 @@ def parse_methods(text: str | None) -> list[str] | None:
 
 def tracking_settings(args: argparse.Namespace, work_dir: Path) -> Any:
     """The command's MLflow settings: ``--mlflow-config FILE`` if given, else those found
-    for the work dir (:func:`pipelines.tracking.settings.load_settings`); refused with
-    ``--no-tracking``, which it would contradict."""
+    for the work dir (:func:`pipelines.tracking.settings.load_settings`); ``None`` with
+    ``--no-tracking`` (refused with ``--mlflow-config``, which it would contradict)."""
     from pipelines.tracking.settings import load_settings
 
     named = getattr(args, "mlflow_config", None)
-    if named is not None and getattr(args, "no_tracking", False):
-        raise UsageError("--mlflow-config names where to track; --no-tracking tracks nothing")
+    if getattr(args, "no_tracking", False):
+        if named is not None:
+            raise UsageError("--mlflow-config names where to track; --no-tracking tracks nothing")
+        return None
     return load_settings(work_dir, Path(named) if named is not None else None)
 
 
@@ -161,7 +163,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = _load_run_config(args.config, args.set)
     work_dir = Path(args.work_dir).resolve()
-    settings = None if args.no_tracking else tracking_settings(args, work_dir)
+    settings = tracking_settings(args, work_dir)
     folder = RunFolder.for_config(config, work_dir)
     print(
         f"run {config.run_id()}  ({config.domain.name}, {config.model.preset} preset, "
@@ -241,7 +243,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     run = RunFolder.of_checkpoint(checkpoint)
     in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
     settings = None
-    if in_run and not args.no_tracking:
+    if in_run:
         settings = tracking_settings(args, run.work_dir)  # bad settings: said before writing
     elif args.mlflow_config:
         raise UsageError(
@@ -360,7 +362,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         domain = domains.make(config.domain.name, split="test", **config.domain.params)
         test = GeneratedSamples(domain, config.data.seed, config.data.test_size)
     settings = None
-    if in_run and not args.no_tracking:
+    if in_run:
         settings = tracking_settings(args, run.work_dir)  # bad settings: said before scoring
     elif args.mlflow_config:
         raise UsageError(
@@ -476,46 +478,79 @@ def _sweep_overrides(args: argparse.Namespace) -> Any:
     )
 
 
+def parse_rerun(text: str | None) -> set[str]:
+    """``--rerun``: comma-separated kinds of finished runs to train again (``changed``)."""
+    from pipelines.sweep import RERUN_KINDS
+
+    if text is None:
+        return set()
+    kinds = {k.strip() for k in text.split(",")}
+    unknown = sorted(kinds - set(RERUN_KINDS))
+    if unknown or not text.strip():
+        accepted = "; ".join(f"{k} ({what})" for k, what in RERUN_KINDS.items())
+        raise UsageError(
+            f"--rerun {text!r}: unknown {unknown[0]!r}; accepted: {accepted}"
+            if unknown
+            else f"--rerun expects one of: {accepted}"
+        )
+    return kinds
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.plan import describe, load_sweep
-    from pipelines.sweep import check_runs_can_start, run_is_finished, run_sweep
+    from pipelines.sweep import changed_code, check_runs_can_start, run_is_finished, run_sweep
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import missing_local_store
 
     local = _local_options(args)
     overrides = _sweep_overrides(args)
+    rerun_kinds = parse_rerun(args.rerun)
+    if rerun_kinds and args.no_tracking:
+        raise UsageError(
+            "--rerun changed compares the commit each run's MLflow runs record; "
+            "--no-tracking reads none"
+        )
     sweep = load_sweep(_resolve_sweep_file(args.file), overrides)
     work_dir = Path(args.work_dir).resolve()
-    settings = None if args.no_tracking else tracking_settings(args, work_dir)
+    settings = tracking_settings(args, work_dir)
     where = (
         tracking_line(settings, settings.experiment_for(sweep=sweep.name))
         if settings is not None
         else "MLflow: not tracked (--no-tracking)"
     )
-    if args.dry_run:
-        done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
-        # what the real run checks before its first step (e.g. a recordings folder)
-        check_runs_can_start([r for r in sweep.runs if r.key not in done])
-        print(describe(sweep, done))
+    done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
+    with contextlib.ExitStack() as stack:
+        if settings is not None and missing_local_store(settings) is None:
+            # one server for the whole command (read the commits, run, report)
+            stack.enter_context(tracking_uri(settings))
+        changed = changed_code(settings, done) if settings is not None else {}
+        rerun = {k: f"code changed {why}" for k, why in changed.items()} if rerun_kinds else {}
+        if args.dry_run:
+            # what the real run checks before its first step (e.g. a recordings folder)
+            check_runs_can_start([r for r in sweep.runs if r.key not in done - set(rerun)])
+            print(describe(sweep, done, changed, rerun))
+            print(where)
+            return 0
+        print(describe(sweep, done, changed, rerun))
         print(where)
-        return 0
-    print(describe(sweep, {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}))
-    print(where)
-    summary = run_sweep(
-        sweep,
-        work_dir,
-        progress=not args.quiet,
-        track=settings is not None,
-        executor=args.executor,
-        local=local,
-        settings=settings,
-    )
-    print(summary.table())
-    if args.pack:
-        from pipelines.executors.local import pack
-        from sparling.runs import RunFolder
+        summary = run_sweep(
+            sweep,
+            work_dir,
+            progress=not args.quiet,
+            track=settings is not None,
+            executor=args.executor,
+            local=local,
+            settings=settings,
+            rerun=rerun,
+        )
+        print(summary.table())
+        if args.pack:
+            from pipelines.executors.local import pack
+            from sparling.runs import RunFolder
 
-        pack(args.pack, [RunFolder.for_config(r.config, work_dir).path for r in sweep.runs])
-    if settings is not None and not args.no_report:
-        print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex"), settings))
+            pack(args.pack, [RunFolder.for_config(r.config, work_dir).path for r in sweep.runs])
+        if settings is not None and not args.no_report:
+            print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex"), settings))
     return 1 if summary.failed else 0
 
 
@@ -729,6 +764,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no live progress display")
     sw.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     sw.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    sw.add_argument(
+        "--rerun",
+        metavar="KIND",
+        help="train again finished runs of this kind instead of reusing them: changed (those "
+        "whose code changed since they finished, by the git commit their MLflow runs record; "
+        "the dry run lists them); their folders are kept under <work-dir>/superseded/",
+    )
     mlflow_config(sw)
     sw.add_argument(
         "--executor",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +35,10 @@ from pipelines.tracking.tags import (
     STATUS_FAILED,
     STATUS_FINISHED,
     STATUS_RUNNING,
+    TAG_COMMIT,
     TAG_FAILURE,
     TAG_STATUS,
+    TRAINING_TAGS,
     child_tags,
     parent_tags,
 )
@@ -55,11 +57,14 @@ def tracking_context(
     todo: list[PlannedRun],
     outcomes: Mapping[str, Any] | None = None,
     settings: TrackingSettings | None = None,
+    superseded: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The tracking server (started or reused), the sweep's parent run and each run's child.
 
     ``settings``: where to track (default: :func:`~pipelines.tracking.settings.load_settings`
-    of ``work_dir``).
+    of ``work_dir``). ``superseded``: run key -> why, for runs trained again from scratch
+    (``--rerun changed``): their MLflow runs are set aside first
+    (:meth:`~pipelines.tracking.finder.Tracker.supersede`), so that each gets a new child.
 
     Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}, "options":
     what the workers log besides validations (:meth:`TrackingSettings.run_options`)},
@@ -83,6 +88,8 @@ def tracking_context(
             experiment, sweep.name, parent_tags(len(sweep.runs), sweep.swept_fields, sweep.source)
         )
         log_sweep_files(tracker, parent, sweep)
+        for key, reason in (superseded or {}).items():
+            tracker.supersede(key, reason)
         # Children a killed driver left RUNNING: mark them KILLED; they resume below.
         tracker.mark_stale(parent, keep=set())
         env = environment_tags(source=f"sparling sweep {_relative(sweep.source)}")
@@ -102,7 +109,8 @@ def tracking_context(
                 saved = folder.read_evaluation() or {}
                 log_run_results(tracker, child_id, run, work_dir, saved)
         for run in todo:
-            runs[run.key] = _child(tracker, experiment, parent, run, env, work_dir)
+            trains = RunFolder.for_config(run.config, work_dir).read_result() is None
+            runs[run.key] = _child(tracker, experiment, parent, run, env, work_dir, trains)
         tracker.set_status(parent, "RUNNING")
         try:
             yield {"uri": uri, "runs": runs, "options": settings.run_options()}, parent
@@ -153,10 +161,12 @@ def _child(
     run: PlannedRun,
     env: dict[str, str],
     work_dir: Path,
+    trains: bool = False,
 ) -> str:
     """Find or create the run's MLflow child under the sweep's parent; a new one gets the
     resolved config as ``config.json`` at once (the run folder's copy follows at the end)
-    and its datasets as inputs."""
+    and its datasets as inputs. ``trains``: the run is about to train (resume), so an
+    existing child records the code of now as what trained it."""
     config = run.config
     run_id, existed = tracker.child_run(
         experiment,
@@ -169,7 +179,24 @@ def _child(
     if not existed:
         tracker.log_text(run_id, config.to_json(), CONFIG_ARTIFACT)
         log_datasets(tracker, run_id, run, work_dir)
+    elif trains:
+        tracker.set_tags(run_id, {k: v for k, v in env.items() if k in TRAINING_TAGS})
     return str(run_id)
+
+
+def trained_commits(tracker: Any, keys: Iterable[str]) -> dict[str, str]:
+    """Run key -> the git commit of the code that trained it, as its MLflow runs record it
+    (``sparling.git_commit``; of the newest run of the key that has one); keys without one
+    are left out."""
+    out: dict[str, str] = {}
+    for key in keys:
+        runs = [
+            r for r in tracker.runs_of(key) if r.data.tags.get(TAG_COMMIT, "unknown") != "unknown"
+        ]
+        if runs:
+            newest = max(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+            out[key] = newest.data.tags[TAG_COMMIT]
+    return out
 
 
 def log_datasets(tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path) -> None:
@@ -300,8 +327,10 @@ def standalone_tracking(
         mlflow_run, existed = tracker.standalone_run(
             experiment_id, run.key, run_name(run.method, run.seed), config.flat(), {**env, **tags}
         )
-        if existed:  # trained again: by the code of now, from where it stopped
-            tracker.set_tags(mlflow_run, {**env, TAG_STATUS: STATUS_RUNNING})
+        if existed and folder.read_result() is None:  # trained on by the code of now
+            tracker.set_tags(mlflow_run, {k: v for k, v in env.items() if k in TRAINING_TAGS})
+        if existed:
+            tracker.set_tags(mlflow_run, {TAG_STATUS: STATUS_RUNNING})
         else:
             tracker.log_text(mlflow_run, config.to_json(), CONFIG_ARTIFACT)
         log_datasets(tracker, mlflow_run, run, work_dir)

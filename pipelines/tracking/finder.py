@@ -25,14 +25,17 @@ from pipelines.tracking.settings import EXPERIMENT_ENV
 from pipelines.tracking.tags import (
     EXPERIMENT_KIND,
     KIND_RUN,
+    KIND_SUPERSEDED,
     KIND_SWEEP,
     TAG_EXPERIMENT_KIND,
     TAG_KIND,
     TAG_PARENT,
     TAG_RUN_ID,
+    TAG_SUPERSEDED,
     TAG_SWEEP,
     TAG_SWEEP_RUNS,
     TAG_TRAINED_IN,
+    TRAINING_TAGS,
 )
 
 if TYPE_CHECKING:
@@ -188,7 +191,8 @@ class Tracker:
         is left as first logged, with a warning.
         """
         filter_string = (
-            f"tags.`{TAG_PARENT}` = {_quote(parent_id)} and tags.`{TAG_RUN_ID}` = {_quote(key)}"
+            f"tags.`{TAG_PARENT}` = {_quote(parent_id)} and tags.`{TAG_RUN_ID}` = {_quote(key)} "
+            f"and tags.`{TAG_KIND}` = '{KIND_RUN}'"
         )
         all_tags = {
             **scrub(dict(tags or {})),
@@ -208,7 +212,8 @@ class Tracker:
                 # trained alone (``sparling train``) in this experiment: that run becomes
                 # the sweep's child, nested under its parent
                 run = _oldest(here)
-                self.set_tags(run.info.run_id, all_tags)
+                # what it recorded of the code that trained it is kept
+                self.set_tags(run.info.run_id, {**all_tags, **_training_tags(run)})
                 self.client.update_run(run.info.run_id, name=name)
                 self._log_params(self.client.get_run(run.info.run_id), params)
                 return str(run.info.run_id), True
@@ -217,6 +222,7 @@ class Tracker:
                 # linked both ways, with the metrics that run logged
                 source = _oldest(alone)
                 all_tags[TAG_TRAINED_IN] = source.info.run_id
+                all_tags.update(_training_tags(source))  # the code that trained it
         run, existed = self._find_or_create(experiment_id, filter_string, create)
         self._log_params(run, params)
         linked = run.data.tags.get(TAG_TRAINED_IN) or all_tags.get(TAG_TRAINED_IN)
@@ -370,9 +376,25 @@ class Tracker:
         return self._search([experiment_id], f"tags.`{TAG_PARENT}` = {_quote(parent_id)}")
 
     def find_child(self, parent_id: str, key: str) -> Run | None:
-        """The child run with ``sparling.run_id == key`` under the parent, if any."""
-        runs = [r for r in self.children(parent_id) if r.data.tags.get(TAG_RUN_ID) == key]
+        """The child run with ``sparling.run_id == key`` under the parent, if any (not one
+        :meth:`supersede` set aside)."""
+        runs = [
+            r
+            for r in self.children(parent_id)
+            if r.data.tags.get(TAG_RUN_ID) == key
+            and r.data.tags.get(TAG_KIND, KIND_RUN) == KIND_RUN
+        ]
         return _oldest(runs) if runs else None
+
+    def supersede(self, key: str, reason: str) -> list[str]:
+        """Set aside every MLflow run of ``key`` (:meth:`runs_of`) for one trained again:
+        ``sparling.kind`` becomes ``superseded`` (no sweep, report or ``sparling train``
+        finds it as the run any more; it keeps everything it logged) with ``reason`` in
+        ``sparling.superseded``. Returns their ids."""
+        runs = [r.info.run_id for r in self.runs_of(key)]
+        for run_id in runs:
+            self.set_tags(run_id, {TAG_KIND: KIND_SUPERSEDED, TAG_SUPERSEDED: reason})
+        return runs
 
     def mark_stale(self, parent_id: str, keep: Collection[str]) -> list[str]:
         """Mark KILLED the children still RUNNING whose key is not in ``keep`` (left behind
@@ -401,6 +423,11 @@ def _parent_filter(sweep_name: str) -> str:
 
 def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
     return {check_key(k): tag_value(v) for k, v in tags.items()}
+
+
+def _training_tags(run: Run) -> dict[str, str]:
+    """What ``run`` recorded of the code that trained it (:data:`TRAINING_TAGS`)."""
+    return {k: v for k, v in run.data.tags.items() if k in TRAINING_TAGS}
 
 
 def _oldest(runs: list[Run]) -> Run:

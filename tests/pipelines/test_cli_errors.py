@@ -143,6 +143,17 @@ CASES = [
         2,
         ["--mlflow-config names where to track; --no-tracking tracks nothing"],
     ),
+    # which finished runs to train again
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--dry-run", "--rerun", "chnaged", *W],
+        2,
+        ["--rerun 'chnaged': unknown 'chnaged'; accepted: changed (the finished runs whose"],
+    ),
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--rerun", "changed", "--no-tracking", *W],
+        2,
+        ["--rerun changed compares the commit each run's MLflow runs record"],
+    ),
     (["report", "{tmp}", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
     (["report", "quickstart", *W], 2, ["no MLflow tracking store at {tmp}/work/mlflow/mlflow.db"]),
     (["evaluate", "{tmp}/model.safetensors", *W], 2, ["model.safetensors is a folder"]),

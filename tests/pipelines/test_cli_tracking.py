@@ -3,6 +3,7 @@ found), from whatever folder it runs in."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,91 @@ def test_a_run_trained_alone_is_evaluated_into_its_mlflow_run_and_reused_by_a_sw
         assert again.returncode == 0, again.stdout + again.stderr
         assert [m.model_id for m in _logged_models(uri, alone_id)] == [alone_model.model_id]
         assert len(_logged_models(uri, child_id)) == 1
+
+
+@pytest.mark.integration
+def test_runs_whose_code_changed_are_listed_reused_and_trained_again_on_request(
+    tmp_path: Path,
+) -> None:
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+    from pipelines.tracking.tags import CODE_PATHS, git_commit
+
+    sweep = tmp_path / "c.yaml"
+    base = tiny_config(budget_samples=16, val_interval=16)
+    sweep.write_text(yaml.safe_dump({"name": "c", "base": base, "seeds": [0, 1]}))
+    work = tmp_path / "work"
+    head = git_commit()
+    root = subprocess.run(
+        ["git", "-C", str(REPO), "rev-list", "--max-parents=0", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[0]
+    # the code of now is HEAD's unless the work tree has uncommitted code changes
+    clean = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", *CODE_PATHS]
+        ).returncode
+        == 0
+    )
+    args = ["sweep", str(sweep), "--work-dir", str(work), "--executor", "local", "--no-report"]
+
+    with tracking_uri(load_settings(work)) as uri:
+        client = MlflowClient(uri)
+        first = _sparling_in(REPO, *args, "--parallel", "2")
+        assert first.returncode == 0, first.stdout + first.stderr
+
+        def children() -> dict[str, Any]:
+            exp = client.get_experiment_by_name("sparling-c")
+            runs = client.search_runs([exp.experiment_id], "tags.`sparling.kind` != 'sweep'")
+            return {
+                f"{r.data.tags['sparling.seed']}/{r.data.tags['sparling.kind']}": r for r in runs
+            }
+
+        trained = children()
+        assert sorted(trained) == ["0/run", "1/run"]
+        assert {r.data.tags["sparling.git_commit"] for r in trained.values()} == {head}
+        # seed 0 was trained by the project's first commit, as far as MLflow knows
+        client.set_tag(trained["0/run"].info.run_id, "sparling.git_commit", root)
+        key0, key1 = (trained[f"{s}/run"].data.tags["sparling.run_id"] for s in (0, 1))
+        stamps = {
+            k: (work / "runs" / k / "checkpoints/last/state.pt").stat().st_mtime_ns
+            for k in (key0, key1)
+        }
+
+        dry = _sparling_in(REPO, *args, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        (line0,) = [line for line in dry.stdout.splitlines() if line.strip().startswith(key0)]
+        assert f"done, code changed since (since commit {root[:12]}: " in line0
+        listed = line0.split(f"since commit {root[:12]}: ")[1].split(", ")
+        assert listed[0].startswith(CODE_PATHS)  # the files that differ
+        if clean:
+            (line1,) = [line for line in dry.stdout.splitlines() if line.strip().startswith(key1)]
+            assert line1.rstrip().endswith("  done")
+            assert (
+                "1 finished run(s) trained by code that has changed since are reused" in dry.stdout
+            )
+
+        # reused by default: nothing trained
+        again = _sparling_in(REPO, *args)
+        assert again.returncode == 0 and "2 skipped" in again.stdout, again.stdout + again.stderr
+        for k, stamp in stamps.items():
+            assert (work / "runs" / k / "checkpoints/last/state.pt").stat().st_mtime_ns == stamp
+
+        rerun = _sparling_in(REPO, *args, "--rerun", "changed")
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert f"{key0}  sparling seed=0  to rerun: code changed (since commit" in rerun.stdout
+        kept = work / "superseded" / f"{key0}-1"
+        assert (kept / "result.json").is_file() and (kept / "checkpoints" / "last").is_dir()
+        assert f"since commit {root[:12]}" in (kept / "superseded.txt").read_text()
+        assert json.loads((work / "runs" / key0 / "result.json").read_text())["samples"] == 16
+        if clean:  # seed 1's code has not changed: not trained again
+            stamp = (work / "runs" / key1 / "checkpoints/last/state.pt").stat().st_mtime_ns
+            assert stamp == stamps[key1]
+        now = children()
+        assert now["0/superseded"].info.run_id == trained["0/run"].info.run_id
+        assert "since commit" in now["0/superseded"].data.tags["sparling.superseded"]
+        assert now["0/run"].info.run_id != trained["0/run"].info.run_id
+        assert now["0/run"].info.status == "FINISHED"
+        assert now["0/run"].data.tags["sparling.git_commit"] == head

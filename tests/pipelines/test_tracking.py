@@ -316,6 +316,38 @@ def test_environment_tags(tmp_path: Path) -> None:
     assert run_name("sparling-st", 1) == "sparling-st seed=1"
 
 
+def test_code_changes_compare_a_commit_with_the_code_of_now(tmp_path: Path) -> None:
+    from pipelines.tracking.tags import code_changes, git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "sparling").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "sparling" / "train.py").write_text("a = 1\n")
+    (tmp_path / "docs" / "notes.md").write_text("x\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    first = git_commit(tmp_path)
+    assert code_changes(first, tmp_path) == []
+
+    (tmp_path / "docs" / "notes.md").write_text("y\n")  # no code: no change
+    git("commit", "-qam", "docs")
+    assert code_changes(first, tmp_path) == []
+    (tmp_path / "sparling" / "train.py").write_text("a = 2\n")  # uncommitted code counts
+    assert code_changes(first, tmp_path) == ["sparling/train.py"]
+    git("commit", "-qam", "code")
+    assert code_changes(first, tmp_path) == ["sparling/train.py"]
+    assert code_changes(git_commit(tmp_path), tmp_path) == []
+    # what cannot be compared: an unknown commit, one not in this checkout, no checkout
+    assert code_changes("unknown", tmp_path) is None
+    assert code_changes("0" * 40, tmp_path) is None
+    assert code_changes(first, tmp_path / "docs" / "nowhere") is None
+
+
 def test_tag_contract_and_package_names() -> None:
     """The tag dicts the sweep driver writes, and ``from pipelines.tracking import X``."""
     import pipelines.tracking as package
