@@ -374,11 +374,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     _print_evaluation(result, f"checkpoint {checkpoint}", out, args.json)
     if settings is not None:
-        from pipelines.executors.base import evaluation_record
         from pipelines.sync import log_evaluation
 
-        record = evaluation_record(result.metrics, config, run)
-        logged = log_evaluation(settings, config, record, out, checkpoint.name)
+        logged = log_evaluation(settings, config, result.metrics, out, checkpoint.name)
         if logged is None:
             where = f"MLflow: not logged (nothing is tracked in {run.work_dir})"
         elif not logged:

@@ -29,6 +29,7 @@ from pipelines.tracking.metrics import (
     TRAIN_GRAD_NORM,
     TRAIN_LOSS,
     TRAIN_LR,
+    evaluation_metrics,
     mlflow_metrics,
 )
 from pipelines.tracking.tags import (
@@ -356,16 +357,17 @@ def standalone_tracking(
 def log_evaluation(
     settings: TrackingSettings,
     config: RunConfig,
-    record: Mapping[str, float],
+    metrics: Mapping[str, float],
     out_dir: Path,
     checkpoint: str,
 ) -> list[str] | None:
     """An evaluation of a run's checkpoint (``sparling evaluate``) into every MLflow run of
-    the run's key (a run trained alone, a sweep's children): ``record`` (the test record,
-    :func:`~pipelines.executors.base.evaluation_record`) as the ``test/`` metrics at the
-    step of the checkpoint's samples, the report folder ``out_dir`` as the artifacts
-    ``evaluation/<checkpoint>/``. Returns the MLflow runs logged to; ``None`` when nothing
-    is tracked where the settings point (no local store: none is made)."""
+    the run's key (a run trained alone, a sweep's children): its ``metrics``
+    (:class:`sparling.evaluate.Evaluation`'s) as the ``eval/`` metrics at the step of the
+    checkpoint's samples (``test/`` stays the run's own evaluation, which the report
+    reads), the report folder ``out_dir`` as the artifacts ``evaluation/<checkpoint>/``.
+    Returns the MLflow runs logged to; ``None`` when nothing is tracked where the settings
+    point (no local store: none is made)."""
     from pipelines.tracking.finder import Tracker
     from pipelines.tracking.server import tracking_uri
     from pipelines.tracking.settings import missing_local_store
@@ -375,9 +377,9 @@ def log_evaluation(
     with tracking_uri(settings) as uri:
         tracker = Tracker(uri)
         runs = [r.info.run_id for r in tracker.runs_of(config.run_id())]
-        step = int(record["test_checkpoint_samples"])
+        step = int(metrics["checkpoint_samples"])
         for mlflow_run in runs:
-            tracker.log_metrics(mlflow_run, mlflow_metrics(record), step)
+            tracker.log_metrics(mlflow_run, evaluation_metrics(metrics), step)
             tracker.log_artifacts(mlflow_run, out_dir, f"{EVALUATION_DIR}/{checkpoint}")
     return runs
 

@@ -8,13 +8,11 @@ folder), and the driver records a :class:`RunOutcome`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.plan import PlannedRun
 from pipelines.train_job import prepare_datasets
-from sparling.config import RunConfig
 from sparling.runs import RunFolder
 
 
@@ -37,6 +35,7 @@ def evaluate_run(
     """Evaluate the run's checkpoint at the reported density (or the lowest reached) on the
     test split (``test_dir``: its dataset folder, already generated; by default prepared
     here), the model on ``device``; writes ``evaluation.json`` and the figures."""
+    from sparling import domains
     from sparling.evaluate import evaluate_checkpoint
     from sparling.shards import ShardedDataset
 
@@ -46,22 +45,10 @@ def evaluate_run(
         test_dir = prepare_datasets(run.config, work_dir, splits=("test",), progress=False)["test"]
     test = ShardedDataset(test_dir)
     result = evaluate_checkpoint(checkpoint, test, out_dir=folder.evaluation_dir, device=device)
-    metrics = evaluation_record(result.metrics, run.config, folder)
-    folder.write_evaluation(metrics)
-    return metrics
-
-
-def evaluation_record(
-    m: Mapping[str, float], config: RunConfig, folder: RunFolder
-) -> dict[str, float]:
-    """An evaluation's metrics (:class:`sparling.evaluate.Evaluation` ``metrics``) as the
-    run's test record (``evaluation.json``'s keys, ``test_*``), with the run's training
-    wall time from its ``result.json``."""
-    from sparling import domains
-
-    domain = domains.make(config.domain.name, **config.domain.params)
+    domain = domains.make(run.config.domain.name, **run.config.domain.params)
+    m = result.metrics
     summary = folder.read_result() or {}
-    return {
+    metrics = {
         "test_fpe": m["fpe"],
         "test_fne": m["fne"],
         "test_ce": m["ce"],
@@ -76,3 +63,5 @@ def evaluation_record(
         # the run's training wall time, once; ``wall_seconds`` is each validation's
         "total_wall_seconds": float(summary.get("wall_seconds", 0.0)),
     }
+    folder.write_evaluation(metrics)
+    return metrics

@@ -136,7 +136,10 @@ def test_a_run_trained_alone_is_evaluated_into_its_mlflow_run_and_reused_by_a_sw
         alone_id = alone["run"].info.run_id
         assert f"MLflow: logged to run(s) {alone_id}" in evaluated.stdout
         (alone,) = _mlflow_runs(uri)
-        assert "test/ce" in alone["run"].data.metrics
+        evaluated_at = alone["run"].data.metrics
+        # under eval/, at the checkpoint's step: test/ is the run's own full evaluation
+        assert evaluated_at["eval/samples"] == 4 and "eval/ce" in evaluated_at
+        assert not [k for k in evaluated_at if k.startswith("test/")]
         assert "evaluation/last/evaluation.json" in alone["artifacts"]
 
         last = run_dir / "checkpoints" / "last" / "state.pt"
