@@ -340,6 +340,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = load_config(checkpoint / CONFIG_FILE)
     run = RunFolder.of_checkpoint(checkpoint)
     in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
+    settings = None
+    if in_run:
+        settings = tracking_settings(args, run.work_dir)  # said before any data is made
+    elif args.mlflow_config:
+        raise UsageError(
+            "--mlflow-config applies to a run in its work dir (a checkpoint copied out of "
+            "one is tracked nowhere)"
+        )
     if args.out:
         out = Path(args.out)
     elif in_run:
@@ -361,14 +369,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         domain = domains.make(config.domain.name, split="test", **config.domain.params)
         test = GeneratedSamples(domain, config.data.seed, config.data.test_size)
-    settings = None
-    if in_run:
-        settings = tracking_settings(args, run.work_dir)  # bad settings: said before scoring
-    elif args.mlflow_config:
-        raise UsageError(
-            "--mlflow-config applies to a run in its work dir (a checkpoint copied out of "
-            "one is tracked nowhere)"
-        )
     result = evaluate_checkpoint(
         checkpoint, test, samples=args.samples, out_dir=out, device=args.device
     )
