@@ -7,6 +7,7 @@ problem in one stage never breaks another.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -90,6 +91,28 @@ def parse_methods(text: str | None) -> list[str] | None:
     return names
 
 
+def tracking_settings(args: argparse.Namespace, work_dir: Path) -> Any:
+    """The command's MLflow settings: ``--mlflow-config FILE`` if given, else those found
+    for the work dir (:func:`pipelines.tracking.settings.load_settings`); ``None`` with
+    ``--no-tracking`` (refused with ``--mlflow-config``, which it would contradict)."""
+    from pipelines.tracking.settings import load_settings
+
+    named = getattr(args, "mlflow_config", None)
+    if getattr(args, "no_tracking", False):
+        if named is not None:
+            raise UsageError("--mlflow-config names where to track; --no-tracking tracks nothing")
+        return None
+    return load_settings(work_dir, Path(named) if named is not None else None)
+
+
+def tracking_line(settings: Any, experiment: str) -> str:
+    """The line a command prints about where it tracks (the local server's URI if one runs
+    now; nothing is started)."""
+    from pipelines.tracking.server import running_server_uri
+
+    return str(settings.summary(running_server_uri(settings), experiment))
+
+
 # -- data ---------------------------------------------------------------------------------
 def _cmd_data_generate(args: argparse.Namespace) -> int:
     from pipelines.generate import generate_dataset
@@ -109,14 +132,22 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
-    from pipelines.fetch import fetch_dataset
+    from pipelines.fetch import PINNED, fetch_dataset
 
-    path = fetch_dataset(args.name, Path(args.to), url=args.url)
+    path = fetch_dataset(args.name, Path(args.to), url=args.url, sha256=args.sha256 or PINNED)
     print(f"{args.name} ready in {path}")
     return 0
 
 
 # -- train / evaluate -------------------------------------------------------------------------
+def _relative(path: str | Path) -> str:
+    """``path`` relative to the current folder where it is inside it (as MLflow's Source)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
 def _load_run_config(path: str, sets: list[str] | None) -> Any:
     from sparling.config import load_config
 
@@ -125,17 +156,87 @@ def _load_run_config(path: str, sets: list[str] | None) -> Any:
     return config.with_updates(updates) if updates else config
 
 
+def _train_tracked(
+    args: argparse.Namespace,
+    config: Any,
+    work_dir: Path,
+    settings: Any,
+    experiment: str | None,
+) -> dict[str, Any]:
+    """``run_training`` inside the run's own MLflow run (none with ``--no-tracking``)."""
+    from pipelines.train_job import run_training
+
+    with contextlib.ExitStack() as stack:
+        tracking = None
+        if settings is not None:
+            from pipelines.sync import standalone_tracking
+
+            source = f"sparling train {_relative(args.config)}"
+            tracking = stack.enter_context(
+                standalone_tracking(
+                    config, work_dir, settings, experiment=experiment, source=source
+                )
+            )
+            print(
+                f"MLflow: run {tracking['run_id']} in experiment {tracking['experiment']!r} "
+                f"({settings.source})"
+            )
+        return run_training(config, work_dir=work_dir, progress=not args.quiet, tracking=tracking)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.train_job import RunStopped, run_training
+    from pipelines.sweep import run_is_finished
+    from pipelines.train_job import RunStopped
     from sparling.runs import RunFolder
 
     config = _load_run_config(args.config, args.set)
+    work_dir = Path(args.work_dir).resolve()
+    settings = tracking_settings(args, work_dir)
+    folder = RunFolder.for_config(config, work_dir)
     print(
         f"run {config.run_id()}  ({config.domain.name}, {config.model.preset} preset, "
         f"{config.bottleneck.name}, seed {config.seed})"
     )
+    experiment = None
+    if settings is not None:
+        experiment = args.experiment or settings.experiment_for(domain=config.domain.name)
+    elif args.experiment:
+        raise UsageError("--experiment names where to track; --no-tracking tracks nothing")
+    if args.dry_run:
+        from sparling.datasets import check_domain
+
+        check_domain(config)  # what the real run checks first (e.g. a recordings folder)
+        result = folder.read_result()
+        state = (
+            "finished and evaluated"
+            if run_is_finished(config, work_dir)
+            else f"trained ({result['status']}, {result['samples']} samples)"
+            if result
+            else "resumes from its last checkpoint"
+            if folder.has_checkpoint()
+            else "to train"
+        )
+        print(f"  {state}: {folder.path}")
+        print(
+            tracking_line(settings, str(experiment))
+            if settings is not None
+            else "MLflow: not tracked (--no-tracking)"
+        )
+        return 0
+    if settings is not None:
+        # what the run refuses before it writes anything, refused before the MLflow run
+        # (and a local store) is made for it
+        from pipelines.ray_env import refuse_unavailable_gpus
+        from sparling.datasets import check_domain
+        from sparling.runs import resolve_init_from
+
+        refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
+        check_domain(config)
+        if config.init_from:
+            resolve_init_from(config.init_from, folder.path)
+        folder.write_config(config)  # what the run writes first: a read-only work dir said
     try:
-        result = run_training(config, work_dir=Path(args.work_dir), progress=not args.quiet)
+        result = _train_tracked(args, config, work_dir, settings, experiment)
     except RunStopped as stopped:  # SIGTERM/SIGINT: checkpointed, resumable; not an error
         print(stopped, file=sys.stderr)
         return stopped.exit_code
@@ -150,17 +251,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from sparling.export import export_model
+    from sparling.runs import RunFolder, select_checkpoint
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, got {out}")
+    checkpoint = select_checkpoint(Path(args.path), args.density)
+    run = RunFolder.of_checkpoint(checkpoint)
+    in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
+    settings = None
+    if in_run:
+        settings = tracking_settings(args, run.work_dir)  # bad settings: said before writing
+    elif args.mlflow_config:
+        raise UsageError(
+            "--mlflow-config applies to a run in its work dir (a checkpoint copied out of "
+            "one is tracked nowhere)"
+        )
     meta = export_model(Path(args.path), out, density=args.density)
     print(
         f"exported {meta['checkpoint']} of run {meta['run_id']} (density "
         f"{float(meta['density']):.3e}, {meta['samples']} training samples) to {out} "
         f"({out.stat().st_size / 1e6:.1f} MB)"
     )
+    if settings is not None:
+        print(_log_export(settings, run, out))
     return 0
+
+
+def _log_export(settings: Any, run: Any, out: Path) -> str:
+    """The exported file as the logged model of each MLflow run of its run, where the run's
+    work dir is tracked; what to print about it."""
+    from pipelines.sync import log_model
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.metrics import METRICS
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import missing_local_store
+
+    if missing_local_store(settings) is not None:
+        return f"MLflow: not logged (nothing is tracked in {run.work_dir})"
+    test = [m for m in METRICS if m.startswith("test/")]
+    with tracking_uri(settings) as uri:
+        tracker = Tracker(uri)
+        runs = [r.info.run_id for r in tracker.runs_of(run.run_id)]
+        models = [log_model(tracker, r, run, export=out, link_metrics=test) for r in runs]
+    if not runs:
+        return f"MLflow: not logged (run {run.run_id} is not tracked there)"
+    return "MLflow: logged model(s) " + ", ".join(
+        f"{m} of run {r}" for m, r in zip(models, runs, strict=True)
+    )
 
 
 def _print_evaluation(result: Any, where: str, out: Path, as_json: bool) -> None:
@@ -219,6 +357,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = load_config(checkpoint / CONFIG_FILE)
     run = RunFolder.of_checkpoint(checkpoint)
     in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
+    settings = None
+    if in_run:
+        settings = tracking_settings(args, run.work_dir)  # said before any data is made
+    elif args.mlflow_config:
+        raise UsageError(
+            "--mlflow-config applies to a run in its work dir (a checkpoint copied out of "
+            "one is tracked nowhere)"
+        )
     if args.out:
         out = Path(args.out)
     elif in_run:
@@ -244,6 +390,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         checkpoint, test, samples=args.samples, out_dir=out, device=args.device
     )
     _print_evaluation(result, f"checkpoint {checkpoint}", out, args.json)
+    if settings is not None:
+        from pipelines.sync import log_evaluation
+
+        logged = log_evaluation(settings, config, result.metrics, out, checkpoint.name)
+        if logged is None:
+            where = f"MLflow: not logged (nothing is tracked in {run.work_dir})"
+        elif not logged:
+            where = f"MLflow: not logged (run {config.run_id()} is not tracked there)"
+        else:
+            where = f"MLflow: logged to run(s) {', '.join(logged)}"
+        print(where, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -269,7 +426,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "non-sparse, 2 seeds), run as parallel Ray Train jobs, tracked in MLflow, then the "
         "comparison table. `sparling ui` opens the runs in the MLflow UI afterwards."
     )
-    return main(["sweep", "quickstart", "--work-dir", args.work_dir])
+    named = ["--mlflow-config", args.mlflow_config] if args.mlflow_config else []
+    return main(["sweep", "quickstart", "--work-dir", args.work_dir, *named])
 
 
 # -- sweeps ----------------------------------------------------------------------------------
@@ -335,48 +493,93 @@ def _sweep_overrides(args: argparse.Namespace) -> Any:
     )
 
 
+def parse_rerun(text: str | None) -> set[str]:
+    """``--rerun``: comma-separated kinds of finished runs to train again (``changed``)."""
+    from pipelines.sweep import RERUN_KINDS
+
+    if text is None:
+        return set()
+    kinds = {k.strip() for k in text.split(",")}
+    unknown = sorted(kinds - set(RERUN_KINDS))
+    if unknown or not text.strip():
+        accepted = "; ".join(f"{k} ({what})" for k, what in RERUN_KINDS.items())
+        raise UsageError(
+            f"--rerun {text!r}: unknown {unknown[0]!r}; accepted: {accepted}"
+            if unknown
+            else f"--rerun expects one of: {accepted}"
+        )
+    return kinds
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.plan import describe, load_sweep
-    from pipelines.sweep import check_runs_can_start, run_is_finished, run_sweep
+    from pipelines.sweep import changed_code, check_runs_can_start, run_is_finished, run_sweep
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import missing_local_store
 
     local = _local_options(args)
     overrides = _sweep_overrides(args)
+    rerun_kinds = parse_rerun(args.rerun)
+    if rerun_kinds and args.no_tracking:
+        raise UsageError(
+            "--rerun changed compares the commit each run's MLflow runs record; "
+            "--no-tracking reads none"
+        )
     sweep = load_sweep(_resolve_sweep_file(args.file), overrides)
     work_dir = Path(args.work_dir).resolve()
-    if args.dry_run:
-        done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
-        # what the real run checks before its first step (e.g. a recordings folder)
-        check_runs_can_start([r for r in sweep.runs if r.key not in done])
-        print(describe(sweep, done))
-        return 0
-    print(describe(sweep, {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}))
-    summary = run_sweep(
-        sweep,
-        work_dir,
-        progress=not args.quiet,
-        track=not args.no_tracking,
-        executor=args.executor,
-        local=local,
+    settings = tracking_settings(args, work_dir)
+    where = (
+        tracking_line(settings, settings.experiment_for(sweep=sweep.name))
+        if settings is not None
+        else "MLflow: not tracked (--no-tracking)"
     )
-    print(summary.table())
-    if args.pack:
-        from pipelines.executors.local import pack
-        from sparling.runs import RunFolder
+    done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
+    with contextlib.ExitStack() as stack:
+        if settings is not None and missing_local_store(settings) is None:
+            # one server for the whole command (read the commits, run, report)
+            stack.enter_context(tracking_uri(settings))
+        changed = changed_code(settings, done) if settings is not None else {}
+        rerun = {k: f"code changed {why}" for k, why in changed.items()} if rerun_kinds else {}
+        if args.dry_run:
+            # what the real run checks before its first step (e.g. a recordings folder)
+            check_runs_can_start([r for r in sweep.runs if r.key not in done - set(rerun)])
+            print(describe(sweep, done, changed, rerun))
+            print(where)
+            return 0
+        print(describe(sweep, done, changed, rerun))
+        print(where)
+        summary = run_sweep(
+            sweep,
+            work_dir,
+            progress=not args.quiet,
+            track=settings is not None,
+            executor=args.executor,
+            local=local,
+            settings=settings,
+            rerun=rerun,
+        )
+        print(summary.table())
+        if args.pack:
+            from pipelines.executors.local import pack
+            from sparling.runs import RunFolder
 
-        pack(args.pack, [RunFolder.for_config(r.config, work_dir).path for r in sweep.runs])
-    if not args.no_tracking and not args.no_report:
-        print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex")))
+            pack(args.pack, [RunFolder.for_config(r.config, work_dir).path for r in sweep.runs])
+        if settings is not None and not args.no_report:
+            print(_report_text(sweep.name, work_dir, None, ("md", "csv", "tex"), settings))
     return 1 if summary.failed else 0
 
 
 def _report_text(
-    sweep_name: str, work_dir: Path, out: Path | None, formats: tuple[str, ...]
+    sweep_name: str,
+    work_dir: Path,
+    out: Path | None,
+    formats: tuple[str, ...],
+    settings: Any,
 ) -> str:
     from pipelines.report import report_command
     from pipelines.tracking.server import tracking_uri
-    from pipelines.tracking.settings import load_settings, missing_local_store
+    from pipelines.tracking.settings import missing_local_store
 
-    settings = load_settings(work_dir)
     if (store := missing_local_store(settings)) is not None:
         raise UsageError(
             f"no MLflow tracking store at {store}: nothing was tracked with --work-dir "
@@ -397,14 +600,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
         name = load_sweep(_resolve_sweep_file(name)).name
     formats = tuple(args.format) if args.format else ("md", "csv", "tex")
     out = Path(args.out) if args.out else None
-    print(_report_text(name, Path(args.work_dir).resolve(), out, formats))
+    work_dir = Path(args.work_dir).resolve()
+    settings = tracking_settings(args, work_dir)
+    print(_report_text(name, work_dir, out, formats, settings))
     return 0
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from pipelines.ui import run_ui
 
-    run_ui(Path(args.work_dir).resolve(), port=args.port)
+    named = Path(args.mlflow_config) if args.mlflow_config else None
+    run_ui(Path(args.work_dir).resolve(), port=args.port, settings_path=named)
     return 0
 
 
@@ -441,6 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
     work_dir = default_work_dir()
     work_help = f"default: ${WORK_DIR_ENV}, else {DEFAULT_WORK_DIR} (now {work_dir})"
 
+    def mlflow_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--mlflow-config",
+            metavar="FILE",
+            help="MLflow settings file (default: $SPARLING_MLFLOW_CONFIG, else the first "
+            "mlflow.yaml in the work dir, next to it, or in the current folder)",
+        )
+
     data = sub.add_parser("data", help="generate or fetch datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
@@ -465,6 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument(
         "--url", help="another source for the archive (e.g. file:// of a copy fetched elsewhere)"
     )
+    fetch.add_argument(
+        "--sha256",
+        metavar="HEX",
+        help="the checksum the recordings must have instead of the pinned one "
+        "(pipelines/fetch.py, content_sha256)",
+    )
     fetch.set_defaults(func=_cmd_data_fetch)
 
     train = sub.add_parser("train", help="run one training run as a Ray Train job")
@@ -476,6 +696,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir", default=work_dir, help=f"datasets, runs, Ray storage; {work_help}"
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the run's id, state and where it is tracked; run nothing",
+    )
+    train.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    train.add_argument(
+        "--experiment",
+        metavar="NAME",
+        help="the MLflow experiment (default: the settings' experiment_name with no sweep, "
+        "e.g. sparling; a sweep's experiment makes the run that sweep's when it plans it)",
+    )
+    mlflow_config(train)
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser(
@@ -499,12 +732,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--work-dir", default=work_dir, help=f"exported models: report folder; {work_help}"
     )
+    ev.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not log the results to the run's MLflow runs (logged where it is tracked)",
+    )
+    mlflow_config(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
     ex = sub.add_parser("export", help="write a run's model as one safetensors file")
     ex.add_argument("path", help="a run folder (sparling-work/runs/ID) or a checkpoint folder")
     ex.add_argument("--density", type=float, help="the run's checkpoint at this density")
     ex.add_argument("--out", required=True, help="the file to write (.safetensors)")
+    ex.add_argument(
+        "--no-tracking",
+        action="store_true",
+        help="do not log the file as the logged model of the run's MLflow runs",
+    )
+    mlflow_config(ex)
     ex.set_defaults(func=_cmd_export)
 
     sw = sub.add_parser("sweep", help="run a sweep: methods x seeds x fields, tracked in MLflow")
@@ -534,6 +779,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no live progress display")
     sw.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     sw.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    sw.add_argument(
+        "--rerun",
+        metavar="KIND",
+        help="train again finished runs of this kind instead of reusing them: changed (those "
+        "whose code changed since they finished, by the git commit their MLflow runs record; "
+        "the dry run lists them); their folders are kept under <work-dir>/superseded/",
+    )
+    mlflow_config(sw)
     sw.add_argument(
         "--executor",
         choices=["ray", "local"],
@@ -567,15 +820,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", action="append", choices=["md", "csv", "tex"])
     rep.add_argument("--out", help="output folder (default: <work-dir>/reports/<sweep>)")
     rep.add_argument("--work-dir", default=work_dir, help=work_help)
+    mlflow_config(rep)
     rep.set_defaults(func=_cmd_report)
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, help="port (default: a free one, or the running server's)")
     ui.add_argument("--work-dir", default=work_dir, help=work_help)
+    mlflow_config(ui)
     ui.set_defaults(func=_cmd_ui)
 
     demo = sub.add_parser("demo", help="the end-to-end demo: the quickstart sweep and its report")
     demo.add_argument("--work-dir", default=work_dir, help=work_help)
+    mlflow_config(demo)
     demo.add_argument(
         "--showcase-samples",
         type=int,

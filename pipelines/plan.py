@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -551,15 +552,34 @@ def plan_document(sweep: Sweep) -> dict[str, Any]:
     }
 
 
-def describe(sweep: Sweep, done: set[str] | None = None) -> str:
-    """The plan as a table: one line per run with its hash (and whether it already finished)."""
+def describe(
+    sweep: Sweep,
+    done: set[str] | None = None,
+    changed: Mapping[str, str] | None = None,
+    rerun: Collection[str] = (),
+) -> str:
+    """The plan as a table: one line per run with its hash and whether it already finished;
+    ``changed``: finished runs whose code changed since (key -> how), said on their line,
+    and reused unless in ``rerun`` (then trained again)."""
     done = done or set()
+    changed = changed or {}
     lines = [f"sweep {sweep.name!r}: {len(sweep.runs)} runs ({sweep.source})"]
     width = max(len(r.name) for r in sweep.runs)
     for r in sweep.runs:
-        state = "done" if r.key in done else "to run"
+        if r.key in rerun:
+            state = f"to rerun: code changed ({changed.get(r.key, '?')})"
+        elif r.key in changed and r.key in done:
+            state = f"done, code changed since ({changed[r.key]})"
+        else:
+            state = "done" if r.key in done else "to run"
         after = f"  (after {r.after})" if r.after else ""
         lines.append(f"  {r.key}  {r.name:<{width}}  {state}{after}")
+    reused = [k for k in changed if k in done and k not in rerun]
+    if reused:
+        lines.append(
+            f"{len(reused)} finished run(s) trained by code that has changed since are reused; "
+            "--rerun changed trains them again"
+        )
     return "\n".join(lines)
 
 

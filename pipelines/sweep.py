@@ -20,10 +20,12 @@ A failed run does not stop the others.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.executors import make_executor
 from pipelines.executors.base import RunOutcome
@@ -31,6 +33,11 @@ from pipelines.executors.local import LocalOptions
 from pipelines.plan import PlannedRun, Sweep
 from pipelines.sync import tracking_context
 from sparling.runs import RunFolder
+
+if TYPE_CHECKING:
+    from pipelines.tracking.settings import TrackingSettings
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +81,55 @@ def check_runs_can_start(runs: list[PlannedRun]) -> None:
             check_domain(run.config)
 
 
+#: ``--rerun`` values: which finished runs to train again.
+RERUN_KINDS = {"changed": "the finished runs whose code changed since they finished"}
+#: Where a run's folder goes when it is trained again (nothing of it is deleted).
+SUPERSEDED_DIR = "superseded"
+
+
+def changed_code(settings: Any, keys: Collection[str]) -> dict[str, str]:
+    """Of the runs ``keys`` (finished), those trained by code that has changed since: run
+    key -> how (the files of :data:`~pipelines.tracking.tags.CODE_PATHS` that differ
+    between the commit their MLflow runs record and the code of now). Empty where nothing
+    is tracked yet, or this is no git checkout (nothing to compare with)."""
+    from pipelines.sync import trained_commits
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import missing_local_store
+    from pipelines.tracking.tags import code_changes, git_commit
+
+    if not keys or missing_local_store(settings) is not None or git_commit() == "unknown":
+        return {}
+    with tracking_uri(settings) as uri:
+        commits = trained_commits(Tracker(uri), keys)
+    out: dict[str, str] = {}
+    for key, commit in commits.items():
+        files = code_changes(commit)
+        if files is None:
+            out[key] = f"trained at commit {commit[:12]}, which this checkout does not have"
+        elif files:
+            more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+            out[key] = f"since commit {commit[:12]}: {', '.join(files[:3])}{more}"
+    return out
+
+
+def set_aside(folder: RunFolder, why: str) -> Path:
+    """Move a run folder out of the way of the run trained again in its place, to
+    ``<work_dir>/superseded/<run id>-<n>/`` (with ``superseded.txt`` saying why);
+    returns where."""
+    import os
+
+    root = folder.work_dir / SUPERSEDED_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while (root / f"{folder.run_id}-{n}").exists():
+        n += 1
+    target = root / f"{folder.run_id}-{n}"
+    os.replace(folder.path, target)
+    (target / "superseded.txt").write_text(why + "\n")
+    return target
+
+
 def run_is_finished(config: Any, work_dir: Path) -> bool:
     folder = RunFolder.for_config(config, work_dir)
     return bool(folder.read_result()) and folder.evaluation_path.is_file()
@@ -87,15 +143,30 @@ def run_sweep(
     track: bool = True,
     executor: str = "ray",
     local: LocalOptions | None = None,
+    settings: TrackingSettings | None = None,
+    rerun: Mapping[str, str] | None = None,
 ) -> SweepSummary:
     """Run every run of ``sweep`` that is not finished yet; returns the outcome of each.
 
     ``executor``: ``ray`` (one Ray Train job per run, on the local instance or the cluster
     ``RAY_ADDRESS`` names) or ``local`` (processes on this machine, no Ray; ``local``
-    says how many at once, with how many threads, on which device, until when)."""
+    says how many at once, with how many threads, on which device, until when).
+    ``settings``: where to track (default: the work dir's tracking settings). ``rerun``:
+    run key -> why, for finished runs to train again from scratch: each one's folder is
+    set aside (:func:`set_aside`) and its MLflow runs superseded."""
     runner = make_executor(executor, local)
     t0 = time.monotonic()
     work_dir = Path(work_dir).resolve()
+    planned = {r.key: r for r in sweep.runs}
+    for key, why in (rerun or {}).items():
+        folder = RunFolder.for_config(planned[key].config, work_dir)
+        if folder.path.exists():
+            _log.info(
+                "run %s: trained again (%s); its folder kept in %s",
+                key,
+                why,
+                set_aside(folder, why),
+            )
     todo: list[PlannedRun] = []
     outcomes: dict[str, RunOutcome] = {}
     for run in sweep.runs:
@@ -111,7 +182,7 @@ def run_sweep(
         parent: str | None = None
         if track:
             tracking, parent = stack.enter_context(
-                tracking_context(sweep, work_dir, todo, outcomes)
+                tracking_context(sweep, work_dir, todo, outcomes, settings, rerun)
             )
         if todo:
             runner.execute(todo, work_dir, tracking, outcomes, progress=progress)

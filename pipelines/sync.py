@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +29,17 @@ from pipelines.tracking.metrics import (
     TRAIN_GRAD_NORM,
     TRAIN_LOSS,
     TRAIN_LR,
+    evaluation_metrics,
     mlflow_metrics,
 )
 from pipelines.tracking.tags import (
     STATUS_FAILED,
     STATUS_FINISHED,
+    STATUS_RUNNING,
+    TAG_COMMIT,
     TAG_FAILURE,
     TAG_STATUS,
+    TRAINING_TAGS,
     child_tags,
     parent_tags,
 )
@@ -43,6 +47,8 @@ from sparling.runs import CHECKPOINTS_DIR, EVALUATION_DIR, RunFolder
 
 if TYPE_CHECKING:
     from pipelines.tracking.logger import MetricLogger
+    from pipelines.tracking.settings import TrackingSettings
+    from sparling.config import RunConfig
 
 
 @contextlib.contextmanager
@@ -51,8 +57,15 @@ def tracking_context(
     work_dir: Path,
     todo: list[PlannedRun],
     outcomes: Mapping[str, Any] | None = None,
+    settings: TrackingSettings | None = None,
+    superseded: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[dict[str, Any], str]]:
     """The tracking server (started or reused), the sweep's parent run and each run's child.
+
+    ``settings``: where to track (default: :func:`~pipelines.tracking.settings.load_settings`
+    of ``work_dir``). ``superseded``: run key -> why, for runs trained again from scratch
+    (``--rerun changed``): their MLflow runs are set aside first
+    (:meth:`~pipelines.tracking.finder.Tracker.supersede`), so that each gets a new child.
 
     Yields ``({"uri": ..., "runs": {run key: child id for each run of todo}, "options":
     what the workers log besides validations (:meth:`TrackingSettings.run_options`)},
@@ -66,7 +79,7 @@ def tracking_context(
     from pipelines.tracking.settings import load_settings
     from pipelines.tracking.tags import environment_tags
 
-    settings = load_settings(work_dir)
+    settings = settings or load_settings(work_dir)
     with tracking_uri(settings) as uri:
         tracker = Tracker(uri)
         experiment = tracker.experiment(
@@ -76,6 +89,8 @@ def tracking_context(
             experiment, sweep.name, parent_tags(len(sweep.runs), sweep.swept_fields, sweep.source)
         )
         log_sweep_files(tracker, parent, sweep)
+        for key, reason in (superseded or {}).items():
+            tracker.supersede(key, reason)
         # Children a killed driver left RUNNING: mark them KILLED; they resume below.
         tracker.mark_stale(parent, keep=set())
         # Runs of earlier configs under the names planned now: kept, left out of reports.
@@ -97,7 +112,8 @@ def tracking_context(
                 saved = folder.read_evaluation() or {}
                 log_run_results(tracker, child_id, run, work_dir, saved)
         for run in todo:
-            runs[run.key] = _child(tracker, experiment, parent, run, env, work_dir)
+            trains = RunFolder.for_config(run.config, work_dir).read_result() is None
+            runs[run.key] = _child(tracker, experiment, parent, run, env, work_dir, trains)
         tracker.set_status(parent, "RUNNING")
         try:
             yield {"uri": uri, "runs": runs, "options": settings.run_options()}, parent
@@ -148,10 +164,12 @@ def _child(
     run: PlannedRun,
     env: dict[str, str],
     work_dir: Path,
+    trains: bool = False,
 ) -> str:
     """Find or create the run's MLflow child under the sweep's parent; a new one gets the
     resolved config as ``config.json`` at once (the run folder's copy follows at the end)
-    and its datasets as inputs."""
+    and its datasets as inputs. ``trains``: the run is about to train (resume), so an
+    existing child records the code of now as what trained it."""
     config = run.config
     run_id, existed = tracker.child_run(
         experiment,
@@ -164,7 +182,24 @@ def _child(
     if not existed:
         tracker.log_text(run_id, config.to_json(), CONFIG_ARTIFACT)
         log_datasets(tracker, run_id, run, work_dir)
+    elif trains:
+        tracker.set_tags(run_id, {k: v for k, v in env.items() if k in TRAINING_TAGS})
     return str(run_id)
+
+
+def trained_commits(tracker: Any, keys: Iterable[str]) -> dict[str, str]:
+    """Run key -> the git commit of the code that trained it, as its MLflow runs record it
+    (``sparling.git_commit``; of the newest run of the key that has one); keys without one
+    are left out."""
+    out: dict[str, str] = {}
+    for key in keys:
+        runs = [
+            r for r in tracker.runs_of(key) if r.data.tags.get(TAG_COMMIT, "unknown") != "unknown"
+        ]
+        if runs:
+            newest = max(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+            out[key] = newest.data.tags[TAG_COMMIT]
+    return out
 
 
 def log_datasets(tracker: Any, mlflow_run: str, run: PlannedRun, work_dir: Path) -> None:
@@ -193,11 +228,165 @@ def log_run_results(
     step = int(metrics["test_checkpoint_samples"])
     tracker.log_metrics(mlflow_run, mlflow_metrics(metrics), step)
     tracker.log_artifacts(mlflow_run, folder.evaluation_dir, EVALUATION_DIR)
+    # the evaluated checkpoint, exported, as the run's logged model with its test metrics
+    # (not for a run folder brought back without its checkpoints, `--pack`)
+    if _has_model(folder):
+        log_model(tracker, mlflow_run, folder, link_metrics=list(mlflow_metrics(metrics)))
+    log_training_results(tracker, mlflow_run, folder)
+
+
+def _has_model(folder: RunFolder) -> bool:
+    """Whether the run folder holds the checkpoint :func:`log_model` exports by default."""
+    if not folder.has_checkpoints():
+        return False
+    try:
+        return folder.has_checkpoint(folder.select_checkpoint().name)
+    except (OSError, ValueError):
+        return False
+
+
+def log_model(
+    tracker: Any,
+    mlflow_run: str,
+    folder: RunFolder,
+    *,
+    density: float | None = None,
+    export: Path | None = None,
+    link_metrics: Collection[str] = (),
+) -> str:
+    """The run's model (its checkpoint at ``density``, chosen as ``sparling export`` does;
+    or the file ``export`` already written) as the logged model of its MLflow run
+    (:mod:`pipelines.tracking.models`); its points of ``link_metrics`` at the checkpoint's
+    step linked to it with the test dataset. Returns the model's id."""
+    import tempfile
+
+    from pipelines.tracking.datasets import run_dataset_inputs
+    from pipelines.tracking.models import log_exported_model
+    from sparling.export import export_model, read_export_metadata
+
+    config = folder.read_config()
+    test = [
+        i.dataset
+        for i in run_dataset_inputs(config, folder.work_dir)
+        if {t.key: t.value for t in i.tags}.get("mlflow.data.context") == "test"
+    ]
+    dataset = (test[0].name, test[0].digest) if test else None
+    with tempfile.TemporaryDirectory(prefix="sparling-export-") as tmp:
+        if export is None:
+            export = Path(tmp) / "model.safetensors"
+            export_model(folder.path, export, density=density)
+        model_id, _ = log_exported_model(
+            tracker.client,
+            mlflow_run,
+            export,
+            read_export_metadata(export),
+            link_metrics=link_metrics,
+            dataset=dataset,
+        )
+    return model_id
+
+
+def log_training_results(tracker: Any, mlflow_run: str, folder: RunFolder) -> None:
+    """A trained run's config and density checkpoints into its MLflow run, then the run
+    ``finished`` and FINISHED."""
     tracker.log_artifact(mlflow_run, folder.config_path)
     for ckpt in folder.density_checkpoint_folders():
         tracker.log_artifacts(mlflow_run, ckpt, f"{CHECKPOINTS_DIR}/{ckpt.name}")
     tracker.set_tags(mlflow_run, {TAG_STATUS: STATUS_FINISHED})
     tracker.set_terminated(mlflow_run, "FINISHED")
+
+
+@contextlib.contextmanager
+def standalone_tracking(
+    config: RunConfig,
+    work_dir: Path,
+    settings: TrackingSettings,
+    *,
+    experiment: str | None = None,
+    source: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The MLflow run of one run trained alone (``sparling train``), for the block.
+
+    The run is the one of the config's key in ``experiment`` (default: the settings'
+    experiment for the domain and no sweep, ``sparling``), found again or created with the
+    tags, params, config and dataset inputs a sweep gives its children
+    (:meth:`~pipelines.tracking.finder.Tracker.standalone_run`), so that a sweep planning
+    the same config finds it. Yields the worker's tracking dict (``{"uri", "run_id"}`` and
+    the options) with ``"experiment"``, the experiment's name. When the block ends, the
+    run's config and density checkpoints are logged and it is FINISHED; an error ends it
+    FAILED with the reason, an interruption KILLED (it resumes)."""
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.tags import environment_tags, run_name
+
+    run = PlannedRun(config=config, method=config.bottleneck.name, seed=config.seed)
+    folder = RunFolder.for_config(config, work_dir)
+    name = experiment or settings.experiment_for(domain=config.domain.name)
+    with tracking_uri(settings) as uri:
+        tracker = Tracker(uri)
+        experiment_id = tracker.experiment(name, settings.experiment_artifact_location)
+        env = environment_tags(source=source)
+        tags = child_tags(run.key, run.method, config.domain.name, run.seed, {})
+        mlflow_run, existed = tracker.standalone_run(
+            experiment_id, run.key, run_name(run.method, run.seed), config.flat(), {**env, **tags}
+        )
+        if existed and folder.read_result() is None:  # trained on by the code of now
+            tracker.set_tags(mlflow_run, {k: v for k, v in env.items() if k in TRAINING_TAGS})
+        if existed:
+            tracker.set_tags(mlflow_run, {TAG_STATUS: STATUS_RUNNING})
+        else:
+            tracker.log_text(mlflow_run, config.to_json(), CONFIG_ARTIFACT)
+        log_datasets(tracker, mlflow_run, run, work_dir)
+        if folder.spool_path.is_file():  # points an interrupted attempt did not send
+            send_spool(uri, mlflow_run, folder)
+        tracker.set_status(mlflow_run, "RUNNING")
+        try:
+            yield {
+                **settings.run_options(),
+                "uri": uri,
+                "run_id": mlflow_run,
+                "experiment": name,
+            }
+        except BaseException as e:
+            from pipelines.train_job import RunStopped
+
+            # Ctrl-C, or SIGTERM/SIGINT checkpointed by the workers: KILLED, it resumes
+            interrupted = isinstance(e, (KeyboardInterrupt, SystemExit, RunStopped))
+            end_child(tracker, mlflow_run, "stopped" if interrupted else "failed", str(e)[:500])
+            raise
+        if folder.spool_path.is_file():
+            send_spool(uri, mlflow_run, folder)
+        log_training_results(tracker, mlflow_run, folder)
+
+
+def log_evaluation(
+    settings: TrackingSettings,
+    config: RunConfig,
+    metrics: Mapping[str, float],
+    out_dir: Path,
+    checkpoint: str,
+) -> list[str] | None:
+    """An evaluation of a run's checkpoint (``sparling evaluate``) into every MLflow run of
+    the run's key (a run trained alone, a sweep's children): its ``metrics``
+    (:class:`sparling.evaluate.Evaluation`'s) as the ``eval/`` metrics at the step of the
+    checkpoint's samples (``test/`` stays the run's own evaluation, which the report
+    reads), the report folder ``out_dir`` as the artifacts ``evaluation/<checkpoint>/``.
+    Returns the MLflow runs logged to; ``None`` when nothing is tracked where the settings
+    point (no local store: none is made)."""
+    from pipelines.tracking.finder import Tracker
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import missing_local_store
+
+    if missing_local_store(settings) is not None:
+        return None
+    with tracking_uri(settings) as uri:
+        tracker = Tracker(uri)
+        runs = [r.info.run_id for r in tracker.runs_of(config.run_id())]
+        step = int(metrics["checkpoint_samples"])
+        for mlflow_run in runs:
+            tracker.log_metrics(mlflow_run, evaluation_metrics(metrics), step)
+            tracker.log_artifacts(mlflow_run, out_dir, f"{EVALUATION_DIR}/{checkpoint}")
+    return runs
 
 
 def end_child(tracker: Any, child: str, status: str, reason: str) -> None:

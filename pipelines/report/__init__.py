@@ -48,7 +48,7 @@ from typing import Any
 from pipelines.report.collect import STATUSES as STATUSES
 from pipelines.report.collect import _param as _param
 from pipelines.report.collect import log_folder, log_table_file, read_sweep
-from pipelines.report.frame import records_frame, runs_frame
+from pipelines.report.frame import records_frame, runs_frame, sweep_frame
 from pipelines.report.plots import _plots
 from pipelines.report.records import ERRORS as ERRORS
 from pipelines.report.records import LABEL, SUMMARY, Report
@@ -63,7 +63,7 @@ from pipelines.report.records import Table as Table
 from pipelines.report.stats import BOOTSTRAP_SEED as BOOTSTRAP_SEED
 from pipelines.report.stats import CONFIDENCE as CONFIDENCE
 from pipelines.report.stats import N_RESAMPLES as N_RESAMPLES
-from pipelines.report.stats import _balanced, _curve, _group
+from pipelines.report.stats import _balanced, _curve, _group, groups_of
 from pipelines.report.stats import _summarise as _summarise
 from pipelines.report.tables import _tables, format_main_table
 from pipelines.report.writers import (
@@ -128,8 +128,10 @@ def build_report(
     notes: list[str] = []
     sweep = read_sweep(tracking_uri, experiment, sweep_name, notes)
     fields, runs = sweep.swept_fields, sweep.runs
+    # the runs as runs_frame gives them: the groups and the tables are made from it
+    frame = sweep_frame(sweep, sweep_name, experiment, notes)
 
-    groups = _group(runs, fields)
+    groups = groups_of(frame, runs, fields)
     report = Report(
         tracking_uri=tracking_uri,
         experiment=experiment,
@@ -143,6 +145,7 @@ def build_report(
         counts=sweep.counts,
         out_dir=out_dir,
         notes=notes,
+        frame=frame,
     )
     for g in groups:
         for m in SUMMARY:

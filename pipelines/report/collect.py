@@ -44,7 +44,7 @@ from pipelines.tracking.tags import (
     TAG_RUN_ID,
     TAG_SEED,
     TAG_STATUS,
-    TAG_SUPERSEDED,
+    TAG_SUPERSEDED_BY,
     TAG_SWEPT,
     TAG_SWEPT_FIELDS,
 )
@@ -300,11 +300,11 @@ def read_sweep(tracking_uri: str, experiment: str, sweep_name: str, notes: list[
 
     children = _search_all(client, experiment_id, f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
     runs_only = [run for run in children if run.data.tags.get(TAG_KIND, "run") == "run"]
-    current = [run for run in runs_only if TAG_SUPERSEDED not in run.data.tags]
+    current = [run for run in runs_only if TAG_SUPERSEDED_BY not in run.data.tags]
     if len(current) < len(runs_only):
         notes.append(
             f"{len(runs_only) - len(current)} runs of earlier configs of this sweep's runs "
-            f"(tag {TAG_SUPERSEDED}) left out."
+            f"(tag {TAG_SUPERSEDED_BY}) left out."
         )
     records = [_record(client, run, fields, notes) for run in current]
     runs = sorted(_deduplicate(records, notes), key=_run_key)

@@ -11,25 +11,34 @@ order), read back from MLflow like the report (:func:`~pipelines.report.collect.
 
 Columns: ``run_id`` (the config hash), ``mlflow_run_id``, ``method``, ``domain``,
 ``seed``, ``status`` (``finished``, ``failed``, ``running``), ``failure``, ``start_time``
-(a UTC timestamp), then ``config.<field>`` for every field of the resolved run config
-(its value, not MLflow's text: ``config.schedule.delta_update`` is a float), then
+(a UTC timestamp), then ``swept.<field>`` for each swept field (the value the report
+groups the run by), ``config.<field>`` for every field of the resolved run config (its
+value, not MLflow's text: ``config.schedule.delta_update`` is a float), then
 ``metrics.<name>`` for every metric (the latest value, under the current names of
 :mod:`pipelines.tracking.metrics`, so runs tracked under the older names line up), then
 ``tags.<key>``. ``df.attrs`` holds ``sweep``, ``experiment``, ``parent_run_id``,
 ``swept_fields``, ``counts`` (expected, present, finished, failed, running, missing) and
 ``notes`` (what the report would say about the runs read).
+
+The report is made from this very frame (:func:`sweep_frame`): its groups and their
+statistics (:func:`pipelines.report.stats.groups_of`) and its per-seed table read these
+columns, so a notebook's ``groupby`` and the report's tables cannot disagree.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.report.records import RunRecord
+from pipelines.tracking.metrics import canonical_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from pipelines.report.collect import Sweep
 
 #: The columns every frame starts with, in order.
 RUN_COLUMNS = (
@@ -44,13 +53,14 @@ RUN_COLUMNS = (
 )
 
 
-def records_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
+def records_frame(runs: Sequence[RunRecord], swept_fields: Sequence[str] = ()) -> pd.DataFrame:
     """Run records (:class:`~pipelines.report.records.RunRecord`) as a DataFrame with the
-    columns described in :mod:`pipelines.report.frame`; no MLflow needed."""
+    columns described in :mod:`pipelines.report.frame` (``swept.<field>`` for each of
+    ``swept_fields``), one row per record in their order; no MLflow needed."""
     import pandas as pd
 
     config = sorted({k for r in runs for k in r.params})
-    metrics = sorted({k for r in runs for k in r.metrics})
+    metrics = sorted({k for r in runs for k in canonical_metrics(r.metrics)})
     tags = sorted({k for r in runs for k in r.tags})
     rows: list[dict[str, Any]] = []
     for r in runs:
@@ -76,7 +86,46 @@ def records_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
     ]
     frame = pd.DataFrame(rows, columns=columns)
     frame["seed"] = frame["seed"].astype("Int64")  # a run without a seed tag: <NA>
+    # the swept values as they are (objects: no int made float, no missing one made NaN)
+    swept = {
+        f"swept.{f}": pd.Series([r.swept.get(f) for r in runs], index=frame.index, dtype=object)
+        for f in swept_fields
+    }
+    position = len(RUN_COLUMNS)
+    for i, (name, values) in enumerate(swept.items()):
+        frame.insert(position + i, name, values)
     return frame
+
+
+def sweep_frame(sweep: Sweep, name: str, experiment: str, notes: Sequence[str]) -> pd.DataFrame:
+    """A sweep read back from MLflow (:func:`~pipelines.report.collect.read_sweep`) as its
+    frame: :func:`records_frame` of its runs with the sweep's facts in ``attrs``."""
+    frame = records_frame(sweep.runs, sweep.swept_fields)
+    c = sweep.counts
+    frame.attrs.update(
+        sweep=name,
+        experiment=experiment,
+        parent_run_id=sweep.parent_run_id,
+        swept_fields=list(sweep.swept_fields),
+        counts={
+            "expected": c.expected,
+            "present": c.present,
+            "finished": c.finished,
+            "failed": c.failed,
+            "running": c.running,
+            "missing": c.missing,
+        },
+        notes=list(notes),
+    )
+    return frame
+
+
+def column(frame: pd.DataFrame, name: str) -> list[float]:
+    """The values of metric column ``name`` (``metrics.<metric>``) as floats, NaN where a
+    run has none (all NaN when no run logged the metric)."""
+    if name not in frame.columns:
+        return [math.nan] * len(frame)
+    return [float(v) for v in frame[name].astype(float)]
 
 
 def runs_frame(
@@ -85,6 +134,7 @@ def runs_frame(
     *,
     tracking_uri: str | None = None,
     experiment: str | None = None,
+    mlflow_config: Path | str | None = None,
 ) -> pd.DataFrame:
     """The runs of sweep ``sweep`` (its name, or its file) as a DataFrame.
 
@@ -104,14 +154,14 @@ def runs_frame(
     notes: list[str] = []
     if tracking_uri is not None:
         if experiment is None:
-            experiment = _settings(work_dir).experiment_for(sweep=name)
+            experiment = _settings(work_dir, mlflow_config).experiment_for(sweep=name)
         read = read_sweep(tracking_uri, experiment, name, notes)
     else:
         from pipelines.tracking.server import tracking_uri as serve
         from pipelines.tracking.settings import missing_local_store
         from sparling.errors import SparlingError
 
-        settings = _settings(work_dir)
+        settings = _settings(work_dir, mlflow_config)
         if (store := missing_local_store(settings)) is not None:
             raise SparlingError(
                 f"no MLflow tracking store at {store}: nothing was tracked in work dir "
@@ -120,31 +170,15 @@ def runs_frame(
         experiment = experiment or settings.experiment_for(sweep=name)
         with serve(settings) as uri:
             read = read_sweep(uri, experiment, name, notes)
-    frame = records_frame(read.runs)
-    c = read.counts
-    frame.attrs.update(
-        sweep=name,
-        experiment=experiment,
-        parent_run_id=read.parent_run_id,
-        swept_fields=list(read.swept_fields),
-        counts={
-            "expected": c.expected,
-            "present": c.present,
-            "finished": c.finished,
-            "failed": c.failed,
-            "running": c.running,
-            "missing": c.missing,
-        },
-        notes=notes,
-    )
-    return frame
+    return sweep_frame(read, name, experiment, notes)
 
 
-def _settings(work_dir: Path | str | None) -> Any:
+def _settings(work_dir: Path | str | None, mlflow_config: Path | str | None = None) -> Any:
     from pipelines.cli import default_work_dir
     from pipelines.tracking.settings import load_settings
 
-    return load_settings(Path(work_dir if work_dir is not None else default_work_dir()))
+    work = Path(work_dir if work_dir is not None else default_work_dir())
+    return load_settings(work, Path(mlflow_config) if mlflow_config is not None else None)
 
 
 def _sweep_name(sweep: str) -> str:

@@ -207,6 +207,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     tables: dict[str, Table] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    frame: Any = None
+    """The sweep's runs as a DataFrame (:func:`pipelines.report.frame.records_frame`, what
+    :func:`pipelines.report.runs_frame` returns): what the tables are made from."""
 
     @property
     def partial(self) -> bool:

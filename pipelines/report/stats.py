@@ -14,11 +14,15 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipelines.report.frame import column, records_frame
 from pipelines.report.records import SUMMARY, CurvePoint, GroupSummary, Interval, RunRecord
 from pipelines.tracking.metrics import TEST_REACHED_REPORTED
 from sparling.metrics import bootstrap_ci
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Bootstrap settings of every interval in a report (docs/method.md section 6).
 N_RESAMPLES = 1000
@@ -69,24 +73,39 @@ def _run_key(r: RunRecord) -> tuple[Any, ...]:
 
 
 def _group(runs: Iterable[RunRecord], fields: Sequence[str]) -> list[GroupSummary]:
-    """Group runs by method and the values of ``fields`` (pooling over any other field)."""
-    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
-    for r in runs:
-        # JSON text as the key: swept values may be lists or dicts (unhashable).
-        values = json.dumps([r.swept.get(f) for f in fields], sort_keys=True)
-        groups[(r.method, values)].append(r)
+    """Group runs by method and the values of ``fields`` (pooling over any other field):
+    :func:`groups_of` their frame."""
+    runs = list(runs)
+    return groups_of(records_frame(runs, fields), runs, fields)
+
+
+def groups_of(
+    frame: pd.DataFrame, runs: Sequence[RunRecord], fields: Sequence[str]
+) -> list[GroupSummary]:
+    """The groups of a sweep's frame (:func:`~pipelines.report.frame.records_frame`, row
+    ``i`` being ``runs[i]``): its rows by ``method`` and ``swept.<field>`` for ``fields``,
+    each group's statistics computed from its finished rows' ``metrics.test/*`` columns.
+    The records give each group its runs (their validation curves, for the plots)."""
+    # JSON text as the key: swept values may be lists or dicts (unhashable).
+    keys = [
+        json.dumps([frame.at[i, f"swept.{f}"] for f in fields], sort_keys=True) for i in frame.index
+    ]
     out = []
-    for (method, values), members in groups.items():
-        members.sort(key=_run_key)
-        finished = [r for r in members if r.status == "finished"]
-        stats = {m: _summarise([r.metric(f"test/{m}") for r in finished]) for m in SUMMARY}
+    for (method, values), rows in frame.assign(_values=keys).groupby(
+        ["method", "_values"], sort=False
+    ):
+        order = sorted(rows.index, key=lambda i: _run_key(runs[i]))
+        rows = rows.loc[order]
+        finished = rows[rows["status"] == "finished"]
+        stats = {m: _summarise(column(finished, f"metrics.test/{m}")) for m in SUMMARY}
+        reached = column(finished, f"metrics.{TEST_REACHED_REPORTED}")
         out.append(
             GroupSummary(
-                method=method,
-                swept=dict(zip(fields, json.loads(values))),
-                runs=tuple(members),
+                method=str(method),
+                swept=dict(zip(fields, json.loads(str(values)))),
+                runs=tuple(runs[i] for i in order),
                 stats=stats,
-                reached=sum(r.metric(TEST_REACHED_REPORTED) == 1.0 for r in finished),
+                reached=sum(v == 1.0 for v in reached),
             )
         )
     out.sort(key=lambda g: (_natural(g.method), tuple(_value_key(v) for v in g.swept.values())))

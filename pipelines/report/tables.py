@@ -12,6 +12,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from pipelines.report.records import (
     ERRORS,
@@ -35,6 +36,9 @@ from pipelines.tracking.metrics import (
     TOTAL_WALL_SECONDS,
     WALL_SECONDS,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # --------------------------------------------------------------------------------------
 # Formatting
@@ -85,11 +89,43 @@ def _fmt_seconds(s: float) -> str:
     return f"{h}h {m:02d}m" if h else (f"{m}m {sec:02d}s" if m else f"{sec}s")
 
 
-def _wall_seconds(r: RunRecord) -> float:
+def _wall_seconds(r: RunRecord | _Row) -> float:
     """The run's training wall time: ``time/total_wall_seconds``; for a run tracked before
     that metric existed, the latest ``wall_seconds`` (then logged last with the total)."""
     total = r.metric(TOTAL_WALL_SECONDS)
     return r.metric(WALL_SECONDS) if math.isnan(total) else total
+
+
+class _Row:
+    """One row of a sweep's frame (:func:`~pipelines.report.frame.records_frame`), read as
+    the tables read a run."""
+
+    def __init__(self, row: pd.Series) -> None:
+        self.row = row
+
+    def __getattr__(self, name: str) -> Any:
+        value = self.row[name]
+        return None if _missing(value) else value
+
+    @property
+    def seed(self) -> int | None:
+        value = self.row["seed"]
+        return None if _missing(value) else int(value)
+
+    def swept(self, field: str) -> Any:
+        value = self.row[f"swept.{field}"]
+        return None if _missing(value) else value
+
+    def metric(self, name: str) -> float:
+        key = f"metrics.{name}"
+        return float(self.row[key]) if key in self.row.index else math.nan
+
+
+def _missing(value: Any) -> bool:
+    """Whether a frame cell holds no value (None, NaN, pandas' NA); not for lists."""
+    import pandas as pd
+
+    return value is None or (not isinstance(value, list | dict | tuple) and bool(pd.isna(value)))
 
 
 def _pct(x: float | None) -> float | None:
@@ -164,7 +200,8 @@ def _summary_table(
     return Table(name, title, columns, tuple(rows), numeric, csv_columns, tuple(csv_rows))
 
 
-def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
+def _per_seed_table(frame: pd.DataFrame, fields: Sequence[str]) -> Table:
+    """The per-seed table: a row per row of the sweep's frame, in its order."""
     columns = (
         "method",
         *fields,
@@ -180,12 +217,13 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
     )
     rows = []
     csv_rows = []
-    for r in runs:
+    for _, row in frame.iterrows():
+        r = _Row(row)
         reached = r.metric(TEST_REACHED_REPORTED)
         rows.append(
             (
                 r.method,
-                *(_fmt_value(r.swept.get(f)) for f in fields),
+                *(_fmt_value(r.swept(f)) for f in fields),
                 MISSING if r.seed is None else str(r.seed),
                 r.status,
                 *(_fmt_pct(r.metric(f"test/{m}")) for m in ERRORS),
@@ -200,7 +238,7 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
         csv_rows.append(
             (
                 r.method,
-                *(r.swept.get(f) for f in fields),
+                *(r.swept(f) for f in fields),
                 r.seed,
                 r.status,
                 *(_pct(r.metric(f"test/{m}")) for m in ERRORS),
@@ -242,6 +280,16 @@ def _per_seed_table(runs: Sequence[RunRecord], fields: Sequence[str]) -> Table:
     )
 
 
+def report_frame(report: Report) -> pd.DataFrame:
+    """The frame the report's tables are made from: the one it was built with (that of
+    :func:`~pipelines.report.runs_frame`), or its runs' for a report built by hand."""
+    from pipelines.report.frame import records_frame
+
+    if report.frame is None:
+        report.frame = records_frame(report.runs, report.swept_fields)
+    return report.frame
+
+
 def _file_stem(text: str) -> str:
     # Letters, digits, "_" and "-" only: no spaces or "%" to trip LaTeX's \input and
     # \includegraphics, and no extra "." (which older graphicx misreads as the extension).
@@ -268,7 +316,7 @@ def _tables(report: Report) -> dict[str, Table]:
             report.groups,
             fields,
         ),
-        "per_seed": _per_seed_table(report.runs, fields),
+        "per_seed": _per_seed_table(report_frame(report), fields),
     }
     for f, groups in report.sensitivity.items():
         # One row per (method, value), each method's values together.

@@ -31,6 +31,8 @@ Each part is usable alone, one module each:
                                             (:func:`run_dataset_inputs`)
 :mod:`~pipelines.tracking.system_metrics`   MLflow's system metrics monitor on a run
                                             (:func:`system_metrics`)
+:mod:`~pipelines.tracking.models`           an exported model as a run's MLflow logged
+                                            model (:func:`log_exported_model`)
 :mod:`~pipelines.tracking.limits`           MLflow's limits on keys, values and batches
 :mod:`~pipelines.tracking.errors`           :class:`TrackingError` and its kinds
 ==========================================  ==============================================

@@ -25,13 +25,18 @@ from pipelines.tracking.settings import EXPERIMENT_ENV
 from pipelines.tracking.tags import (
     EXPERIMENT_KIND,
     KIND_RUN,
+    KIND_SUPERSEDED,
     KIND_SWEEP,
     TAG_EXPERIMENT_KIND,
     TAG_KIND,
     TAG_PARENT,
     TAG_RUN_ID,
     TAG_SUPERSEDED,
+    TAG_SUPERSEDED_BY,
     TAG_SWEEP,
+    TAG_SWEEP_RUNS,
+    TAG_TRAINED_IN,
+    TRAINING_TAGS,
 )
 
 if TYPE_CHECKING:
@@ -122,14 +127,32 @@ class Tracker:
             if not token:
                 return runs
 
+    def experiment_ids(self) -> list[str]:
+        """The ids of every active experiment."""
+        ids: list[str] = []
+        token: str | None = None
+        while True:
+            page = self.client.search_experiments(max_results=1000, page_token=token)
+            ids += [str(e.experiment_id) for e in page]
+            token = page.token
+            if not token:
+                return ids
+
     def _find_or_create(
-        self, experiment_id: str, filter_string: str, create: Any
+        self, experiment_id: str, filter_string: str, create: Any, keep: Any = None
     ) -> tuple[Run, bool]:
-        found = self._search([experiment_id], filter_string)
+        """The oldest run matching ``filter_string`` (and the predicate ``keep``), or the one
+        ``create`` makes; ``(run, existed)``."""
+
+        def search() -> list[Run]:
+            runs = self._search([experiment_id], filter_string)
+            return [r for r in runs if keep(r)] if keep is not None else runs
+
+        found = search()
         if found:
             return _oldest(found), True
         mine: Run = create()
-        found = self._search([experiment_id], filter_string)
+        found = search()
         winner = _oldest(found) if found else mine
         if winner.info.run_id != mine.info.run_id:
             # Lost a race with another process creating the same run: keep theirs.
@@ -169,7 +192,8 @@ class Tracker:
         is left as first logged, with a warning.
         """
         filter_string = (
-            f"tags.`{TAG_PARENT}` = {_quote(parent_id)} and tags.`{TAG_RUN_ID}` = {_quote(key)}"
+            f"tags.`{TAG_PARENT}` = {_quote(parent_id)} and tags.`{TAG_RUN_ID}` = {_quote(key)} "
+            f"and tags.`{TAG_KIND}` = '{KIND_RUN}'"
         )
         all_tags = {
             **scrub(dict(tags or {})),
@@ -181,9 +205,98 @@ class Tracker:
         def create() -> Run:
             return self.client.create_run(experiment_id, tags=_tags(all_tags), run_name=name)
 
+        found = self._search([experiment_id], filter_string)
+        if not found:
+            alone = self.standalone_runs(key)
+            here = [r for r in alone if r.info.experiment_id == experiment_id]
+            if here:
+                # trained alone (``sparling train``) in this experiment: that run becomes
+                # the sweep's child, nested under its parent
+                run = _oldest(here)
+                # what it recorded of the code that trained it is kept
+                self.set_tags(run.info.run_id, {**all_tags, **_training_tags(run)})
+                self.client.update_run(run.info.run_id, name=name)
+                self._log_params(self.client.get_run(run.info.run_id), params)
+                return str(run.info.run_id), True
+            if alone:
+                # trained alone in another experiment (runs cannot move): a new child,
+                # linked both ways, with the metrics that run logged
+                source = _oldest(alone)
+                all_tags[TAG_TRAINED_IN] = source.info.run_id
+                all_tags.update(_training_tags(source))  # the code that trained it
+        run, existed = self._find_or_create(experiment_id, filter_string, create)
+        self._log_params(run, params)
+        linked = run.data.tags.get(TAG_TRAINED_IN) or all_tags.get(TAG_TRAINED_IN)
+        if not existed and linked:
+            self.copy_metrics(linked, run.info.run_id)
+            self.link(linked, run.info.run_id)
+        return str(run.info.run_id), existed
+
+    def standalone_runs(self, key: str, experiment_ids: list[str] | None = None) -> list[Run]:
+        """The runs of ``key`` logged outside any sweep (``sparling train``: tag
+        ``sparling.run_id``, no parent) in the experiments (default: every one), oldest
+        first."""
+        ids = experiment_ids if experiment_ids is not None else self.experiment_ids()
+        if not ids:
+            return []
+        filter_string = f"tags.`{TAG_RUN_ID}` = {_quote(key)} and tags.`{TAG_KIND}` = '{KIND_RUN}'"
+        return [r for r in self._search(ids, filter_string) if TAG_PARENT not in r.data.tags]
+
+    def runs_of(self, key: str) -> list[Run]:
+        """Every active run of ``key`` (tag ``sparling.run_id``: sweep children and runs
+        trained alone) in every experiment, oldest first."""
+        ids = self.experiment_ids()
+        if not ids:
+            return []
+        filter_string = f"tags.`{TAG_RUN_ID}` = {_quote(key)} and tags.`{TAG_KIND}` = '{KIND_RUN}'"
+        return self._search(ids, filter_string)
+
+    def standalone_run(
+        self,
+        experiment_id: str,
+        key: str,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """``(run_id, existed)`` of the MLflow run of ``key`` in the experiment, for a run
+        trained alone (``sparling train``): one found there (trained alone before, or a
+        sweep's child: the run is the same) or a new one without a parent, tagged as a
+        sweep would tag it, so that a sweep later finds it (:meth:`child_run`)."""
+        filter_string = f"tags.`{TAG_RUN_ID}` = {_quote(key)} and tags.`{TAG_KIND}` = '{KIND_RUN}'"
+        all_tags = {**scrub(dict(tags or {})), TAG_KIND: KIND_RUN, TAG_RUN_ID: key}
+
+        def create() -> Run:
+            return self.client.create_run(experiment_id, tags=_tags(all_tags), run_name=name)
+
         run, existed = self._find_or_create(experiment_id, filter_string, create)
         self._log_params(run, params)
         return str(run.info.run_id), existed
+
+    def copy_metrics(self, source: str, target: str) -> int:
+        """Every point of every metric of run ``source`` into run ``target`` (steps and
+        timestamps kept); returns how many."""
+        from mlflow.entities import Metric
+
+        points: list[Metric] = []
+        for key in self.client.get_run(source).data.metrics:
+            points += [
+                Metric(m.key, m.value, m.timestamp, m.step)
+                for m in self.client.get_metric_history(source, key)
+            ]
+        for i in range(0, len(points), METRICS_PER_BATCH):
+            self.client.log_batch(target, metrics=points[i : i + METRICS_PER_BATCH])
+        return len(points)
+
+    def link(self, trained: str, child: str) -> None:
+        """Record that sweep child ``child`` stands for run ``trained`` (trained alone in
+        another experiment): ``sparling.trained_in`` on the child, ``sparling.sweep_runs``
+        (the children, comma-separated) on the other."""
+        have = self.client.get_run(trained).data.tags.get(TAG_SWEEP_RUNS, "")
+        children = [c for c in have.split(",") if c]
+        if child not in children:
+            self.set_tags(trained, {TAG_SWEEP_RUNS: ",".join([*children, child])})
+        self.set_tags(child, {TAG_TRAINED_IN: trained})
 
     def _log_params(self, run: Run, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -264,9 +377,25 @@ class Tracker:
         return self._search([experiment_id], f"tags.`{TAG_PARENT}` = {_quote(parent_id)}")
 
     def find_child(self, parent_id: str, key: str) -> Run | None:
-        """The child run with ``sparling.run_id == key`` under the parent, if any."""
-        runs = [r for r in self.children(parent_id) if r.data.tags.get(TAG_RUN_ID) == key]
+        """The child run with ``sparling.run_id == key`` under the parent, if any (not one
+        :meth:`supersede` set aside)."""
+        runs = [
+            r
+            for r in self.children(parent_id)
+            if r.data.tags.get(TAG_RUN_ID) == key
+            and r.data.tags.get(TAG_KIND, KIND_RUN) == KIND_RUN
+        ]
         return _oldest(runs) if runs else None
+
+    def supersede(self, key: str, reason: str) -> list[str]:
+        """Set aside every MLflow run of ``key`` (:meth:`runs_of`) for one trained again:
+        ``sparling.kind`` becomes ``superseded`` (no sweep, report or ``sparling train``
+        finds it as the run any more; it keeps everything it logged) with ``reason`` in
+        ``sparling.superseded``. Returns their ids."""
+        runs = [r.info.run_id for r in self.runs_of(key)]
+        for run_id in runs:
+            self.set_tags(run_id, {TAG_KIND: KIND_SUPERSEDED, TAG_SUPERSEDED: reason})
+        return runs
 
     def mark_stale(self, parent_id: str, keep: Collection[str]) -> list[str]:
         """Mark KILLED the children still RUNNING whose key is not in ``keep`` (left behind
@@ -294,11 +423,11 @@ class Tracker:
             if name not in planned:
                 continue
             if key == planned[name]:
-                if TAG_SUPERSEDED in run.data.tags:
-                    self.client.delete_tag(run.info.run_id, TAG_SUPERSEDED)
+                if TAG_SUPERSEDED_BY in run.data.tags:
+                    self.client.delete_tag(run.info.run_id, TAG_SUPERSEDED_BY)
                 continue
-            if run.data.tags.get(TAG_SUPERSEDED) != planned[name]:
-                self.client.set_tag(run.info.run_id, TAG_SUPERSEDED, planned[name])
+            if run.data.tags.get(TAG_SUPERSEDED_BY) != planned[name]:
+                self.client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, planned[name])
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
             superseded.append(key)
@@ -320,6 +449,11 @@ def _parent_filter(sweep_name: str) -> str:
 
 def _tags(tags: Mapping[str, Any]) -> dict[str, str]:
     return {check_key(k): tag_value(v) for k, v in tags.items()}
+
+
+def _training_tags(run: Run) -> dict[str, str]:
+    """What ``run`` recorded of the code that trained it (:data:`TRAINING_TAGS`)."""
+    return {k: v for k, v in run.data.tags.items() if k in TRAINING_TAGS}
 
 
 def _oldest(runs: list[Run]) -> Run:

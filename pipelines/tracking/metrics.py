@@ -20,7 +20,13 @@ group          metrics
                ``total_wall_seconds`` (the run's, once, with the test metrics)
 ``test/``      ``fpe``, ``fne``, ``ce``, ``e2ee``, ``exact_match``, ``density``,
                ``checkpoint_density``, ``checkpoint_samples``, ``reached_reported``, once,
-               at the step of the evaluated checkpoint's samples
+               at the step of the evaluated checkpoint's samples: the run's own
+               evaluation (its reported-density checkpoint on its whole test split), what
+               the report reads
+``eval/``      ``fpe``, ``fne``, ``ce``, ``e2ee``, ``exact_match``, ``density``,
+               ``checkpoint_density``, ``samples`` (test samples scored): an evaluation
+               asked for by ``sparling evaluate`` (any checkpoint, any number of
+               samples), at the step of its checkpoint's samples; never read as ``test/``
 =============  ===========================================================================
 
 Runs tracked before these names logged the record keys themselves (``val_accuracy``,
@@ -60,6 +66,18 @@ TEST_DENSITY = "test/density"
 TEST_CHECKPOINT_DENSITY = "test/checkpoint_density"
 TEST_CHECKPOINT_SAMPLES = "test/checkpoint_samples"
 TEST_REACHED_REPORTED = "test/reached_reported"
+#: An evaluation's metric key (:class:`sparling.evaluate.Evaluation` ``metrics``) -> its
+#: name when ``sparling evaluate`` logs it.
+EVALUATION_TO_METRIC: dict[str, str] = {
+    "fpe": "eval/fpe",
+    "fne": "eval/fne",
+    "ce": "eval/ce",
+    "e2ee": "eval/e2ee",
+    "accuracy": "eval/exact_match",
+    "density": "eval/density",
+    "checkpoint_density": "eval/checkpoint_density",
+    "samples": "eval/samples",
+}
 
 #: A run record's key (validation record, evaluation) -> its MLflow metric name. The old
 #: MLflow names are these keys.
@@ -89,7 +107,12 @@ RECORD_TO_METRIC: dict[str, str] = {
 #: The MLflow name -> the name runs tracked before it logged.
 OLD_NAMES: dict[str, str] = {new: old for old, new in RECORD_TO_METRIC.items()}
 #: Every metric name the project logs (besides MLflow's own ``system/*``).
-METRICS: tuple[str, ...] = (*RECORD_TO_METRIC.values(), TRAIN_LR, TRAIN_GRAD_NORM)
+METRICS: tuple[str, ...] = (
+    *RECORD_TO_METRIC.values(),
+    TRAIN_LR,
+    TRAIN_GRAD_NORM,
+    *EVALUATION_TO_METRIC.values(),
+)
 
 #: A record's keys that are not metrics: the step itself.
 STEP_KEY = "samples"
@@ -107,6 +130,13 @@ def mlflow_metrics(record: Mapping[str, Any]) -> dict[str, float]:
         metric_name(k): float(v)
         for k, v in record.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and k != STEP_KEY
+    }
+
+
+def evaluation_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """An evaluation's metrics (``sparling evaluate``) under their ``eval/`` names."""
+    return {
+        name: float(metrics[key]) for key, name in EVALUATION_TO_METRIC.items() if key in metrics
     }
 
 

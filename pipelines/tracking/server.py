@@ -431,6 +431,18 @@ class LocalTrackingServer:
                     self._popen.poll()
 
 
+def running_server_uri(settings: TrackingSettings) -> str | None:
+    """The URI of the live local server on the settings' store, if one answers now (nothing
+    is started); ``None`` on the server profile or when none runs."""
+    if not settings.is_local:
+        return None
+    info = LocalTrackingServer.from_settings(settings)._server_info()
+    if info is None:
+        return None
+    uri = f"http://{LOOPBACK}:{int(info['port'])}"
+    return uri if server_healthy(uri) else None
+
+
 @contextlib.contextmanager
 def tracking_uri(settings: TrackingSettings) -> Iterator[str]:
     """The URI to log to, for the duration of the block.

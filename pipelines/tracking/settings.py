@@ -25,7 +25,7 @@ from pipelines.tracking.redaction import has_userinfo_password, is_secret_key, r
 from sparling.errors import format_validation_errors
 from sparling.fileio import YAMLLoadError, load_yaml
 
-#: The default settings file, looked for in the current folder.
+#: The settings file's name, looked for in the work dir, beside it and in the current folder.
 SETTINGS_FILE = "mlflow.yaml"
 
 PROFILE_ENV = "SPARLING_MLFLOW_PROFILE"
@@ -118,6 +118,9 @@ class TrackingSettings:
     """Whether each training process logs MLflow's system metrics to its run."""
     system_metrics_interval: float = 10.0
     """Seconds between two system metrics samples."""
+    also_found: tuple[str, ...] = ()
+    """Other ``mlflow.yaml`` files the search found but did not use (a later place in
+    :func:`find_settings_file`'s order); the commands say so."""
 
     @property
     def is_local(self) -> bool:
@@ -164,8 +167,85 @@ class TrackingSettings:
         where = redact_uri(self.tracking_uri or "?")
         return f"profile server: {where} (settings: {self.source})"
 
+    def summary(self, uri: str | None = None, experiment: str | None = None) -> str:
+        """What a command prints about where it tracks: the settings file, the tracking
+        URI (``uri``: the local server's, when one runs) and the experiment, then any
+        other settings file found and not used, e.g. ``MLflow: settings /p/mlflow.yaml
+        (next to the work dir); tracking URI http://127.0.0.1:5000 (local server, store
+        sqlite:///...); experiment 'sparling-quickstart'``."""
+        if self.is_local:
+            where = (
+                f"{redact_uri(uri)} (local server, store {self.store_uri})"
+                if uri
+                else f"a local server on 127.0.0.1, started when needed, store {self.store_uri}"
+            )
+        else:
+            where = redact_uri(self.tracking_uri or "?")
+        text = f"MLflow: settings {self.source}; tracking URI {where}"
+        if experiment is not None:
+            text += f"; experiment {experiment!r}"
+        if self.also_found:
+            text += f"; also found, not used: {', '.join(self.also_found)}"
+        return text
+
 
 _BUILTIN = "built-in defaults"
+
+
+def settings_candidates(work_dir: Path, cwd: Path | None = None) -> list[tuple[Path, str]]:
+    """Where ``mlflow.yaml`` is looked for when no file is named, in order: the work dir,
+    the folder holding it (``sparling-work/``'s project folder) and the current folder;
+    each with how to say where it was found."""
+    work_dir = Path(work_dir).expanduser().resolve()
+    cwd = (cwd or Path.cwd()).resolve()
+    places = [
+        (work_dir / SETTINGS_FILE, "in the work dir"),
+        (work_dir.parent / SETTINGS_FILE, "next to the work dir"),
+        (cwd / SETTINGS_FILE, "in the current folder"),
+    ]
+    seen: set[Path] = set()
+    out = []
+    for path, how in places:
+        if path not in seen:
+            seen.add(path)
+            out.append((path, how))
+    return out
+
+
+def find_settings_file(
+    work_dir: Path, path: Path | None = None, env: Mapping[str, str] = os.environ
+) -> tuple[Path | None, str, tuple[str, ...]]:
+    """The settings file to read: ``(file or None for the built-in defaults, how it was
+    chosen, the other files found and not used)``.
+
+    ``path`` (``--mlflow-config``) first, then ``$SPARLING_MLFLOW_CONFIG``: either must
+    exist. Otherwise the first ``mlflow.yaml`` of :func:`settings_candidates`; the later
+    ones that exist (and hold something else) are returned as not used, so that a
+    command can say which file it read and which it did not.
+    """
+    named, how = (path, "--mlflow-config") if path is not None else (None, "")
+    if named is None and env.get(CONFIG_ENV):
+        named, how = Path(env[CONFIG_ENV]), f"${CONFIG_ENV}"
+    if named is not None:
+        named = Path(named).expanduser()
+        if not named.is_file():
+            what = "is a folder" if named.is_dir() else "does not exist"
+            raise TrackingConfigError(f"MLflow settings file not found: {named} ({how}; it {what})")
+        return named, how, ()
+    found = [(p, h) for p, h in settings_candidates(work_dir) if p.is_file()]
+    if not found:
+        return None, _BUILTIN, ()
+    (chosen, how), rest = found[0], found[1:]
+    text = _read_bytes(chosen)
+    unused = tuple(str(p) for p, _ in rest if _read_bytes(p) != text)
+    return chosen, how, unused
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def load_settings(
@@ -175,9 +255,11 @@ def load_settings(
 ) -> TrackingSettings:
     """Tracking settings for a work dir.
 
-    The file is ``path``, else ``$SPARLING_MLFLOW_CONFIG``, else ``./mlflow.yaml`` when it
-    exists, else the built-in defaults (a local SQLite store and artifact folder under
-    ``<work_dir>/mlflow/``). Relative paths in the file resolve against ``work_dir``.
+    The file is ``path`` (``--mlflow-config``), else ``$SPARLING_MLFLOW_CONFIG``, else the
+    first ``mlflow.yaml`` in the work dir, next to it (in the folder holding it) or in the
+    current folder, else the built-in defaults (a local SQLite store and artifact folder
+    under ``<work_dir>/mlflow/``); :func:`find_settings_file`. Relative paths in the file
+    resolve against ``work_dir``.
 
     Environment overrides: ``SPARLING_MLFLOW_PROFILE`` picks the profile;
     ``MLFLOW_EXPERIMENT_NAME`` replaces the experiment name; ``MLFLOW_TRACKING_URI`` is the
@@ -191,14 +273,17 @@ def load_settings(
     YAML, an unknown key, a bad value, or a credential written in a file.
     """
     work_dir = Path(work_dir).expanduser().resolve()
-    source, raw = _read_settings_file(path, env)
+    file, how, also_found = find_settings_file(work_dir, path, env)
+    # ``source`` names the file in error messages; ``described`` also says how it was found
+    source, raw = _read_settings_file(file)
     _refuse_credentials(raw, source)
     try:
         parsed = _SettingsFile.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{source}: invalid MLflow settings:"]
-        lines += [f"  {line}" for line in format_validation_errors(e, model=_SettingsFile)]
-        raise TrackingConfigError("\n".join(lines)) from None
+        problems = format_validation_errors(e, model=_SettingsFile)
+        raise TrackingConfigError(
+            f"{file}: invalid MLflow settings: {'; '.join(problems)}"
+        ) from None
 
     overrides: list[str] = []
     profile: Literal["local", "server"] = parsed.profile
@@ -228,7 +313,9 @@ def load_settings(
                 env_uri = ""
             else:
                 profile = "server"  # "log there": a server already runs at that URI
-    described = source + (f" + {', '.join(overrides)}" if overrides else "")
+    described = (f"{source} ({how})" if file is not None else source) + (
+        f" + {', '.join(overrides)}" if overrides else ""
+    )
     run_logging: dict[str, Any] = parsed.logging.model_dump()
 
     if profile == "server":
@@ -254,6 +341,7 @@ def load_settings(
             source=described,
             tracking_uri=uri,
             artifact_location=server.artifact_location,
+            also_found=also_found,
             **run_logging,
         )
 
@@ -272,25 +360,22 @@ def load_settings(
         artifact_location=str(artifacts),
         port=local.port,
         start_timeout=local.start_timeout,
+        also_found=also_found,
         **run_logging,
     )
 
 
-def _read_settings_file(path: Path | None, env: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
-    if path is None and env.get(CONFIG_ENV):
-        path = Path(env[CONFIG_ENV])
+def _read_settings_file(path: Path | None) -> tuple[str, dict[str, Any]]:
     if path is None:
-        default = Path.cwd() / SETTINGS_FILE
-        if not default.is_file():
-            return _BUILTIN, {}
-        path = default
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise TrackingConfigError(f"MLflow settings file not found: {path}")
+        return _BUILTIN, {}
     try:
         loaded = load_yaml(path)
     except YAMLLoadError as e:
-        raise TrackingConfigError(str(e)) from None
+        raise TrackingConfigError(" ".join(str(e).split())) from None
+    except OSError as e:
+        raise TrackingConfigError(
+            f"MLflow settings file {path} cannot be read: {e.strerror or e}"
+        ) from None
     if loaded is None:
         return str(path), {}
     if not isinstance(loaded, dict):

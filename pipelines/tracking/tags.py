@@ -9,6 +9,8 @@ reads their results back by them. Every tag value is a string:
 tag                         on           value
 ==========================  ===========  ==================================================
 ``sparling.kind``           both         ``sweep`` on a parent run, ``run`` on a child run
+                                         (``superseded``: set aside, trained again)
+``sparling.superseded``     child        why it was set aside (the code that changed)
 ``sparling.sweep_name``     parent       the sweep's name
 ``sparling.expected_runs``  parent       how many runs the sweep file plans, e.g. ``12``
 ``sparling.swept_fields``   parent       JSON list of the swept config fields, in order
@@ -23,8 +25,17 @@ tag                         on           value
 ``sparling.git_commit``     child        ``git rev-parse HEAD`` of the project, or ``unknown``
 ``sparling.git_dirty``      child        ``true`` when the work tree had uncommitted changes
 ``sparling.versions``       child        ``sparling=... torch=... ray=... mlflow=...``
+``sparling.trained_in``     child        the run trained alone that it stands for
+``sparling.sweep_runs``     alone        the sweep children standing for it, comma-separated
 ``mlflow.parentRunId``      child        the parent's run id (the MLflow UI nests it)
 ==========================  ===========  ==================================================
+
+A run trained alone (``sparling train``, "alone" above) has a child's tags, without a
+parent and with ``sparling.swept`` ``{}``: a sweep that plans the same config finds it by
+``sparling.run_id``. In the sweep's experiment it becomes the sweep's child (nested under
+the parent, the same MLflow run); in another experiment (runs cannot move) the sweep makes
+a child that gets its metrics and is linked to it both ways (``sparling.trained_in``,
+``sparling.sweep_runs``).
 
 A child without ``sparling.status`` (an older or crashed driver) is read by MLflow's own
 run status. Experiments carry ``mlflow.experimentKind=custom_model_development`` and UI
@@ -57,20 +68,37 @@ TAG_STATUS = "sparling.status"
 TAG_FAILURE = "sparling.failure"
 TAG_RUN_ID = "sparling.run_id"
 #: on a child that an earlier config of a planned run left: the run id that replaces it
-TAG_SUPERSEDED = "sparling.superseded_by"
+TAG_SUPERSEDED_BY = "sparling.superseded_by"
 TAG_METHOD = "sparling.method"
 TAG_DOMAIN = "sparling.domain"
 TAG_SEED = "sparling.seed"
 TAG_COMMIT = "sparling.git_commit"
 TAG_DIRTY = "sparling.git_dirty"
 TAG_VERSIONS = "sparling.versions"
+TAG_SUPERSEDED = "sparling.superseded"
+TAG_TRAINED_IN = "sparling.trained_in"
+TAG_SWEEP_RUNS = "sparling.sweep_runs"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 
 # Tag values.
-#: ``sparling.kind`` of a sweep's parent run and of a training run's child run.
+#: ``sparling.kind`` of a sweep's parent run and of a training run's child run; of a run
+#: set aside for one trained again (``sparling sweep --rerun changed``).
 KIND_SWEEP = "sweep"
 KIND_RUN = "run"
+KIND_SUPERSEDED = "superseded"
+#: What a run records of the code that trained it: kept as they are when a sweep takes
+#: over or links a run trained alone, set again when a run resumes training.
+TRAINING_TAGS = (TAG_COMMIT, TAG_DIRTY, TAG_VERSIONS, "mlflow.source.git.commit")
+#: The files a run's result depends on (what ``--rerun changed`` compares): the library,
+#: how runs are trained and evaluated, the datasets generated, the dependencies.
+CODE_PATHS = (
+    "sparling",
+    "pipelines/train_job.py",
+    "pipelines/executors",
+    "pipelines/generate.py",
+    "pyproject.toml",
+)
 #: ``sparling.status`` of a child run: set to running when created, then to one of the others.
 STATUS_RUNNING = "running"
 STATUS_FINISHED = "finished"
@@ -128,25 +156,45 @@ def _version(dist: str) -> str:
         return "absent"
 
 
+def _git(root: Path, *args: str) -> str | None:
+    """``git -C root ARGS``'s output, or ``None`` when it fails (no git, no checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def git_commit(root: Path = PROJECT_ROOT) -> str:
+    """``git rev-parse HEAD`` of the project, or ``unknown`` outside a git checkout."""
+    return (_git(root, "rev-parse", "HEAD") or "").strip() or "unknown"
+
+
+def code_changes(commit: str, root: Path = PROJECT_ROOT) -> list[str] | None:
+    """The files of :data:`CODE_PATHS` that differ between ``commit`` and the code as it is
+    now (the work tree: uncommitted changes count); ``None`` when that cannot be told (an
+    unknown commit, one this checkout does not have, no git)."""
+    if commit in ("", "unknown") or _git(root, "cat-file", "-e", f"{commit}^{{commit}}") is None:
+        return None
+    out = _git(root, "diff", "--name-only", commit, "--", *CODE_PATHS)
+    return None if out is None else sorted(line for line in out.splitlines() if line)
+
+
 def environment_tags(root: Path = PROJECT_ROOT, source: str | None = None) -> dict[str, str]:
     """``sparling.git_commit`` (``unknown`` outside a git checkout), ``sparling.git_dirty``
     and ``sparling.versions``: what a result was produced with; with MLflow's standard
     context tags (:func:`mlflow_context_tags`; ``source`` names the run's source)."""
 
     def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(root), *args],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout
+        return _git(root, *args)
 
-    commit = (git("rev-parse", "HEAD") or "").strip() or "unknown"
+    commit = git_commit(root)
     tags = {TAG_COMMIT: commit}
     if commit != "unknown":
         status = git("status", "--porcelain", "--untracked-files=no")

@@ -122,6 +122,38 @@ CASES = [
         ["--set batch_size: {tmp}/grid-sweep.yaml varies it per run (the axes vary it)"],
     ),
     (["sweep", "{tmp}/sweep.yaml", "--set", "seed=1", *W], 2, ["use --seeds"]),
+    # the MLflow settings file named by the flag: missing, broken, or contradicted
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--dry-run", "--mlflow-config", "{tmp}/missing.yaml", *W],
+        2,
+        ["MLflow settings file not found: {tmp}/missing.yaml (--mlflow-config; it does not"],
+    ),
+    (
+        ["train", "{tmp}/run.yaml", "--dry-run", "--mlflow-config", "{tmp}/broken.yaml", *W],
+        2,
+        ["{tmp}/broken.yaml: not valid YAML: line 3"],
+    ),
+    (
+        ["report", "quickstart", "--mlflow-config", "{tmp}/typo.yaml", *W],
+        2,
+        ["{tmp}/typo.yaml: invalid MLflow settings: ", "optm: unknown key"],
+    ),
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--no-tracking", "--mlflow-config", "{tmp}/run.yaml", *W],
+        2,
+        ["--mlflow-config names where to track; --no-tracking tracks nothing"],
+    ),
+    # which finished runs to train again
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--dry-run", "--rerun", "chnaged", *W],
+        2,
+        ["--rerun 'chnaged': unknown 'chnaged'; accepted: changed (the finished runs whose"],
+    ),
+    (
+        ["sweep", "{tmp}/sweep.yaml", "--rerun", "changed", "--no-tracking", *W],
+        2,
+        ["--rerun changed compares the commit each run's MLflow runs record"],
+    ),
     (["report", "{tmp}", *W], 2, ["{tmp} is a folder; a sweep is a YAML file"]),
     (["report", "quickstart", *W], 2, ["no MLflow tracking store at {tmp}/work/mlflow/mlflow.db"]),
     (["evaluate", "{tmp}/model.safetensors", *W], 2, ["model.safetensors is a folder"]),

@@ -709,3 +709,29 @@ def test_runs_frame_of_an_unknown_sweep_lists_the_sweeps(store: Store) -> None:
 
     with pytest.raises(SparlingError, match=r"no sweep 'nope'.*'ast-sensitivity', 'retry'"):
         runs_frame("nope", tracking_uri=store.uri, experiment=EXPERIMENT)
+
+
+def test_the_report_is_made_from_the_runs_frame(report: Report, store: Store) -> None:
+    from pipelines.report import runs_frame
+
+    df = runs_frame(SWEEP, tracking_uri=store.uri, experiment=EXPERIMENT)
+    assert report.frame is not None and report.frame.equals(df)
+    assert report.frame.attrs["counts"] == df.attrs["counts"]
+    assert list(df[f"swept.{FIELD}"]) == [r.swept[FIELD] for r in report.runs]
+    # the main table's means are the frame's groupby means of the finished runs ...
+    finished = df[df.status == "finished"]
+    for metric in ("fpe", "ce", "density"):
+        means = finished.groupby(["method", f"swept.{FIELD}"])[f"metrics.test/{metric}"].mean()
+        for g in report.groups:
+            iv = g.stats[metric]
+            assert iv is not None
+            assert iv.mean == pytest.approx(means[(g.method, g.swept[FIELD])], rel=1e-12)
+    # ... and the per-seed table's rows are the frame's rows, in its order
+    per_seed = report.tables["per_seed"]
+    run_col = per_seed.csv_columns.index("run_id")
+    ce_col = per_seed.csv_columns.index("ce_pct")
+    assert [row[run_col] for row in per_seed.csv_rows] == list(df.run_id)
+    for row, ce in zip(per_seed.csv_rows, df["metrics.test/ce"], strict=True):
+        assert (row[ce_col] is None) == math.isnan(ce)
+        if row[ce_col] is not None:
+            assert row[ce_col] == pytest.approx(100 * ce)

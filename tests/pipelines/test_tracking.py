@@ -204,6 +204,62 @@ def test_bad_settings_are_refused_with_file_and_key(
 def test_missing_settings_file(tmp_path: Path) -> None:
     with pytest.raises(TrackingConfigError, match="settings file not found: .*nope.yaml"):
         load_settings(tmp_path, tmp_path / "nope.yaml", env={})
+    with pytest.raises(TrackingConfigError, match=r"nope.yaml \(\$SPARLING_MLFLOW_CONFIG"):
+        load_settings(tmp_path, env={"SPARLING_MLFLOW_CONFIG": str(tmp_path / "nope.yaml")})
+    with pytest.raises(TrackingConfigError, match="not found: .* it is a folder"):
+        load_settings(tmp_path, tmp_path, env={})
+
+
+def test_settings_file_is_found_beside_the_work_dir_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    work = project / "sparling-work"
+    work.mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_settings(work, env={}).source == "built-in defaults"
+
+    beside = project / "mlflow.yaml"
+    beside.write_text("experiment_name: beside-{sweep}\n")
+    s = load_settings(work, env={})
+    assert s.source == f"{beside} (next to the work dir)" and s.also_found == ()
+    assert s.experiment_for(sweep="q") == "beside-q"
+    assert "next to the work dir" in s.summary() and str(beside) in s.summary()
+
+    # one in the work dir wins over the one beside it; the other is named as not used
+    inside = work / "mlflow.yaml"
+    inside.write_text("experiment_name: inside-{sweep}\n")
+    # and one in the current folder (another file) comes last
+    (elsewhere / "mlflow.yaml").write_text("experiment_name: cwd-{sweep}\n")
+    s = load_settings(work, env={})
+    assert s.source == f"{inside} (in the work dir)"
+    assert s.also_found == (str(beside), str(elsewhere / "mlflow.yaml"))
+    assert f"also found, not used: {beside}, {elsewhere / 'mlflow.yaml'}" in s.summary()
+    # the same text in two places is no conflict
+    beside.write_text(inside.read_text())
+    assert load_settings(work, env={}).also_found == (str(elsewhere / "mlflow.yaml"),)
+
+    # a named file (the flag, then the variable) wins over every one found
+    named = tmp_path / "named.yaml"
+    named.write_text("experiment_name: named-{sweep}\n")
+    s = load_settings(work, named, env={"SPARLING_MLFLOW_CONFIG": str(inside)})
+    assert s.source == f"{named} (--mlflow-config)" and s.also_found == ()
+    s = load_settings(work, env={"SPARLING_MLFLOW_CONFIG": str(named)})
+    assert s.source == f"{named} ($SPARLING_MLFLOW_CONFIG)"
+
+    # a broken file is one line naming it, whichever way it was found
+    inside.write_text("profile: [local\n")
+    with pytest.raises(TrackingConfigError) as e:
+        load_settings(work, env={})
+    assert str(e.value).startswith(f"{inside}: not valid YAML") and "\n" not in str(e.value)
+    inside.write_text("profil: local\nlogging: {train_every_steps: 0}\n")
+    with pytest.raises(TrackingConfigError) as e:
+        load_settings(work, env={})
+    message = str(e.value)
+    assert message.startswith(f"{inside}: invalid MLflow settings: ") and "\n" not in message
+    assert "profil: unknown key (did you mean 'profile'?)" in message
+    assert "logging.train_every_steps" in message
 
 
 # -- credentials and environment tags ---------------------------------------------------------
@@ -258,6 +314,38 @@ def test_environment_tags(tmp_path: Path) -> None:
     assert outside[TAG_COMMIT] == "unknown" and "sparling.git_dirty" not in outside
     assert "mlflow.source.git.commit" not in outside
     assert run_name("sparling-st", 1) == "sparling-st seed=1"
+
+
+def test_code_changes_compare_a_commit_with_the_code_of_now(tmp_path: Path) -> None:
+    from pipelines.tracking.tags import code_changes, git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "sparling").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "sparling" / "train.py").write_text("a = 1\n")
+    (tmp_path / "docs" / "notes.md").write_text("x\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    first = git_commit(tmp_path)
+    assert code_changes(first, tmp_path) == []
+
+    (tmp_path / "docs" / "notes.md").write_text("y\n")  # no code: no change
+    git("commit", "-qam", "docs")
+    assert code_changes(first, tmp_path) == []
+    (tmp_path / "sparling" / "train.py").write_text("a = 2\n")  # uncommitted code counts
+    assert code_changes(first, tmp_path) == ["sparling/train.py"]
+    git("commit", "-qam", "code")
+    assert code_changes(first, tmp_path) == ["sparling/train.py"]
+    assert code_changes(git_commit(tmp_path), tmp_path) == []
+    # what cannot be compared: an unknown commit, one not in this checkout, no checkout
+    assert code_changes("unknown", tmp_path) is None
+    assert code_changes("0" * 40, tmp_path) is None
+    assert code_changes(first, tmp_path / "docs" / "nowhere") is None
 
 
 def test_tag_contract_and_package_names() -> None:
@@ -460,7 +548,7 @@ def test_runs_of_an_earlier_config_are_superseded_and_left_out_of_reports(
     names are tagged with the id that replaces them (a RUNNING one ended KILLED), and
     the report reads only the current ones."""
     from pipelines.report.collect import read_sweep
-    from pipelines.tracking.tags import TAG_SUPERSEDED, child_tags, parent_tags
+    from pipelines.tracking.tags import TAG_SUPERSEDED_BY, child_tags, parent_tags
 
     tracker = Tracker(store.uri)
     exp = tracker.experiment("sparling-superseded")
@@ -476,9 +564,9 @@ def test_runs_of_an_earlier_config_are_superseded_and_left_out_of_reports(
     planned = {run_name("sparling", 0): "new0", run_name("sparling", 1): "new1"}
     assert tracker.mark_superseded(parent, planned) == ["old0", "old1"]
     tags = {r: tracker.client.get_run(r).data.tags for r in (old0, old1, other, new0, new1)}
-    assert tags[old0][TAG_SUPERSEDED] == "new0" and tags[old1][TAG_SUPERSEDED] == "new1"
+    assert tags[old0][TAG_SUPERSEDED_BY] == "new0" and tags[old1][TAG_SUPERSEDED_BY] == "new1"
     # a name not planned now (a sweep run with --seeds) is left alone
-    assert TAG_SUPERSEDED not in tags[other] and TAG_SUPERSEDED not in tags[new0]
+    assert TAG_SUPERSEDED_BY not in tags[other] and TAG_SUPERSEDED_BY not in tags[new0]
     assert tracker.client.get_run(old1).info.status == "KILLED"
     assert tracker.client.get_run(old0).info.status == "FINISHED"
     notes: list[str] = []
@@ -488,7 +576,53 @@ def test_runs_of_an_earlier_config_are_superseded_and_left_out_of_reports(
     # the config changed back: the old runs are current again, the new ones superseded
     back = {run_name("sparling", 0): "old0", run_name("sparling", 1): "old1"}
     assert tracker.mark_superseded(parent, back) == ["new0", "new1"]
-    assert TAG_SUPERSEDED not in tracker.client.get_run(old0).data.tags
+    assert TAG_SUPERSEDED_BY not in tracker.client.get_run(old0).data.tags
+
+
+@pytest.mark.integration
+def test_a_sweep_takes_over_or_links_the_run_trained_alone(store: LocalStore) -> None:
+    tracker = Tracker(store.uri)
+    tags = {"sparling.method": "sparling", "sparling.seed": "0"}
+    sweep_exp = tracker.experiment("sparling-adopt")
+    alone_exp = tracker.experiment("sparling-alone")
+
+    # trained alone in the sweep's own experiment: the sweep's child is that very run
+    here, existed = tracker.standalone_run(
+        sweep_exp, "k-here", "sparling seed=0", {"seed": 0}, tags
+    )
+    assert not existed
+    assert tracker.standalone_run(sweep_exp, "k-here", "x", {"seed": 0}, tags) == (here, True)
+    assert [r.info.run_id for r in tracker.standalone_runs("k-here")] == [here]
+    parent = tracker.parent_run(sweep_exp, "adopting")
+    child, existed = tracker.child_run(
+        sweep_exp, parent, "k-here", "sparling seed=0 M=0.1", {"seed": 0, "lr": 0.1}, tags
+    )
+    assert (child, existed) == (here, True)
+    run = tracker.client.get_run(here)
+    assert run.data.tags[TAG_PARENT] == parent and run.info.run_name == "sparling seed=0 M=0.1"
+    assert run.data.params == {"seed": "0", "lr": "0.1"}
+    assert tracker.standalone_runs("k-here") == []  # it is the sweep's now
+    assert [r.info.run_id for r in tracker.runs_of("k-here")] == [here]
+    # ... and training it alone again logs to the same run
+    assert tracker.standalone_run(sweep_exp, "k-here", "x", {"seed": 0}, tags) == (here, True)
+
+    # trained alone elsewhere: a new child with its metrics, linked to it both ways
+    there, _ = tracker.standalone_run(alone_exp, "k-there", "sparling seed=0", {"seed": 0}, tags)
+    for step in (16, 32):
+        tracker.log_metrics(there, {"val/exact_match": step / 100, "train/loss": 1.0}, step)
+    child, existed = tracker.child_run(sweep_exp, parent, "k-there", "n", {"seed": 0}, tags)
+    assert not existed and child != there
+    assert tracker.client.get_run(child).data.tags["sparling.trained_in"] == there
+    assert tracker.client.get_run(there).data.tags["sparling.sweep_runs"] == child
+    history = tracker.client.get_metric_history(child, "val/exact_match")
+    assert sorted((m.step, m.value) for m in history) == [(16, 0.16), (32, 0.32)]
+    # found again by key under its parent: nothing copied twice
+    assert tracker.child_run(sweep_exp, parent, "k-there", "n", {"seed": 0}, tags) == (child, True)
+    assert len(tracker.client.get_metric_history(child, "train/loss")) == 2
+    # a second sweep's child is listed beside the first
+    other = tracker.parent_run(sweep_exp, "another")
+    second, _ = tracker.child_run(sweep_exp, other, "k-there", "n", {"seed": 0}, tags)
+    assert tracker.client.get_run(there).data.tags["sparling.sweep_runs"] == f"{child},{second}"
 
 
 @pytest.mark.integration
