@@ -137,15 +137,19 @@ class AutoscalingCluster:
         return GcsClient(address=self.address)
 
     def status(self) -> dict[str, Any]:
-        """A snapshot: ``alive`` (worker nodes alive now), ``launched`` (worker nodes that
-        have joined since the start, gone or not), ``pending`` (bundles of pending tasks
-        and actors), ``pending_pgs`` (pending placement groups) and ``requested`` (the
-        bundles of the standing ``request_resources`` request)."""
+        """A snapshot: ``alive`` (worker nodes alive now), ``idle`` (those of them using
+        nothing), ``launched`` (worker nodes that have joined since the start, gone or
+        not), ``pending`` (bundles of pending tasks and actors), ``pending_pgs`` (pending
+        placement groups) and ``requested`` (the bundles of the standing
+        ``request_resources`` request: in Ray 2.60 Ray Train's registrations of its
+        started runs, merged by its autoscaling coordinator)."""
         from ray.autoscaler.v2.sdk import get_cluster_status
 
         gcs = self._gcs()
         nodes = [n for n in gcs.get_all_node_info(timeout=30).values() if not n.is_head_node]
-        demand = get_cluster_status(self.address).resource_demands
+        workers = {n.node_id.hex() for n in nodes}
+        status = get_cluster_status(self.address)
+        demand = status.resource_demands
         if self.autoscaler_v2:
             requested = [
                 dict(b.bundle)
@@ -158,6 +162,7 @@ class AutoscalingCluster:
             requested = list(json.loads(raw)) if raw else []
         return {
             "alive": sum(1 for n in nodes if n.state == 0),  # GcsNodeInfo.ALIVE
+            "idle": sum(1 for n in status.idle_nodes if n.node_id in workers),
             "launched": len(nodes),
             "pending": sum(
                 b.count for d in demand.ray_task_actor_demand for b in d.bundles_by_count

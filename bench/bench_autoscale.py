@@ -38,6 +38,7 @@ Results go to ``bench/results/autoscale.json``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,10 @@ TINY_MODEL: dict[str, Any] = {
     "cr": 2,
 }
 MODES = ("fixed", "autoscaling", "no-placeholders")
+#: How long a Ray Train run's registration with Ray's autoscaling coordinator outlives
+#: the run when withdrawing it failed (Ray 2.60: 180 s; on a loaded machine its 5 s
+#: withdrawal call can time out), keeping its node from being idle-terminated.
+TRAIN_REQUEST_EXPIRY_S = 180.0
 #: How the ``no-placeholders`` mode starts the sweep: the CLI, with the executor's
 #: placeholders switched off in its process.
 NO_PLACEHOLDERS = (
@@ -152,8 +157,6 @@ def run_mode(
 ) -> dict[str, Any]:
     """The sweep on ``cluster``, watched; then (autoscaling clusters) the wait for its
     worker nodes to go away."""
-    import os
-
     watch = Watch(cluster).start()
     t0 = time.monotonic()
     done = subprocess.run(
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 sweep,
                 work,
                 placeholders=mode != "no-placeholders",
-                scale_down_limit_s=args.idle_timeout + 120,
+                scale_down_limit_s=args.idle_timeout + TRAIN_REQUEST_EXPIRY_S + 60,
                 timeout_s=1800,
             )
         row = {"mode": mode, **spec, "autoscaler": args.autoscaler, **row}

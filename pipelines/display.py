@@ -46,9 +46,15 @@ class SweepDisplay:
             return None
         return folder.read_progress()
 
-    def refresh(self, waiting: int = 0, cluster: Mapping[str, float] | None = None) -> None:
-        """Redraw the bars; ``waiting``: runs not started yet, ``cluster``: the cluster's
-        resources now (``ray.cluster_resources()``: it grows and shrinks on an
+    def refresh(
+        self,
+        started: int | None = None,
+        waiting: int = 0,
+        cluster: Mapping[str, float] | None = None,
+    ) -> None:
+        """Redraw the bars. ``started``: runs the executor has started (those not training
+        yet are shown as ``starting``), ``waiting``: runs not started yet, ``cluster``: the
+        cluster's resources now (``ray.cluster_resources()``, which grows and shrinks on an
         autoscaling cluster), of which the CPUs and GPUs are shown."""
         if not self.enabled:
             return
@@ -78,8 +84,10 @@ class SweepDisplay:
             )
             bar.refresh()
         size = {k: cluster[k] for k in ("CPU", "GPU") if cluster and cluster.get(k)}
+        starting = {} if started is None else {"starting": max(0, started - running)}
         self.overall.set_postfix(
             running=running,
+            **starting,
             waiting=waiting,
             failed=self.failed,
             **({"cluster": " ".join(f"{v:g} {k}" for k, v in size.items())} if size else {}),

@@ -15,6 +15,7 @@ again from its last checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -40,6 +41,8 @@ SYSTEM_RETRIES = 3
 #: for this many seconds: room that the next run takes needs none, and room that
 #: something else takes is asked for again at this pace, not in a tight loop.
 PLACEHOLDER_RETRY_S = 5.0
+#: How often the driver looks again when nothing runs and the cluster has no room yet.
+WAIT_FOR_ROOM_S = 2.0
 #: What the placeholder tasks are called (in the dashboard and the task list).
 PLACEHOLDER_NAME = "sparling: room for a waiting run"
 
@@ -174,8 +177,10 @@ Shape = tuple[tuple[str, float], ...]
 
 
 class ClusterDemand:
-    """Shows Ray's autoscaler the runs that wait to start: one pending placeholder task per
-    training bundle of each waiting run.
+    """Shows Ray's autoscaler the runs the cluster has no room for: one pending placeholder
+    task per training bundle of each run that waits to start, or that was started without
+    room (the first run on a cluster of no worker node, whose Ray Train job shows no
+    demand of its own for the many seconds it takes to start).
 
     The autoscaler adds nodes only for demand it sees. A started run shows its own: its
     Train workers' placement group, and the bundles its Train controller registers with
@@ -186,7 +191,10 @@ class ClusterDemand:
     status``: "Pending Demands"), for which the autoscaler launches nodes up to the
     cluster's limits; once it has run there is room, the executor starts a run there
     (:func:`_launch_and_watch` follows ``ray.cluster_resources()``), and no placeholder
-    is asked for in its place.
+    is asked for in its place. (A placeholder can also run on room that a run just
+    started is about to take, while its Ray Train job starts; the one that replaces it is
+    asked for only :data:`PLACEHOLDER_RETRY_S` later, so that costs a trivial task every
+    few seconds, not a loop.)
 
     Why not ``ray.autoscaler.sdk.request_resources``: in Ray 2.60 Ray Train's
     coordinator replaces that request with its own merged one at every Train start and
@@ -231,9 +239,8 @@ class ClusterDemand:
         return sum(len(refs) for refs in self._pending.values())
 
     def update(self, runs: Sequence[PlannedRun]) -> None:
-        """Keep one placeholder pending per training bundle of ``runs`` (the runs that
-        wait to start, and could start once there is room); cancel those that no waiting
-        run needs any more."""
+        """Keep one placeholder pending per training bundle of ``runs`` (the runs the
+        cluster has no room for now); cancel those that no such run needs any more."""
         if not self.enabled:
             return
         want: dict[Shape, int] = {}
@@ -285,9 +292,10 @@ def _place(bundle: dict[str, float]) -> Any:
     )
 
 
+@functools.cache
 def _placeholder() -> Any:
-    """The placeholder task. Defined inside a function, so that Ray ships it by value and
-    the worker that runs it imports nothing of the project."""
+    """The placeholder task (made once). Defined inside a function, so that Ray ships it by
+    value and the worker that runs it imports nothing of the project."""
     import ray
 
     def placeholder() -> None:
@@ -351,14 +359,16 @@ def _launch_and_watch(
         return False
 
     total: dict[str, float] = {}  # the cluster's resources, as last read
+    startable: list[PlannedRun] = []  # waiting runs that could start once there is room
 
     def submit() -> None:
         # Only as many runs as the cluster can train at once are started: a run started
         # early would only wait for resources, holding a Train controller and its helper
         # actors (~0.8 GB of memory per run here). Re-read every time, so a cluster that
         # grows (autoscaler) or shrinks (lost node) is followed. Runs waiting for another
-        # run are passed over until it has finished. The rest of the waiting runs are
-        # shown to the autoscaler (ClusterDemand), so that it grows the cluster for them.
+        # run are passed over until it has finished. On one machine the first run starts
+        # even without room (its job then waits for it); on a cluster it waits for room
+        # like the others, which its placeholder asks the autoscaler for.
         nonlocal total
         total = ray.cluster_resources()
         used = [_needs(r) for r in pending.values()]
@@ -366,22 +376,53 @@ def _launch_and_watch(
             if run not in waiting or blocked(run) or run.key in outcomes:
                 continue
             need = _needs(run)
-            fits = all(
-                sum(u.get(k, 0.0) for u in used) + v <= total.get(k, 0.0) + 1e-9
-                for k, v in need.items()
-            )
-            if pending and not fits:
+            if (pending or demand.enabled) and not _fits(need, used, total):
                 break
             waiting.remove(run)
             pending[remote.remote(run, work_dir, tracking)] = run
             used.append(need)
-        # What still waits (and could start once there is room) is shown to the
-        # autoscaler; a started run is shown by its own Train controller.
-        demand.update([r for r in list(waiting) if not blocked(r) and r.key not in outcomes])
+        # The autoscaler is shown every run the cluster has no room for: those that wait
+        # (and could start), and any started without room (a run whose node was lost, or
+        # on one machine the first run). A run with room shows its own demand once its
+        # Train job starts.
+        housed: list[dict[str, float]] = []
+        homeless = []
+        for run in pending.values():
+            if _fits(_needs(run), housed, total):
+                housed.append(_needs(run))
+            else:
+                homeless.append(run)
+        startable[:] = [r for r in list(waiting) if not blocked(r) and r.key not in outcomes]
+        demand.update(homeless + startable)
+
+    said: list[str] = []
+
+    def say_waiting(run: PlannedRun) -> None:
+        """Once: that nothing runs because the cluster has no room yet (it may have no
+        worker node at all), and what the first run needs."""
+        if said:
+            return
+        said.append(run.key)
+        need = ", ".join(f"{v:g} {k}" for k, v in _needs(run).items())
+        have = ", ".join(f"{total.get(k, 0.0):g} {k}" for k in _needs(run))
+        text = (
+            f"waiting for room: run {run.name} needs {need}, the cluster has {have} "
+            "(nodes come as the cluster's autoscaler adds them for the waiting runs)"
+        )
+        if display.overall is not None:
+            display.overall.write(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     try:
         submit()
         while pending or waiting:
+            if not pending and startable:  # on a cluster, nothing has room yet
+                say_waiting(startable[0])
+                time.sleep(WAIT_FOR_ROOM_S)
+                submit()
+                display.refresh(started=0, waiting=len(waiting), cluster=total)
+                continue
             if not pending:  # only blocked runs left, and nothing running that they wait for
                 for run in list(waiting):
                     give_up(run, f"waits for run {run.after}, which is not in this sweep's plan")
@@ -395,10 +436,17 @@ def _launch_and_watch(
                     outcomes[run.key] = RunOutcome(run.key, run.name, "failed", _reason(e))
                 display.finished(run, outcomes[run.key])
             submit()
-            display.refresh(waiting=len(waiting), cluster=total)
+            display.refresh(started=len(pending), waiting=len(waiting), cluster=total)
     finally:
         demand.release()
         display.close()
+
+
+def _fits(need: dict[str, float], used: list[dict[str, float]], total: dict[str, float]) -> bool:
+    """Whether ``need`` fits in ``total`` beside ``used`` (summed over the cluster)."""
+    return all(
+        sum(u.get(k, 0.0) for u in used) + v <= total.get(k, 0.0) + 1e-9 for k, v in need.items()
+    )
 
 
 def _needs(run: PlannedRun) -> dict[str, float]:
