@@ -14,8 +14,9 @@ node is a raylet on this machine advertising one logical CPU, as a GPU node of t
 * ``autoscaling``: a head with no CPU (as in ``infra/``) and up to ``--max-nodes`` worker
   nodes of one CPU, none at the start;
 * ``no-placeholders``: the same autoscaling cluster, with the executor's placeholders for
-  waiting runs switched off (``ClusterDemand.update`` replaced by a no-op): the
-  executor as it was before them, which the autoscaler sees only one run of at a time.
+  waiting runs switched off (``ClusterDemand(enabled=False)``, as on one machine: the
+  first run starts without room): the executor as it was before them, of which the
+  autoscaler sees one run at a time.
 
 The sweep: ``--runs`` seeds of Sparling on DigitCircle with the test suite's tiny model,
 one 1-CPU Train worker each, ``--samples`` training samples; its datasets are generated
@@ -67,10 +68,12 @@ MODES = ("fixed", "autoscaling", "no-placeholders")
 #: withdrawal call can time out), keeping its node from being idle-terminated.
 TRAIN_REQUEST_EXPIRY_S = 180.0
 #: How the ``no-placeholders`` mode starts the sweep: the CLI, with the executor's
-#: placeholders switched off in its process.
+#: ``ClusterDemand`` switched off in its process, as on one machine (no placeholders, and
+#: the first run started without room).
 NO_PLACEHOLDERS = (
     "import sys; from pipelines.executors import ray_executor as r; "
-    "r.ClusterDemand.update = lambda self, runs: None; "
+    "init = r.ClusterDemand.__init__; "
+    "r.ClusterDemand.__init__ = lambda self, *a, **k: init(self, *a, **{**k, 'enabled': False}); "
     "from pipelines.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 

@@ -2,15 +2,15 @@
 ``RAY_ADDRESS`` names.
 
 Each distinct dataset is generated once before any run starts (one Ray task per shard).
-Each run is then a Ray task (a tiny CPU request) that builds a ``TorchTrainer`` and calls
+Each run is then a Ray task (asking for no CPU) that builds a ``TorchTrainer`` and calls
 ``fit()`` (:func:`pipelines.train_job.run_training`): the Train workers hold the real
-CPUs, so only as many runs are started as the cluster's resources allow, the rest wait.
-On an autoscaling cluster the waiting runs' training bundles are shown to Ray's
-autoscaler (:class:`ClusterDemand`), so it adds the nodes they need while they wait
-instead of one node for the one run started. A run waiting for another (a Retrained run
-for its source of g) starts once that one has finished. A failed run does not stop the
-others; a run whose job dies of a Ray system error (a lost process or node) is started
-again from its last checkpoint.
+CPUs, so only as many runs are started as the cluster's resources allow, the rest wait
+(on one machine the first run starts at once, its job waiting for room). On a cluster the
+runs that wait are shown to Ray's autoscaler (:class:`ClusterDemand`), so that it adds
+the nodes they need instead of one node for the one run started. A run waiting for
+another (a Retrained run for its source of g) starts once that one has finished. A
+failed run does not stop the others; a run whose job dies of a Ray system error (a lost
+process or node) is started again from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -178,9 +178,8 @@ Shape = tuple[tuple[str, float], ...]
 
 class ClusterDemand:
     """Shows Ray's autoscaler the runs the cluster has no room for: one pending placeholder
-    task per training bundle of each run that waits to start, or that was started without
-    room (the first run on a cluster of no worker node, whose Ray Train job shows no
-    demand of its own for the many seconds it takes to start).
+    task per training bundle of each run that waits to start, or that lost its room once
+    started (its node gone).
 
     The autoscaler adds nodes only for demand it sees. A started run shows its own: its
     Train workers' placement group, and the bundles its Train controller registers with
