@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,16 @@ class SweepDisplay:
             return None
         return folder.read_progress()
 
-    def refresh(self) -> None:
+    def refresh(
+        self,
+        started: int | None = None,
+        waiting: int = 0,
+        cluster: Mapping[str, float] | None = None,
+    ) -> None:
+        """Redraw the bars. ``started``: runs the executor has started (those not training
+        yet are shown as ``starting``), ``waiting``: runs not started yet, ``cluster``: the
+        cluster's resources now (``ray.cluster_resources()``, which grows and shrinks on an
+        autoscaling cluster), of which the CPUs and GPUs are shown."""
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -73,7 +83,16 @@ class SweepDisplay:
                 refresh=False,
             )
             bar.refresh()
-        self.overall.set_postfix(running=running, failed=self.failed, refresh=False)
+        size = {k: cluster[k] for k in ("CPU", "GPU") if cluster and cluster.get(k)}
+        starting = {} if started is None else {"starting": max(0, started - running)}
+        self.overall.set_postfix(
+            running=running,
+            **starting,
+            waiting=waiting,
+            failed=self.failed,
+            **({"cluster": " ".join(f"{v:g} {k}" for k, v in size.items())} if size else {}),
+            refresh=False,
+        )
         self.overall.refresh()
 
     def finished(self, run: PlannedRun, outcome: RunOutcome) -> None:

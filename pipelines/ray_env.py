@@ -44,6 +44,13 @@ def ensure_ray(num_cpus: int | None = None) -> None:
             )
 
 
+def on_cluster() -> bool:
+    """Whether the Ray in use is a cluster named by ``RAY_ADDRESS`` (what
+    :func:`ensure_ray` connects to), which may add nodes on demand; the local instance
+    it starts otherwise never grows."""
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
 @contextlib.contextmanager
 def _on_loopback() -> Iterator[None]:
     """Start local Ray with 127.0.0.1 as its node address, so that its servers (GCS,
@@ -76,7 +83,7 @@ def refuse_unavailable_gpus(gpus_per_worker: float, workers: int = 1) -> None:
     """Refuse a run that asks for GPUs where Ray would wait for them forever: on the local
     Ray instance (no ``RAY_ADDRESS``) of a machine with fewer GPUs than the run needs. A
     cluster named by ``RAY_ADDRESS`` may grow GPU nodes on demand, so it is not checked."""
-    if gpus_per_worker <= 0 or os.environ.get("RAY_ADDRESS"):
+    if gpus_per_worker <= 0 or on_cluster():
         return
     from sparling.devices import describe_devices
     from sparling.errors import SparlingError
