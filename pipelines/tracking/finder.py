@@ -376,6 +376,16 @@ class Tracker:
         experiment_id = self.client.get_run(parent_id).info.experiment_id
         return self._search([experiment_id], f"tags.`{TAG_PARENT}` = {_quote(parent_id)}")
 
+    def current_children(self, parent_id: str) -> list[Run]:
+        """The parent's children that stand for its runs (``sparling.kind=run``), without
+        those of earlier configs (:meth:`mark_superseded`); oldest first."""
+        return [
+            r
+            for r in self.children(parent_id)
+            if r.data.tags.get(TAG_KIND, KIND_RUN) == KIND_RUN
+            and TAG_SUPERSEDED_BY not in r.data.tags
+        ]
+
     def find_child(self, parent_id: str, key: str) -> Run | None:
         """The child run with ``sparling.run_id == key`` under the parent, if any (not one
         :meth:`supersede` set aside)."""

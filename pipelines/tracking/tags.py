@@ -12,7 +12,11 @@ tag                         on           value
                                          (``superseded``: set aside, trained again)
 ``sparling.superseded``     child        why it was set aside (the code that changed)
 ``sparling.sweep_name``     parent       the sweep's name
-``sparling.expected_runs``  parent       how many runs the sweep file plans, e.g. ``12``
+``sparling.expected_runs``  parent       how many runs the sweep has planned, e.g. ``12``:
+                                         those of its latest start and those earlier
+                                         starts planned (``--seeds``/``--methods``: a
+                                         subset), less runs of earlier configs; set at
+                                         every start
 ``sparling.swept_fields``   parent       JSON list of the swept config fields, in order
 ``sparling.sweep_file``     parent       the sweep file the sweep was read from
 ``sparling.run_id``         child        the run's config hash (``RunConfig.run_id()``)
