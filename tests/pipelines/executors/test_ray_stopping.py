@@ -175,3 +175,6 @@ def _stop_and_resume(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert resumed[first.key].info.run_id == stopped[first.key].info.run_id
     assert resumed[first.key].info.status == "FINISHED"
     assert resumed[second.key].info.status == "KILLED"  # still to run
+    # and so the sweep is not finished: its parent stays KILLED, 2 runs expected
+    assert resumed["parent"].info.status == "KILLED"
+    assert resumed["parent"].data.tags["sparling.expected_runs"] == "2"
