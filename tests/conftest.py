@@ -17,6 +17,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
+#: Marks a test that starts a multi-node Ray cluster of its own (`ray start` nodes, the
+#: fake autoscaling cluster). In parallel runs (pytest-xdist, scripts/test.sh) these run
+#: one after another in one test process (``--dist loadgroup``), so that no two clusters
+#: of several raylets each compete for the CPUs at once; the other tests go on beside them.
+OWN_CLUSTER = pytest.mark.xdist_group("cluster")
+
 #: a model small enough to train a few steps in well under a second
 TINY_MODEL: dict[str, Any] = {
     "d_model": 32,
@@ -134,6 +140,22 @@ def read_only(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In parallel runs (``--dist loadgroup``), the tests of a module that share a
+    module-scoped fixture of that module (a trained run, a local Ray, an MLflow store) run
+    in one process, one after another, so that it is built once, as in a run in one
+    process; the other tests go to whichever process is free."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        module = item.nodeid.split("::")[0]
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d.scope == "module" and d.baseid == module for ds in defs for d in ds):
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,9 @@ Models tab, holding an MLflow model folder::
 
 and tagged with the run's config hash, method, seed, checkpoint, density and samples.
 One logged model per run and checkpoint: logging the same checkpoint again finds it and
-changes nothing. The run's metrics at the checkpoint's step (its ``test/`` metrics) can
-be linked to it, with the test dataset, so the Models view shows them.
+changes nothing (one left unfinished, its process killed, is completed). The run's
+metrics at the checkpoint's step (its ``test/`` metrics) can be linked to it, with the
+test dataset, so the Models view shows them.
 
 ``mlflow.pyfunc.load_model("models:/<model id>")`` loads it through :func:`_load_pyfunc`:
 ``predict(x)`` takes inputs shaped as the domain's (``(N, H, W)`` images, ``(N, frames,
@@ -133,7 +134,11 @@ def log_exported_model(
             folder = Path(tmp) / "model"
             _write_model_folder(export, folder, run_id, model.model_id)
             client.log_model_artifacts(model.model_id, str(folder))
-        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+        # An earlier attempt ended before the model was READY (its process killed) may
+        # have listed it among the run's outputs already: MLflow refuses it a second time.
+        outputs = run.outputs.model_outputs if run.outputs is not None else []
+        if all(o.model_id != model.model_id for o in outputs):
+            client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
         if link_metrics:
             _link_metrics(client, run_id, model.model_id, step, link_metrics, dataset)
     except BaseException:

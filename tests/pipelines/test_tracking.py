@@ -725,6 +725,31 @@ def test_a_sweep_takes_over_or_links_the_run_trained_alone(store: LocalStore) ->
     assert tracker.client.get_run(there).data.tags["sparling.sweep_runs"] == f"{child},{second}"
 
 
+def test_a_logged_model_left_unfinished_is_completed_and_listed_once(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    """A sweep's driver killed while it logged a run's model (the model listed among the
+    run's outputs, never READY): the next sweep completes that model and lists it once."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    from pipelines.tracking.models import TAG_CHECKPOINT, log_exported_model
+
+    client = Tracker(store.uri).client
+    exp = Tracker(store.uri).experiment("sparling-unfinished-model")
+    run_id = client.create_run(exp, run_name="sparling seed=0").info.run_id
+    export = tmp_path / "model.safetensors"
+    export.write_bytes(b"an export (not read here)")
+    meta = {"run_id": "k-model", "checkpoint": "last", "samples": "64", "density": "0.5"}
+    left = client.create_logged_model(exp, source_run_id=run_id, tags={TAG_CHECKPOINT: "last"})
+    client.log_outputs(run_id, [LoggedModelOutput(left.model_id, 64)])
+
+    assert log_exported_model(client, run_id, export, meta) == (left.model_id, False)
+    assert client.get_logged_model(left.model_id).status == LoggedModelStatus.READY
+    outputs = client.get_run(run_id).outputs.model_outputs
+    assert [o.model_id for o in outputs] == [left.model_id]
+    assert log_exported_model(client, run_id, export, meta) == (left.model_id, True)
+
+
 @pytest.mark.integration
 def test_stale_running_children_are_marked_killed(store: LocalStore) -> None:
     tracker = Tracker(store.uri)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import OWN_CLUSTER, tiny_config
 
 from pipelines import cli
 from pipelines.train_job import prepare_datasets, run_training
@@ -344,6 +344,7 @@ def test_sigterm_to_sparling_train_checkpoints_at_the_step_and_the_rerun_resumes
     _assert_same_state(a["optimizer"], clean.optimizer.state_dict(), "optimizer")
 
 
+@OWN_CLUSTER
 def test_a_worker_on_a_node_sent_sigterm_checkpoints_before_it_goes_and_resumes_elsewhere(
     tmp_path: Path,
 ) -> None:
@@ -356,6 +357,7 @@ def test_a_worker_on_a_node_sent_sigterm_checkpoints_before_it_goes_and_resumes_
     import signal
     import subprocess
     import sys
+    import tempfile
     import time
 
     import yaml
@@ -365,8 +367,9 @@ def test_a_worker_on_a_node_sent_sigterm_checkpoints_before_it_goes_and_resumes_
 
     ray_bin = str(Path(sys.executable).with_name("ray"))
     # Ray's socket paths must stay under 108 characters; the teardown ends only the
-    # processes of this cluster (named by this folder), never another Ray here.
-    temp = Path("/tmp") / f"rpt{os.getpid()}"
+    # processes of this cluster (named by this folder, a random name that starts no
+    # other's), never another Ray here.
+    temp = Path(tempfile.mkdtemp(prefix="rpt", dir="/tmp"))
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = subprocess_env(RAY_AUTH_MODE="disabled")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, subprocess_env, sweep_command, tiny_config
+from conftest import OWN_CLUSTER, REPO, subprocess_env, sweep_command, tiny_config
 
 from pipelines.display import SweepDisplay
 from pipelines.executors.ray_executor import (
@@ -163,6 +163,7 @@ def write_sweep(tmp_path: Path, name: str, seeds: list[int], work: Path) -> Path
 
 
 @pytest.mark.integration
+@OWN_CLUSTER
 def test_sweep_grows_the_cluster_for_its_waiting_runs_and_lets_it_shrink(tmp_path: Path) -> None:
     work = tmp_path / "work"
     path = write_sweep(tmp_path, "grow", list(range(MAX_NODES)), work)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import (
+    OWN_CLUSTER,
     REPO,
     free_port,
     progress_samples,
@@ -25,7 +27,7 @@ from conftest import (
     tiny_config,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, OWN_CLUSTER]
 
 RAY = Path(sys.executable).with_name("ray")
 
@@ -41,9 +43,9 @@ def _cluster() -> Iterator[tuple[str, int]]:
     """A head and a second node, one CPU each; yields (address, the second node's
     node-manager port, by which its processes are found)."""
     # A short temp dir of its own: Ray's socket paths must stay under 108 characters, and
-    # teardown kills only the processes of this cluster (never another Ray on the machine).
-    temp = Path("/tmp") / f"rmn{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
+    # teardown kills only the processes of this cluster (never another Ray on the machine;
+    # a random name, never the start of another's, as /tmp/rmn12 is of /tmp/rmn123).
+    temp = Path(tempfile.mkdtemp(prefix="rmn", dir="/tmp"))
     port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
