@@ -3,10 +3,12 @@ without MLflow (a GPU box with only PyTorch), then logged and reported like any 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,17 @@ import yaml
 from conftest import REPO, run_python, subprocess_env, tiny_config
 
 pytestmark = pytest.mark.integration
+
+
+@contextlib.contextmanager
+def _served(work: Path) -> Iterator[None]:
+    """The local MLflow server of ``work`` kept up for the block: the queries in it lease
+    that one instead of each starting (and stopping) its own."""
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+
+    with tracking_uri(load_settings(work)):
+        yield
 
 
 def _sweep_file(tmp_path: Path, name: str, **updates: Any) -> Path:
@@ -115,16 +128,17 @@ def test_without_mlflow_then_logged_and_reported_here(tmp_path: Path) -> None:
     done = _sparling("sweep", str(path), "--work-dir", str(work), "--executor", "local")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 skipped" in done.stdout and "sparling" in done.stdout  # the report's table
-    children = _children(work, "box")
+    with _served(work):
+        children = _children(work, "box")
+        # one meaning per metric name: each validation's wall time at its step, the run's
+        # total once, at the evaluated checkpoint's step (here the last validation's)
+        walls = _metric_steps(work, "box", ("time/wall_seconds", "time/total_wall_seconds"))
     assert len(children) == 2
     for child, steps in children:
         assert child.info.status == "FINISHED"
         assert "test/e2ee" in child.data.metrics
         assert all("/" in k for k in child.data.metrics), sorted(child.data.metrics)
         assert steps == [16, 32]  # sent from the spool
-    # one meaning per metric name: each validation's wall time at its step, the run's
-    # total once, at the evaluated checkpoint's step (here the last validation's)
-    walls = _metric_steps(work, "box", ("time/wall_seconds", "time/total_wall_seconds"))
     assert walls == [{"time/wall_seconds": [16, 32], "time/total_wall_seconds": [32]}] * 2
 
 
@@ -164,14 +178,18 @@ def test_tracked_runs_stop_at_a_deadline_and_resume(
     first = _sparling(*args, "--deadline", "1")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "2 stopped" in first.stdout
-    stopped = {r.info.status for r, _ in _children(work, "deadline")}
-    assert stopped <= {"KILLED", "RUNNING"}
-    assert _parent_status(work, "deadline") == "KILLED"  # not FINISHED: runs are left
+    with _served(work):
+        stopped = {r.info.status for r, _ in _children(work, "deadline")}
+        assert stopped <= {"KILLED", "RUNNING"}
+        assert _parent_status(work, "deadline") == "KILLED"  # not FINISHED: runs are left
     # Run again without a deadline: each run resumes from its last checkpoint and ends.
     second = _sparling(*args, timeout=900)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "2 finished" in second.stdout
-    children = _children(work, "deadline")
+    with _served(work):
+        children = _children(work, "deadline")
+        train = _metric_steps(work, "deadline", ("train/loss", "train/lr", "train/grad_norm"))
+        parent = _parent_status(work, "deadline")
     assert len(children) == 2  # the same children, not new ones
     for child, steps in children:
         assert child.info.status == "FINISHED"
@@ -182,11 +200,10 @@ def test_tracked_runs_stop_at_a_deadline_and_resume(
             system
         )
     # every 50th optimizer step (mlflow.yaml's default) of 8 samples, across the stop
-    train = _metric_steps(work, "deadline", ("train/loss", "train/lr", "train/grad_norm"))
     for run in train:
         assert run["train/lr"] == run["train/grad_norm"] == list(range(400, budget + 1, 400))
         assert run["train/loss"] == list(range(16, budget + 1, 16))  # at validations too, once
-    assert _parent_status(work, "deadline") == "FINISHED"
+    assert parent == "FINISHED"
 
 
 def test_a_run_resumed_elsewhere_keeps_its_whole_history(tmp_path: Path) -> None:
