@@ -1,12 +1,13 @@
 """Live progress of a sweep on the terminal, read from each run's ``progress.json``.
 
 - :class:`SweepDisplay` (the Ray executor): one bar for the sweep (runs done, running,
-  failed) and one per running run (its samples, density and last validation accuracy);
+  failed, stopped) and one per running run (its samples, density and last validation accuracy);
 - :func:`describe_progress` (the local executor): one run's state in its progress line.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 
 
 class SweepDisplay:
-    """Live progress: one bar for the sweep (runs done, running, failed) and one per
-    running run (its samples, density and last validation accuracy)."""
+    """Live progress: one bar for the sweep (runs done, running, failed, stopped) and one
+    per running run (its samples, density and last validation accuracy); each run that
+    ends gets a line (``stopped: <run> stopped on SIGTERM at sample N; resumes ...``)."""
 
     def __init__(self, todo: list[PlannedRun], work_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
@@ -30,6 +32,7 @@ class SweepDisplay:
         self.work_dir = work_dir
         self.done = 0
         self.failed = 0
+        self.stopped = 0
         self.bars: dict[str, Any] = {}
         self.overall: Any = None
         if enabled:
@@ -90,6 +93,7 @@ class SweepDisplay:
             **starting,
             waiting=waiting,
             failed=self.failed,
+            **({"stopped": self.stopped} if self.stopped else {}),
             **({"cluster": " ".join(f"{v:g} {k}" for k, v in size.items())} if size else {}),
             refresh=False,
         )
@@ -98,6 +102,7 @@ class SweepDisplay:
     def finished(self, run: PlannedRun, outcome: RunOutcome) -> None:
         self.done += 1
         self.failed += outcome.status == "failed"
+        self.stopped += outcome.status == "stopped"
         self.todo.pop(run.key, None)
         bar = self.bars.pop(run.key, None)
         if bar is not None:
@@ -105,6 +110,13 @@ class SweepDisplay:
         if self.overall is not None:
             self.overall.update(1)
             self.overall.write(f"{outcome.status}: {run.name} {outcome.reason}".rstrip())
+
+    def say(self, text: str) -> None:
+        """A line above the bars (on stderr when the display is off)."""
+        if self.overall is not None:
+            self.overall.write(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         for bar in self.bars.values():

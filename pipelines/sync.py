@@ -37,7 +37,9 @@ from pipelines.tracking.tags import (
     STATUS_FINISHED,
     STATUS_RUNNING,
     TAG_COMMIT,
+    TAG_EXPECTED,
     TAG_FAILURE,
+    TAG_RUN_ID,
     TAG_STATUS,
     TRAINING_TAGS,
     child_tags,
@@ -71,9 +73,17 @@ def tracking_context(
     what the workers log besides validations (:meth:`TrackingSettings.run_options`)},
     parent id)`` (:func:`run_tracking` makes one run's part of it for its worker);
     the runs of the sweep not in ``todo`` (finished on disk) are logged here if MLflow
-    does not have them yet. On leaving, the parent ends ``FAILED`` if a run of
-    ``outcomes`` (filled in while inside) failed, ``KILLED`` if one was stopped or the
-    sweep was interrupted, else ``FINISHED``."""
+    does not have them yet.
+
+    The parent stands for every run the sweep has planned under its name: the runs of
+    this start and those an earlier start planned (a start with ``--seeds`` or
+    ``--methods`` plans a subset; their children stay under the parent and in its
+    report), less runs of earlier configs (:meth:`~pipelines.tracking.finder.Tracker.
+    mark_superseded`). Its ``sparling.expected_runs`` is set to their number at every
+    start, and on leaving it ends ``FAILED`` if one of them failed (in ``outcomes``,
+    filled in while inside, or as its child ended earlier), ``KILLED`` if one was stopped
+    or is still to run, or the sweep was interrupted, else ``FINISHED``: a start that
+    finishes a subset does not make a sweep with runs left look finished."""
     from pipelines.tracking.finder import Tracker
     from pipelines.tracking.server import tracking_uri
     from pipelines.tracking.settings import load_settings
@@ -114,6 +124,9 @@ def tracking_context(
         for run in todo:
             trains = RunFolder.for_config(run.config, work_dir).read_result() is None
             runs[run.key] = _child(tracker, experiment, parent, run, env, work_dir, trains)
+        earlier = planned_before(tracker, parent, {r.key for r in sweep.runs})
+        expected = len({r.key for r in sweep.runs}) + len(earlier)
+        tracker.set_tags(parent, {TAG_EXPECTED: str(expected)})
         tracker.set_status(parent, "RUNNING")
         try:
             yield {"uri": uri, "runs": runs, "options": settings.run_options()}, parent
@@ -122,19 +135,42 @@ def tracking_context(
             interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
             tracker.set_terminated(parent, "KILLED" if interrupted else "FAILED")
             raise
-        tracker.set_terminated(parent, parent_status(outcomes or {}))
+        tracker.set_terminated(parent, parent_status({**earlier, **(outcomes or {})}))
 
 
 def parent_status(outcomes: Mapping[str, Any]) -> str:
-    """The sweep parent's MLflow status from its runs' outcomes (``RunOutcome.status``):
-    ``FAILED`` if any run failed, ``KILLED`` if any was stopped before it finished (a
-    deadline; they resume when the sweep runs again), else ``FINISHED``."""
+    """The sweep parent's MLflow status from its runs' outcomes (``RunOutcome.status``, or
+    the status alone): ``FAILED`` if any run failed, ``KILLED`` if any was stopped before
+    it finished (a deadline, a stop request; they resume when the sweep runs again),
+    else ``FINISHED``."""
     statuses = {getattr(o, "status", o) for o in outcomes.values()}
     if "failed" in statuses:
         return "FAILED"
     if "stopped" in statuses:
         return "KILLED"
     return "FINISHED"
+
+
+#: what a child's MLflow status says of its run, for the parent's status (a child still
+#: RUNNING outside any driver was marked KILLED first: its run is still to finish)
+_CHILD_OUTCOME = {"FINISHED": "finished", "FAILED": "failed"}
+
+
+def planned_before(tracker: Any, parent: str, planned: Collection[str]) -> dict[str, str]:
+    """The runs of the sweep that earlier starts planned and this one does not
+    (``planned``: its run keys), as their children under ``parent`` say: run key ->
+    ``finished``, ``failed`` or ``stopped`` (KILLED or never ended: still to finish); a
+    key with several children counts as its best one."""
+    rank = {"finished": 0, "stopped": 1, "failed": 2}
+    out: dict[str, str] = {}
+    for child in tracker.current_children(parent):
+        key = child.data.tags.get(TAG_RUN_ID)
+        if not key or key in planned:
+            continue
+        status = _CHILD_OUTCOME.get(child.info.status, "stopped")
+        if key not in out or rank[status] < rank[out[key]]:
+            out[key] = status
+    return out
 
 
 #: Where a sweep's parent keeps the sweep file and the resolved plan (``plan.json``).

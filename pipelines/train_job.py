@@ -67,13 +67,26 @@ class RunFailed(SparlingError):
 
 
 class RunStopped(Exception):  # noqa: N818 (a stop, not an error)
-    """The run was asked to stop (SIGTERM or SIGINT to the driver) and its workers wrote
-    their checkpoint at the step they were on; the same command resumes it from there.
-    ``exit_code``: what the command returns (``128 + signal``)."""
+    """The run was asked to stop (SIGTERM or SIGINT to the driver, or the run folder's
+    stop request written by whoever drives it, e.g. a sweep's driver) and its workers
+    wrote their checkpoint at the step they were on; the same command resumes it from
+    there. ``exit_code``: what the command returns (``128 + signal``); ``reason``: what
+    asked (``SIGTERM``); ``samples``: the step of the checkpoint written on the stop,
+    ``None`` when the workers did not confirm one in time (the run then resumes from its
+    checkpoint before)."""
 
-    def __init__(self, message: str, signum: int | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        signum: int | None,
+        *,
+        reason: str = "a stop request",
+        samples: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.signum = signum
+        self.reason = reason
+        self.samples = samples
 
     @property
     def exit_code(self) -> int:
@@ -378,7 +391,9 @@ def run_training(
     Resumable: run it again after an interruption and it continues from the run's last
     checkpoint; a run that already finished returns at once with its result. Called in
     the main thread, SIGTERM and SIGINT during training ask the workers to checkpoint at
-    the step they are on and stop; it then raises :class:`RunStopped`.
+    the step they are on and stop; it then raises :class:`RunStopped`. So does a stop
+    request that another process writes into the run folder while it trains
+    (:func:`write_stop_request`: a sweep's driver asked to stop).
     """
     from pipelines.ray_env import ensure_ray, refuse_unavailable_gpus
     from sparling.datasets import check_domain
@@ -421,16 +436,22 @@ def run_training(
     if errors:
         raise RunFailed(f"run {config.run_id()} failed: {_root_cause(errors[0])}") from errors[0]
     result = folder.read_result()
-    if result is None and stop:
-        info = folder.read_progress() or {}
-        if info.get("state") == "stopped":
-            where = f"wrote its checkpoint at sample {int(info['samples'])}"
+    info = (folder.read_progress() or {}) if result is None else {}
+    # asked here (a signal), or through the run folder's stop request by another driver
+    # (a sweep's): either way the workers confirm their checkpoint in progress.json
+    if result is None and (stop or info.get("state") == "stopped"):
+        reason = str(stop.reason) if stop else str(info.get("reason") or "a stop request")
+        samples = int(info["samples"]) if info.get("state") == "stopped" else None
+        if samples is not None:
+            where = f"wrote its checkpoint at sample {samples}"
         else:
             where = f"did not confirm its checkpoint within {STOP_GRACE_SECONDS:.0f} s"
         raise RunStopped(
-            f"run {config.run_id()} stopped on {stop.reason}: it {where}; run the same "
+            f"run {config.run_id()} stopped on {reason}: it {where}; run the same "
             "command again to resume it",
             stop.signum,
+            reason=reason,
+            samples=samples,
         )
     if result is None:
         raise RunFailed(f"run {config.run_id()} ended without a result (see {run_dir})")
@@ -469,7 +490,7 @@ def _watch(
                 thread.join(timeout=0.2)
             if stop and give_up is None:
                 give_up = time.monotonic() + STOP_GRACE_SECONDS
-                _write_stop_request(folder, str(stop.reason))
+                write_stop_request(folder, str(stop.reason))
                 message = f"run {config.run_id()}: {stop.reason}: asking it to checkpoint and stop"
                 if bar is not None:
                     bar.write(message)
@@ -496,8 +517,10 @@ def _watch(
             bar.close()
 
 
-def _write_stop_request(folder: RunFolder, reason: str) -> None:
-    """Ask the run's workers to checkpoint at the step they are on and stop."""
+def write_stop_request(folder: RunFolder, reason: str) -> None:
+    """Ask the run's workers to checkpoint at the step they are on and stop (``reason``:
+    what asked, e.g. ``SIGTERM``); the :func:`run_training` driving them then raises
+    :class:`RunStopped`."""
     from sparling.fileio import atomic_write_text
 
     atomic_write_text(folder.stop_request_path, json.dumps({"reason": reason, "time": time.time()}))

@@ -20,7 +20,9 @@ from sparling.runs import RunFolder
 class RunOutcome:
     key: str
     name: str
-    status: str  # "finished" | "failed" | "skipped" | "stopped" (local executor's deadline)
+    #: "finished" | "failed" | "skipped" | "stopped" (asked to stop, or the local
+    #: executor's deadline: it resumes from its checkpoint when the sweep runs again)
+    status: str
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
 

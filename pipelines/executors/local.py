@@ -268,12 +268,14 @@ def _rounds(
             waiting.remove(run)
             source = outcomes.get(run.after) if run.after else None
             if source is not None and source.status != "finished":
-                outcomes[run.key] = RunOutcome(
-                    run.key,
-                    run.name,
-                    "failed",
-                    f"run {source.name} ({run.after}), whose g it retrains, {source.status}",
-                )
+                # a stopped source: not started either, it starts when the sweep runs again
+                status = "stopped" if source.status == "stopped" else "failed"
+                why = f"run {source.name} ({run.after}), whose g it retrains, {source.status}"
+                if status == "stopped":
+                    why = f"not started: {why}"
+                outcomes[run.key] = RunOutcome(run.key, run.name, status, why)
+                if tracking:
+                    mark_ended(tracking, run, status, why)
         ready = [r for r in ready if r.key not in outcomes]
         if not ready:
             for run in waiting:

@@ -11,10 +11,21 @@ the nodes they need instead of one node for the one run started. A run waiting f
 another (a Retrained run for its source of g) starts once that one has finished. A
 failed run does not stop the others; a run whose job dies of a Ray system error (a lost
 process or node) is started again from its last checkpoint.
+
+SIGTERM or SIGINT to the sweep's driver stops the sweep as the local executor's does:
+no run is started any more, and each running one gets its run folder's stop request
+(:func:`pipelines.train_job.write_stop_request`, on the work dir's shared storage, so
+that it reaches a worker on any node): its workers write the checkpoint at the step they
+are on and end. A run stopped that way, or whose own driver task was sent SIGTERM (its
+node drained), is reported ``stopped``, never ``failed``: its MLflow child ends KILLED,
+and the sweep run again resumes it from that checkpoint. A run that has not ended
+:data:`~sparling.stopping.STOP_GRACE_SECONDS` (plus :data:`STOP_TEARDOWN_SECONDS`) after
+the request is cancelled and keeps its checkpoint from before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -28,8 +39,10 @@ from typing import Any
 from pipelines.display import SweepDisplay
 from pipelines.executors.base import RunOutcome, evaluate_run
 from pipelines.plan import PlannedRun
-from pipelines.sync import end_child, log_run_results, run_tracking
-from pipelines.train_job import prepare_datasets, run_training
+from pipelines.sync import end_child, log_run_results, mark_ended, run_tracking
+from pipelines.train_job import RunStopped, prepare_datasets, run_training, write_stop_request
+from sparling.runs import RunFolder
+from sparling.stopping import STOP_GRACE_SECONDS, StopRequest, TrainingStopped, stop_on_signals
 
 #: CPU a run's driver task asks for. Zero: its Train workers ask for the real resources,
 #: and any fraction here would be taken from them (8 tasks x 0.01 CPU on a 2-CPU machine
@@ -43,8 +56,16 @@ SYSTEM_RETRIES = 3
 PLACEHOLDER_RETRY_S = 5.0
 #: How often the driver looks again when nothing runs and the cluster has no room yet.
 WAIT_FOR_ROOM_S = 2.0
+#: How long the driver waits for a run to end before it looks again (at the cluster's
+#: room, the display, a stop request: the signal handler only sets it, so this is how
+#: late the runs hear of a stop, at most)
+WATCH_S = 0.5
 #: What the placeholder tasks are called (in the dashboard and the task list).
 PLACEHOLDER_NAME = "sparling: room for a waiting run"
+#: Once a stopped run's workers have written their checkpoint (within
+#: :data:`~sparling.stopping.STOP_GRACE_SECONDS` of the request), how long its Ray Train
+#: job may take to end before the driver cancels it.
+STOP_TEARDOWN_SECONDS = 60.0
 
 
 class RayExecutor:
@@ -110,12 +131,30 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
         if tracker is not None and mlflow_run is not None:
             log_run_results(tracker, mlflow_run, run, work_dir, metrics)
         return RunOutcome(run.key, run.name, "finished", metrics=metrics)
+    except (RunStopped, TrainingStopped) as stopped:
+        # asked to stop (the sweep's driver, or SIGTERM to this task): resumable
+        reason = stopped_reason(stopped.reason, stopped.samples)
+        if tracker is not None and mlflow_run is not None:
+            end_child(tracker, mlflow_run, "stopped", reason)
+        return RunOutcome(run.key, run.name, "stopped", reason=reason)
     except Exception as e:  # a failed run must not stop the sweep: report it
         reason = _reason(e)
         if tracker is not None and mlflow_run is not None:
             end_child(tracker, mlflow_run, "failed", reason)
         traceback.print_exc(file=sys.stderr)
         return RunOutcome(run.key, run.name, "failed", reason=reason)
+
+
+def stopped_reason(why: str | None, samples: int | None) -> str:
+    """What a stopped run's outcome says: ``stopped on SIGTERM at sample N; resumes from
+    there when run again`` (as the local executor says it); without ``samples`` (no
+    checkpoint confirmed), that it resumes from its checkpoint before."""
+    if samples is None:
+        return (
+            f"stopped on {why}: no checkpoint confirmed; resumes from its previous one when "
+            "run again"
+        )
+    return f"stopped on {why} at sample {samples}; resumes from there when run again"
 
 
 def is_system_failure(e: BaseException) -> bool:
@@ -339,22 +378,29 @@ def _launch_and_watch(
     display = SweepDisplay(todo, work_dir, progress)
     demand = ClusterDemand(enabled=on_cluster())
 
-    def give_up(run: PlannedRun, reason: str) -> None:
-        """A run that will not start: reported failed, with the reason."""
+    def give_up(run: PlannedRun, reason: str, status: str = "failed") -> None:
+        """A run that will not start: reported ``status`` (failed, or stopped: it starts
+        when the sweep runs again), with the reason."""
         waiting.remove(run)
-        outcomes[run.key] = RunOutcome(run.key, run.name, "failed", reason)
+        outcomes[run.key] = RunOutcome(run.key, run.name, status, reason)
+        if tracking:
+            mark_ended(tracking, run, status, reason)
         display.finished(run, outcomes[run.key])
 
     def blocked(run: PlannedRun) -> bool:
         """Whether ``run`` waits for another run (a Retrained run for its source of g);
-        a run whose source failed fails at once, saying so."""
+        a run whose source failed fails at once, one whose source was stopped is stopped
+        (not started), each saying so."""
         if run.after is None or run.after not in todo_keys:
             return False  # no dependency, or it had finished before this sweep started
         source = outcomes.get(run.after)
         if source is None:
             return True
-        if source.status == "failed":
-            give_up(run, f"run {source.name} ({run.after}), whose g it retrains, failed")
+        if source.status in ("failed", "stopped"):
+            why = f"run {source.name} ({run.after}), whose g it retrains, {source.status}"
+            if source.status == "stopped":
+                why = f"not started: {why}"
+            give_up(run, why, source.status)
         return False
 
     total: dict[str, float] = {}  # the cluster's resources, as last read
@@ -404,41 +450,92 @@ def _launch_and_watch(
         said.append(run.key)
         need = ", ".join(f"{v:g} {k}" for k, v in _needs(run).items())
         have = ", ".join(f"{total.get(k, 0.0):g} {k}" for k in _needs(run))
-        text = (
+        display.say(
             f"waiting for room: run {run.name} needs {need}, the cluster has {have} "
             "(nodes come as the cluster's autoscaler adds them for the waiting runs)"
         )
-        if display.overall is not None:
-            display.overall.write(text)
-        else:
-            print(text, file=sys.stderr, flush=True)
 
-    try:
-        submit()
-        while pending or waiting:
-            if not pending and startable:  # on a cluster, nothing has room yet
-                say_waiting(startable[0])
-                time.sleep(WAIT_FOR_ROOM_S)
-                submit()
-                display.refresh(started=0, waiting=len(waiting), cluster=total)
-                continue
-            if not pending:  # only blocked runs left, and nothing running that they wait for
-                for run in list(waiting):
-                    give_up(run, f"waits for run {run.after}, which is not in this sweep's plan")
-                break
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
-            for ref in done:
-                run = pending.pop(ref)
-                try:
-                    outcomes[run.key] = ray.get(ref)
-                except Exception as e:  # the task itself died (worker killed, node lost)
-                    outcomes[run.key] = RunOutcome(run.key, run.name, "failed", _reason(e))
-                display.finished(run, outcomes[run.key])
+    stop = StopRequest()
+    asked: list[RunFolder] = []  # the run folders given a stop request
+    stop_by: list[float] = []  # when the runs asked to stop are given up on
+
+    def ask_to_stop() -> None:
+        """Once the sweep is asked to stop: the runs not started are stopped (they start
+        when the sweep runs again), each running one is asked to checkpoint and stop
+        (asked again should its ``run_training`` have started after the request and
+        removed it as an earlier driver's), and none is started any more."""
+        if not stop_by:
+            stop_by.append(time.monotonic() + STOP_GRACE_SECONDS + STOP_TEARDOWN_SECONDS)
+            display.say(
+                f"stopping on {stop.reason}: {len(pending)} running run(s) write their "
+                "checkpoint; no more runs start"
+            )
+        for run in list(waiting):
+            waiting.remove(run)
+            why = f"not started: the sweep was asked to stop ({stop.reason})"
+            outcomes[run.key] = RunOutcome(run.key, run.name, "stopped", why)
+            if tracking:
+                mark_ended(tracking, run, "stopped", why)
+            display.finished(run, outcomes[run.key])
+        for run in pending.values():
+            folder = RunFolder.for_config(run.config, work_dir)
+            if folder.path.is_dir() and not folder.stop_request_path.exists():
+                write_stop_request(folder, str(stop.reason))
+                if folder not in asked:
+                    asked.append(folder)
+
+    def cancel_stragglers() -> None:
+        """The runs still going long after they were asked to stop: cancelled, stopped
+        with the checkpoint they had before."""
+        for ref, run in list(pending.items()):
+            with contextlib.suppress(Exception):  # it ended meanwhile: nothing to cancel
+                ray.cancel(ref, force=True)
+            why = stopped_reason(stop.reason, None)
+            outcomes[run.key] = RunOutcome(run.key, run.name, "stopped", why)
+            if tracking:
+                mark_ended(tracking, run, "stopped", why)
+            display.finished(run, outcomes[run.key])
+        pending.clear()
+
+    # after ensure_ray: these handlers stand in for Ray's own (SIGTERM: SystemExit)
+    with stop_on_signals(stop):
+        try:
             submit()
-            display.refresh(started=len(pending), waiting=len(waiting), cluster=total)
-    finally:
-        demand.release()
-        display.close()
+            while pending or waiting:
+                if stop:
+                    ask_to_stop()
+                    if not pending or time.monotonic() > stop_by[0]:
+                        cancel_stragglers()
+                        break
+                elif not pending and startable:  # on a cluster, nothing has room yet
+                    say_waiting(startable[0])
+                    stop.wait(WAIT_FOR_ROOM_S)
+                    if not stop:
+                        submit()
+                    display.refresh(started=0, waiting=len(waiting), cluster=total)
+                    continue
+                elif not pending:  # only blocked runs left, nothing running they wait for
+                    for run in list(waiting):
+                        give_up(
+                            run, f"waits for run {run.after}, which is not in this sweep's plan"
+                        )
+                    break
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=WATCH_S)
+                for ref in done:
+                    run = pending.pop(ref)
+                    try:
+                        outcomes[run.key] = ray.get(ref)
+                    except Exception as e:  # the task itself died (worker killed, node lost)
+                        outcomes[run.key] = RunOutcome(run.key, run.name, "failed", _reason(e))
+                    display.finished(run, outcomes[run.key])
+                if not stop:
+                    submit()
+                display.refresh(started=len(pending), waiting=len(waiting), cluster=total)
+        finally:
+            demand.release()
+            display.close()
+            for folder in asked:  # the runs have ended: their requests are answered
+                folder.stop_request_path.unlink(missing_ok=True)
 
 
 def _fits(need: dict[str, float], used: list[dict[str, float]], total: dict[str, float]) -> bool:

@@ -33,6 +33,8 @@ from pipelines.tracking.metrics import (
 # report reads is imported here, so that no other part of the report reads a tag.
 from pipelines.tracking.redaction import redact_uri
 from pipelines.tracking.tags import (
+    KIND_RUN,
+    KIND_SUPERSEDED,
     KIND_SWEEP,
     STATUSES,
     TAG_DOMAIN,
@@ -47,6 +49,7 @@ from pipelines.tracking.tags import (
     TAG_SUPERSEDED_BY,
     TAG_SWEPT,
     TAG_SWEPT_FIELDS,
+    is_superseded,
 )
 from pipelines.tracking.tags import TAG_SWEEP as TAG_SWEEP_NAME
 from sparling.errors import SparlingError
@@ -272,6 +275,26 @@ def _swept_fields(parent: Run, notes: list[str]) -> list[str]:
     return fields
 
 
+def _current_runs(children: list[Run], notes: list[str]) -> list[Run]:
+    """The children that stand for the sweep's runs: the report's one filter of
+    superseded runs (:func:`~pipelines.tracking.tags.is_superseded`: runs of earlier
+    configs of the sweep's runs, runs trained again; tagged either way a sweep has
+    tagged them), each left out with a note of how many."""
+    runs = [
+        r for r in children if r.data.tags.get(TAG_KIND, KIND_RUN) in (KIND_RUN, KIND_SUPERSEDED)
+    ]
+    current = [r for r in runs if not is_superseded(r.data.tags)]
+    aside = [r.data.tags for r in runs if is_superseded(r.data.tags)]
+    if aside:
+        earlier = sum(TAG_SUPERSEDED_BY in t for t in aside)
+        notes.append(
+            f"{len(aside)} superseded runs left out ({earlier} of earlier configs of this "
+            f"sweep's runs, {len(aside) - earlier} trained again; tag {TAG_KIND}="
+            f"{KIND_SUPERSEDED})."
+        )
+    return current
+
+
 @dataclass(frozen=True)
 class Sweep:
     """A sweep as read back from MLflow: its parent run, swept fields and runs (one per
@@ -299,13 +322,7 @@ def read_sweep(tracking_uri: str, experiment: str, sweep_name: str, notes: list[
     fields = _swept_fields(parent, notes)
 
     children = _search_all(client, experiment_id, f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
-    runs_only = [run for run in children if run.data.tags.get(TAG_KIND, "run") == "run"]
-    current = [run for run in runs_only if TAG_SUPERSEDED_BY not in run.data.tags]
-    if len(current) < len(runs_only):
-        notes.append(
-            f"{len(runs_only) - len(current)} runs of earlier configs of this sweep's runs "
-            f"(tag {TAG_SUPERSEDED_BY}) left out."
-        )
+    current = _current_runs(children, notes)
     records = [_record(client, run, fields, notes) for run in current]
     runs = sorted(_deduplicate(records, notes), key=_run_key)
 

@@ -25,7 +25,6 @@ from pipelines.tracking.settings import EXPERIMENT_ENV
 from pipelines.tracking.tags import (
     EXPERIMENT_KIND,
     KIND_RUN,
-    KIND_SUPERSEDED,
     KIND_SWEEP,
     TAG_EXPERIMENT_KIND,
     TAG_KIND,
@@ -37,6 +36,8 @@ from pipelines.tracking.tags import (
     TAG_SWEEP_RUNS,
     TAG_TRAINED_IN,
     TRAINING_TAGS,
+    is_superseded,
+    superseded_tags,
 )
 
 if TYPE_CHECKING:
@@ -205,7 +206,10 @@ class Tracker:
         def create() -> Run:
             return self.client.create_run(experiment_id, tags=_tags(all_tags), run_name=name)
 
-        found = self._search([experiment_id], filter_string)
+        def current(r: Run) -> bool:  # one tagged superseded the earlier way is not it
+            return not is_superseded(r.data.tags)
+
+        found = [r for r in self._search([experiment_id], filter_string) if current(r)]
         if not found:
             alone = self.standalone_runs(key)
             here = [r for r in alone if r.info.experiment_id == experiment_id]
@@ -224,7 +228,7 @@ class Tracker:
                 source = _oldest(alone)
                 all_tags[TAG_TRAINED_IN] = source.info.run_id
                 all_tags.update(_training_tags(source))  # the code that trained it
-        run, existed = self._find_or_create(experiment_id, filter_string, create)
+        run, existed = self._find_or_create(experiment_id, filter_string, create, current)
         self._log_params(run, params)
         linked = run.data.tags.get(TAG_TRAINED_IN) or all_tags.get(TAG_TRAINED_IN)
         if not existed and linked:
@@ -376,25 +380,29 @@ class Tracker:
         experiment_id = self.client.get_run(parent_id).info.experiment_id
         return self._search([experiment_id], f"tags.`{TAG_PARENT}` = {_quote(parent_id)}")
 
-    def find_child(self, parent_id: str, key: str) -> Run | None:
-        """The child run with ``sparling.run_id == key`` under the parent, if any (not one
-        :meth:`supersede` set aside)."""
-        runs = [
+    def current_children(self, parent_id: str) -> list[Run]:
+        """The parent's children that stand for its runs (``sparling.kind=run``), none
+        superseded (:func:`~pipelines.tracking.tags.is_superseded`); oldest first."""
+        return [
             r
             for r in self.children(parent_id)
-            if r.data.tags.get(TAG_RUN_ID) == key
-            and r.data.tags.get(TAG_KIND, KIND_RUN) == KIND_RUN
+            if r.data.tags.get(TAG_KIND, KIND_RUN) == KIND_RUN and not is_superseded(r.data.tags)
         ]
+
+    def find_child(self, parent_id: str, key: str) -> Run | None:
+        """The child run with ``sparling.run_id == key`` under the parent, if any (not a
+        superseded one)."""
+        runs = [r for r in self.current_children(parent_id) if r.data.tags.get(TAG_RUN_ID) == key]
         return _oldest(runs) if runs else None
 
     def supersede(self, key: str, reason: str) -> list[str]:
         """Set aside every MLflow run of ``key`` (:meth:`runs_of`) for one trained again:
-        ``sparling.kind`` becomes ``superseded`` (no sweep, report or ``sparling train``
-        finds it as the run any more; it keeps everything it logged) with ``reason`` in
-        ``sparling.superseded``. Returns their ids."""
+        superseded (:func:`~pipelines.tracking.tags.superseded_tags`, with ``reason``: no
+        sweep, report or ``sparling train`` finds it as the run any more; it keeps
+        everything it logged). Returns their ids."""
         runs = [r.info.run_id for r in self.runs_of(key)]
         for run_id in runs:
-            self.set_tags(run_id, {TAG_KIND: KIND_SUPERSEDED, TAG_SUPERSEDED: reason})
+            self.set_tags(run_id, superseded_tags(reason))
         return runs
 
     def mark_stale(self, parent_id: str, keep: Collection[str]) -> list[str]:
@@ -409,25 +417,35 @@ class Tracker:
         return sorted(stale)
 
     def mark_superseded(self, parent_id: str, planned: Mapping[str, str]) -> list[str]:
-        """Tag ``sparling.superseded_by`` on the children that an earlier config of a
-        planned run left behind: the same run name (``planned`` maps each planned run's
-        name to its key) under another key (a changed preset or default gives every run
-        a new id). They stay in MLflow, ended KILLED if still RUNNING; reports leave them
-        out. A planned child loses the tag (a config changed back). Children of names
-        not planned now (a sweep run with ``--seeds`` or ``--methods``) are left alone.
-        Returns the superseded keys, sorted."""
+        """Supersede the children that an earlier config of a planned run left behind:
+        the same run name (``planned`` maps each planned run's name to its key) under
+        another key (a changed preset or default gives every run a new id), tagged with
+        the key that replaces them (:func:`~pipelines.tracking.tags.superseded_tags`).
+        They stay in MLflow, ended KILLED if still RUNNING; reports leave them out. A
+        planned child set aside this way becomes a run again (a config changed back);
+        one trained again (:meth:`supersede`) stays aside. Children of names not planned
+        now (a sweep run with ``--seeds`` or ``--methods``) are left alone. Children
+        tagged the earlier way (``sparling.superseded_by`` on a ``run``) are rewritten.
+        Returns the keys of the children of earlier configs, sorted."""
         superseded = []
         for run in self.children(parent_id):
-            key = run.data.tags.get(TAG_RUN_ID, "")
+            tags = run.data.tags
+            key = tags.get(TAG_RUN_ID, "")
             name = run.info.run_name
-            if name not in planned:
-                continue
+            if name not in planned or (is_superseded(tags) and TAG_SUPERSEDED_BY not in tags):
+                continue  # not planned now, or set aside as trained again
             if key == planned[name]:
-                if TAG_SUPERSEDED_BY in run.data.tags:
-                    self.client.delete_tag(run.info.run_id, TAG_SUPERSEDED_BY)
+                if TAG_SUPERSEDED_BY in tags:  # the config changed back
+                    self.set_tags(run.info.run_id, {TAG_KIND: KIND_RUN})
+                    for tag in (TAG_SUPERSEDED_BY, TAG_SUPERSEDED):
+                        if tag in tags:
+                            self.client.delete_tag(run.info.run_id, tag)
                 continue
-            if run.data.tags.get(TAG_SUPERSEDED_BY) != planned[name]:
-                self.client.set_tag(run.info.run_id, TAG_SUPERSEDED_BY, planned[name])
+            aside = superseded_tags(
+                f"an earlier config of run {name!r}, now run {planned[name]}", planned[name]
+            )
+            if any(tags.get(k) != v for k, v in aside.items()):
+                self.set_tags(run.info.run_id, aside)
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
             superseded.append(key)

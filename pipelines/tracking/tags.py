@@ -9,10 +9,15 @@ reads their results back by them. Every tag value is a string:
 tag                         on           value
 ==========================  ===========  ==================================================
 ``sparling.kind``           both         ``sweep`` on a parent run, ``run`` on a child run
-                                         (``superseded``: set aside, trained again)
-``sparling.superseded``     child        why it was set aside (the code that changed)
+                                         (``superseded``: set aside, see below)
+``sparling.superseded``     child        why it was set aside
+``sparling.superseded_by``  child        the run id that replaces one of an earlier config
 ``sparling.sweep_name``     parent       the sweep's name
-``sparling.expected_runs``  parent       how many runs the sweep file plans, e.g. ``12``
+``sparling.expected_runs``  parent       how many runs the sweep has planned, e.g. ``12``:
+                                         those of its latest start and those earlier
+                                         starts planned (``--seeds``/``--methods``: a
+                                         subset), less runs of earlier configs; set at
+                                         every start
 ``sparling.swept_fields``   parent       JSON list of the swept config fields, in order
 ``sparling.sweep_file``     parent       the sweep file the sweep was read from
 ``sparling.run_id``         child        the run's config hash (``RunConfig.run_id()``)
@@ -36,6 +41,18 @@ parent and with ``sparling.swept`` ``{}``: a sweep that plans the same config fi
 the parent, the same MLflow run); in another experiment (runs cannot move) the sweep makes
 a child that gets its metrics and is linked to it both ways (``sparling.trained_in``,
 ``sparling.sweep_runs``).
+
+A run set aside is *superseded*: it keeps everything it logged, but no sweep, report or
+``sparling train`` takes it for the run of its key any more. One scheme for both reasons
+a run is set aside (:func:`superseded_tags`, read by :func:`is_superseded`):
+``sparling.kind=superseded`` and the reason in ``sparling.superseded``; a sweep's child of
+an earlier config (the same run name under another key: a changed preset or default)
+also names the key that replaces it in ``sparling.superseded_by`` (and becomes a run
+again should the config change back); a run trained again from scratch (``--rerun
+changed``) does not (it is replaced by a new run of its own key). Records of the two
+schemes before this one stay readable: runs trained again had this same form already,
+and children of an earlier config kept ``sparling.kind=run`` with only
+``sparling.superseded_by`` (a sweep's next start rewrites those of the names it plans).
 
 A child without ``sparling.status`` (an older or crashed driver) is read by MLflow's own
 run status. Experiments carry ``mlflow.experimentKind=custom_model_development`` and UI
@@ -67,7 +84,7 @@ TAG_SWEPT = "sparling.swept"
 TAG_STATUS = "sparling.status"
 TAG_FAILURE = "sparling.failure"
 TAG_RUN_ID = "sparling.run_id"
-#: on a child that an earlier config of a planned run left: the run id that replaces it
+#: on a superseded child of an earlier config of a planned run: the run id replacing it
 TAG_SUPERSEDED_BY = "sparling.superseded_by"
 TAG_METHOD = "sparling.method"
 TAG_DOMAIN = "sparling.domain"
@@ -75,6 +92,7 @@ TAG_SEED = "sparling.seed"
 TAG_COMMIT = "sparling.git_commit"
 TAG_DIRTY = "sparling.git_dirty"
 TAG_VERSIONS = "sparling.versions"
+#: on a superseded run: why it was set aside
 TAG_SUPERSEDED = "sparling.superseded"
 TAG_TRAINED_IN = "sparling.trained_in"
 TAG_SWEEP_RUNS = "sparling.sweep_runs"
@@ -119,6 +137,21 @@ def parent_tags(expected_runs: int, swept_fields: Sequence[str], sweep_file: str
         TAG_SWEPT_FIELDS: json.dumps(swept_fields),
         TAG_SWEEP_FILE: sweep_file,
     }
+
+
+def superseded_tags(reason: str, by: str | None = None) -> dict[str, str]:
+    """The tags that set a run aside (superseded, see the module's docstring): ``reason``
+    says why; ``by``: the run id that replaces it, for a run of an earlier config."""
+    tags = {TAG_KIND: KIND_SUPERSEDED, TAG_SUPERSEDED: reason}
+    if by is not None:
+        tags[TAG_SUPERSEDED_BY] = by
+    return tags
+
+
+def is_superseded(tags: Mapping[str, str]) -> bool:
+    """Whether a run's tags say it is superseded: ``sparling.kind=superseded``, or (as a
+    child of an earlier config was tagged before) ``sparling.superseded_by`` alone."""
+    return tags.get(TAG_KIND) == KIND_SUPERSEDED or TAG_SUPERSEDED_BY in tags
 
 
 def child_tags(

@@ -152,3 +152,67 @@ def test_runs_frame_of_a_work_dir(synced: Synced, tmp_path: Path) -> None:
     with pytest.raises(SparlingError, match="no MLflow tracking store"):
         runs_frame("synced", tmp_path / "nowhere")
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_parent_counts_and_ends_by_every_run_the_sweep_has_planned(tmp_path: Path) -> None:
+    """Starts of one sweep with ``--seeds`` narrowing and widening it, then a changed
+    config: the parent's ``sparling.expected_runs`` is the number of runs planned so far
+    (less those of earlier configs), the report agrees, and the parent ends FINISHED only
+    once every one of them has finished, whatever the start planned."""
+    from pipelines.executors.base import RunOutcome
+    from pipelines.plan import SweepOverrides, build_sweep
+    from pipelines.report.collect import read_sweep
+    from pipelines.sync import mark_ended
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+
+    spec = {"name": "narrowed", "base": tiny_config(), "methods": ["sparling"], "seeds": [0, 1]}
+    work = tmp_path / "work"
+    settings = load_settings(work)
+    experiment = settings.experiment_for(sweep="narrowed")
+
+    def start(ends: dict[int, str], **overrides: Any) -> tuple[str, str, int]:
+        """A start planning ``overrides``; each run of seed s ends as ``ends[s]``, as an
+        executor would have it end (finished: its child FINISHED; stopped: KILLED).
+        Returns the parent's status and expected count, and the runs the report reads."""
+        sweep = build_sweep(spec, overrides=SweepOverrides(**overrides))
+        outcomes: dict[str, RunOutcome] = {}
+        with tracking_context(sweep, work, list(sweep.runs), outcomes) as (tracking, parent):
+            for run in sweep.runs:
+                status = ends[run.seed]
+                outcomes[run.key] = RunOutcome(run.key, run.name, status)
+                if status == "finished":
+                    Tracker(tracking["uri"]).set_terminated(tracking["runs"][run.key])
+                else:
+                    mark_ended(tracking, run, status, "")
+        tracker = Tracker(uri)
+        tags = tracker.client.get_run(parent).data.tags
+        notes: list[str] = []
+        report = read_sweep(uri, experiment, "narrowed", notes)
+        assert report.counts.expected == int(tags["sparling.expected_runs"]), notes
+        status = tracker.client.get_run(parent).info.status
+        return status, tags["sparling.expected_runs"], report.counts.present
+
+    with tracking_uri(settings) as uri:
+        # seed 0 finishes, seed 1 is stopped: 2 planned, the sweep not done
+        assert start({0: "finished", 1: "stopped"}) == ("KILLED", "2", 2)
+        # --seeds 0 alone: still 2 planned, and seed 1 is still to finish
+        assert start({0: "finished"}, seeds=[0]) == ("KILLED", "2", 2)
+        # --seeds 1 finishes it: every planned run finished
+        assert start({1: "finished"}, seeds=[1]) == ("FINISHED", "2", 2)
+        # --seeds 0-2 widens it; a failed run fails the parent until it is run again
+        assert start({0: "finished", 1: "finished", 2: "failed"}, seeds=[0, 1, 2]) == (
+            "FAILED",
+            "3",
+            3,
+        )
+        assert start({0: "finished"}, seeds=[0]) == ("FAILED", "3", 3)
+        # a changed config (every run a new id) under the same names: the earlier runs
+        # of seeds 0 and 1 are superseded and not counted; seed 2's earlier run is
+        # another name's, still planned
+        assert start({0: "finished", 1: "finished"}, set={"optim.lr": 1e-3}) == (
+            "FAILED",
+            "3",
+            3,
+        )
+        assert start({2: "finished"}, set={"optim.lr": 1e-3}, seeds=[2]) == ("FINISHED", "3", 3)

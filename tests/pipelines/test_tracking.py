@@ -545,10 +545,17 @@ def test_runs_of_an_earlier_config_are_superseded_and_left_out_of_reports(
     store: LocalStore,
 ) -> None:
     """A changed preset gives every run a new id: the old children under the same run
-    names are tagged with the id that replaces them (a RUNNING one ended KILLED), and
-    the report reads only the current ones."""
+    names are superseded, naming the id that replaces them (a RUNNING one ended KILLED),
+    and the report reads only the current ones; the config changed back, they are runs
+    again."""
     from pipelines.report.collect import read_sweep
-    from pipelines.tracking.tags import TAG_SUPERSEDED_BY, child_tags, parent_tags
+    from pipelines.tracking.tags import (
+        TAG_SUPERSEDED,
+        TAG_SUPERSEDED_BY,
+        child_tags,
+        is_superseded,
+        parent_tags,
+    )
 
     tracker = Tracker(store.uri)
     exp = tracker.experiment("sparling-superseded")
@@ -564,19 +571,112 @@ def test_runs_of_an_earlier_config_are_superseded_and_left_out_of_reports(
     planned = {run_name("sparling", 0): "new0", run_name("sparling", 1): "new1"}
     assert tracker.mark_superseded(parent, planned) == ["old0", "old1"]
     tags = {r: tracker.client.get_run(r).data.tags for r in (old0, old1, other, new0, new1)}
-    assert tags[old0][TAG_SUPERSEDED_BY] == "new0" and tags[old1][TAG_SUPERSEDED_BY] == "new1"
+    assert tags[old0][TAG_KIND] == "superseded" and tags[old0][TAG_SUPERSEDED_BY] == "new0"
+    assert tags[old1][TAG_SUPERSEDED_BY] == "new1"
+    assert tags[old0][TAG_SUPERSEDED] == "an earlier config of run 'sparling seed=0', now run new0"
     # a name not planned now (a sweep run with --seeds) is left alone
-    assert TAG_SUPERSEDED_BY not in tags[other] and TAG_SUPERSEDED_BY not in tags[new0]
+    assert not is_superseded(tags[other]) and not is_superseded(tags[new0])
     assert tracker.client.get_run(old1).info.status == "KILLED"
     assert tracker.client.get_run(old0).info.status == "FINISHED"
+    assert sorted(r.data.tags[TAG_RUN_ID] for r in tracker.current_children(parent)) == [
+        "new0",
+        "new1",
+        "other7",
+    ]
+    assert tracker.find_child(parent, "old0") is None
     notes: list[str] = []
     sweep = read_sweep(store.uri, "sparling-superseded", "sweep-superseded", notes)
     assert sorted(r.run_id for r in sweep.runs) == ["new0", "new1", "other7"]
-    assert any("2 runs of earlier configs" in n for n in notes)
+    assert "2 superseded runs left out (2 of earlier configs of this sweep's runs" in (
+        " ".join(notes)
+    ), notes
     # the config changed back: the old runs are current again, the new ones superseded
     back = {run_name("sparling", 0): "old0", run_name("sparling", 1): "old1"}
     assert tracker.mark_superseded(parent, back) == ["new0", "new1"]
-    assert TAG_SUPERSEDED_BY not in tracker.client.get_run(old0).data.tags
+    again = tracker.client.get_run(old0).data.tags
+    assert again[TAG_KIND] == "run" and TAG_SUPERSEDED_BY not in again
+    assert TAG_SUPERSEDED not in again
+    found = tracker.find_child(parent, "old0")
+    assert found is not None and found.info.run_id == old0
+
+
+@pytest.mark.integration
+def test_runs_trained_again_and_runs_tagged_the_earlier_ways_are_left_out_of_reports(
+    store: LocalStore,
+) -> None:
+    """``--rerun changed`` (:meth:`Tracker.supersede`) and runs of an earlier config end in
+    the same scheme, which the report filters in one place; records written the earlier
+    ways (a run of an earlier config that kept ``sparling.kind=run`` with only
+    ``sparling.superseded_by``; ``sparling.kind=superseded`` with the reason) are left out
+    as well, and a sweep's next start rewrites the first kind."""
+    from pipelines.report.collect import read_sweep
+    from pipelines.tracking.tags import (
+        TAG_SUPERSEDED,
+        TAG_SUPERSEDED_BY,
+        child_tags,
+        is_superseded,
+        parent_tags,
+    )
+
+    tracker = Tracker(store.uri)
+    exp = tracker.experiment("sparling-superseded-ways")
+    parent = tracker.parent_run(exp, "ways", parent_tags(3, [], "sweep.yaml"))
+
+    def child(key: str, seed: int) -> str:
+        tags = child_tags(key, "sparling", "digit-circle", seed, {})
+        return tracker.child_run(exp, parent, key, run_name("sparling", seed), {}, tags)[0]
+
+    kept, first = child("k0", 0), child("k1", 1)
+    tracker.set_terminated(first, "FINISHED")
+    # trained again from scratch: every run of k1 set aside, then a new child of k1
+    assert tracker.supersede("k1", "code changed since commit abc") == [first]
+    second = child("k1", 1)
+    assert second != first
+    aside = tracker.client.get_run(first).data.tags
+    assert aside[TAG_KIND] == "superseded" and TAG_SUPERSEDED_BY not in aside
+    assert aside[TAG_SUPERSEDED] == "code changed since commit abc"
+    # records written the earlier ways, straight through the client
+    legacy = tracker.client.create_run(
+        exp,
+        tags={**child_tags("k2-old", "sparling", "digit-circle", 2, {}), TAG_PARENT: parent},
+        run_name=run_name("sparling", 2),
+    ).info.run_id
+    tracker.client.set_tag(legacy, TAG_SUPERSEDED_BY, "k2")
+    again_old = tracker.client.create_run(
+        exp,
+        tags={
+            **child_tags("k3", "sparling", "digit-circle", 3, {}),
+            TAG_PARENT: parent,
+            TAG_KIND: "superseded",
+            TAG_SUPERSEDED: "code changed",
+        },
+        run_name=run_name("sparling", 3),
+    ).info.run_id
+    assert is_superseded(tracker.client.get_run(legacy).data.tags)
+
+    notes: list[str] = []
+    sweep = read_sweep(store.uri, "sparling-superseded-ways", "ways", notes)
+    assert sorted((r.run_id, r.mlflow_run_id) for r in sweep.runs) == sorted(
+        [("k0", kept), ("k1", second)]
+    )
+    assert "3 superseded runs left out (1 of earlier configs of this sweep's runs, 2 trained " in (
+        " ".join(notes)
+    ), notes
+    assert {r.info.run_id for r in tracker.current_children(parent)} == {kept, second}
+    # the old-way child is no child of its key any more: a sweep planning it gets a new one
+    assert tracker.find_child(parent, "k2-old") is None
+
+    # a start planning these names: the old-way record is rewritten in the scheme of now,
+    # the run trained again stays aside (its key is planned, but it was not an earlier
+    # config), the one trained again the old way too
+    planned = {run_name("sparling", s): k for s, k in ((0, "k0"), (1, "k1"), (2, "k2"), (3, "k3"))}
+    assert tracker.mark_superseded(parent, planned) == ["k2-old"]
+    rewritten = tracker.client.get_run(legacy).data.tags
+    assert rewritten[TAG_KIND] == "superseded" and rewritten[TAG_SUPERSEDED_BY] == "k2"
+    assert "an earlier config" in rewritten[TAG_SUPERSEDED]
+    for run_id in (first, again_old):
+        assert tracker.client.get_run(run_id).data.tags[TAG_KIND] == "superseded"
+    assert {r.info.run_id for r in tracker.current_children(parent)} == {kept, second}
 
 
 @pytest.mark.integration

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -499,3 +500,102 @@ def test_a_worker_on_a_node_sent_sigterm_checkpoints_before_it_goes_and_resumes_
     ]
     _assert_same_state(a["model"], clean.model.state_dict())
     _assert_same_state(a["optimizer"], clean.optimizer.state_dict(), "optimizer")
+
+
+@contextlib.contextmanager
+def _created_dirs(folder: Path) -> Iterator[list[str]]:
+    """The names of the folders created in ``folder`` while the block runs (Linux
+    inotify: none is missed, however short-lived, as a polled listing could)."""
+    import ctypes
+    import select
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    in_create, in_isdir, in_moved_to = 0x100, 0x40000000, 0x80
+    fd = libc.inotify_init1(os.O_NONBLOCK)
+    assert fd >= 0, ctypes.get_errno()
+    assert libc.inotify_add_watch(fd, str(folder).encode(), in_create | in_moved_to) >= 0
+    names: list[str] = []
+    until = threading.Event()
+
+    def read() -> None:
+        while not until.is_set() or select.select([fd], [], [], 0)[0]:
+            if not select.select([fd], [], [], 0.05)[0]:
+                continue
+            data = os.read(fd, 65536)
+            at = 0
+            while at < len(data):
+                _wd, mask, _cookie, size = struct.unpack_from("iIII", data, at)
+                name = data[at + 16 : at + 16 + size].rstrip(b"\0").decode()
+                if mask & in_isdir and mask & in_create:
+                    names.append(name)
+                at += 16 + size
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield names
+    finally:
+        until.set()
+        reader.join(timeout=5)
+        os.close(fd)
+
+
+def test_a_two_worker_run_told_to_stop_writes_one_checkpoint_and_both_workers_end(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """Data parallel (2 Ray Train workers, DDP on gloo) and a stop request mid-interval:
+    the ranks agree on the step, rank 0 alone writes `checkpoints/last` there, both
+    workers end without an error (Ray Train reports none), and `run_training` raises
+    RunStopped with that step."""
+    import time
+
+    from pipelines.train_job import RunStopped, write_stop_request
+    from sparling.checkpoint import read_meta
+    from sparling.runs import RunFolder
+
+    batch = 8  # per worker: a step is 16 samples
+    cfg = load_config(
+        tiny_config(
+            **{
+                "data.train_size": 64,
+                "batch_size": batch,
+                "compute.workers": 2,
+                "budget_samples": 2 * batch * 400,
+                "val_interval": 2 * batch * 300,
+            }
+        )
+    )
+    folder = RunFolder.for_config(cfg, tmp_path)
+    folder.checkpoints_dir.mkdir(parents=True)  # watched from the start
+    asked: list[int] = []
+
+    def stop_after_8_steps() -> None:
+        until = time.monotonic() + 300
+        while time.monotonic() < until:
+            info = _read_progress(folder.path)
+            if info.get("samples", 0) >= 2 * batch * 8:
+                asked.append(int(info["samples"]))
+                write_stop_request(folder, "a test's stop request")
+                return
+            time.sleep(0.01)
+
+    asker = threading.Thread(target=stop_after_8_steps, daemon=True)
+    asker.start()
+    with (
+        _created_dirs(folder.checkpoints_dir) as made,
+        pytest.raises(RunStopped) as stopped,
+    ):
+        run_training(cfg, work_dir=tmp_path, progress=False)
+    asker.join(timeout=5)
+    assert asked, "the run never trained 8 steps"
+    at = stopped.value.samples
+    assert at is not None and at % (2 * batch) == 0 and asked[0] <= at < 2 * batch * 300
+    assert stopped.value.reason == "a test's stop request"
+    # one writer: one temporary folder made (rank 0's), renamed into `last`; nothing else
+    assert [n for n in made if n.startswith(".last.")] and len(made) == 1, made
+    assert sorted(p.name for p in folder.checkpoints_dir.iterdir()) == ["last"]
+    assert read_meta(folder.last)["samples"] == at
+    load_checkpoint(folder.last)  # complete: its sha256 verified
+    assert _read_progress(folder.path)["state"] == "stopped"
+    assert not folder.stop_request_path.exists() and folder.read_result() is None

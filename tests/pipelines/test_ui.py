@@ -3,8 +3,13 @@
 Starts ``run_ui`` as its own process (as ``sparling ui`` runs), logs a sweep to it, opens
 the UI in headless Chromium (Debian's ``chromium`` package, driven by Playwright; no
 browser is ever downloaded), checks the parent and child run names and an artifact, saves
-``docs/img/mlflow-ui.png``, then stops the UI with Ctrl-C (SIGINT) and checks that the
-server is gone.
+a screenshot of the runs table (``/tmp/sparling-mlflow-ui.png``, or where
+``$SPARLING_UI_SCREENSHOT`` says), then stops the UI with Ctrl-C (SIGINT) and checks that
+the server is gone.
+
+The screenshot is of this test's made-up sweep, and never written into the repository
+(a test edits no tracked file). The README's ``docs/img/mlflow-ui.png`` is of a real
+``quickstart`` sweep, taken by ``scripts/ui_screenshot.py`` (see its docstring).
 """
 
 from __future__ import annotations

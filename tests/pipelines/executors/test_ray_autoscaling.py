@@ -9,6 +9,7 @@ sweeps on Ray's fake multi-node cluster (``bench/autoscaling_cluster.py``: a ray
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -208,7 +209,8 @@ def test_sweep_grows_the_cluster_for_its_waiting_runs_and_lets_it_shrink(tmp_pat
 
         # More runs than the cluster may hold: it still grows to its limit (a request for
         # more than the limit, granted whole or not at all, would launch no node). Then
-        # Ctrl-C while the third run waits: nothing is left asking.
+        # Ctrl-C while the third run waits: the sweep stops (the waiting run is not
+        # started, the others checkpoint and stop), and nothing is left asking.
         work2 = tmp_path / "work2"
         path2 = write_sweep(tmp_path, "interrupted", [10, 11, 12], work2)
         proc = subprocess.Popen(
@@ -226,7 +228,10 @@ def test_sweep_grows_the_cluster_for_its_waiting_runs_and_lets_it_shrink(tmp_pat
         finally:
             if proc.poll() is None:
                 proc.kill()
-        assert proc.returncode != 0 and "KeyboardInterrupt" in out, out[-3000:]
+        assert proc.returncode == 0 and "KeyboardInterrupt" not in out, out[-3000:]
+        assert "not started: the sweep was asked to stop (SIGINT)" in out, out[-3000:]
+        counts = re.search(r"^sweep interrupted: (.*) in \d+ s$", out, re.MULTILINE)
+        assert counts and "stopped" in counts[1] and "failed" not in counts[1], out[-3000:]
         cluster.wait_for(
             "no placeholder or placement group left",
             lambda s: not s["pending"] and not s["pending_pgs"],
