@@ -98,11 +98,13 @@ class LocalExecutor:
 
 def local_generator(pool: Any) -> Callable[..., Path]:
     """A dataset generator for :func:`pipelines.train_job.prepare_datasets` that writes the
-    shards in ``pool`` (processes) instead of Ray tasks: the same files, hashes, manifest."""
+    shards in ``pool`` (processes) instead of Ray tasks: the same files, hashes, manifest.
+    Shards are reported as they are written (in order: ``imap``), so that a long dataset
+    (audio's spectrograms) shows its progress."""
     from sparling.datasets import generate_dataset_here
 
     def generate(*args: Any, progress: bool = True) -> Path:
-        return generate_dataset_here(*args, progress=False, mapper=pool.map)
+        return generate_dataset_here(*args, progress=progress, mapper=pool.imap)
 
     return generate
 

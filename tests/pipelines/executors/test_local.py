@@ -313,3 +313,22 @@ def test_the_deadline_and_a_sigterm_to_the_driver_stop_a_run_at_its_step(
     at_driver = read_meta(run / "checkpoints" / "last")["samples"]
     assert f"stopped on SIGTERM at sample {at_driver}" in out, out
     assert signalled_at <= at_driver <= signalled_at + 4 * batch, (signalled_at, at_driver)
+
+
+def test_datasets_generated_here_report_each_shard(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal (a log file), the local executor's dataset generation prints a line
+    per shard as it is written, so a long dataset is never silent."""
+    import multiprocessing as mp
+
+    from pipelines.executors.local import local_generator
+    from sparling.shards import read_manifest
+
+    with mp.get_context("spawn").Pool(2) as pool:
+        out = local_generator(pool)("digit-circle", {}, "val", 0, 8, 4, tmp_path / "val")
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if " shards in " in line]
+    assert [line.split(": ")[1].split(" ")[0] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest.complete
