@@ -28,9 +28,12 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UsageError(f"{flag} expects key=value, got {item!r}")
-        out[key.strip()] = load_yaml(raw, source=f"{flag} {key.strip()}") if raw.strip() else ""
+        key = key.strip()
+        if key in out:  # a later one would win silently, as a key twice in a YAML file
+            raise UsageError(f"{flag} {key} is given twice; keep one")
+        out[key] = load_yaml(raw, source=f"{flag} {key}") if raw.strip() else ""
     return out
 
 
@@ -117,8 +120,9 @@ DEFAULT_WORK_DIR = "sparling-work"
 
 
 def default_work_dir() -> str:
-    """``$SPARLING_WORK_DIR``, else ``sparling-work``."""
-    return os.environ.get(WORK_DIR_ENV, "").strip() or DEFAULT_WORK_DIR
+    """``$SPARLING_WORK_DIR`` (``~`` expanded: no shell expands it in a variable's value
+    set in a file), else ``sparling-work``."""
+    return os.path.expanduser(os.environ.get(WORK_DIR_ENV, "").strip()) or DEFAULT_WORK_DIR
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -280,9 +284,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.experiment:
         raise UsageError("--experiment names where to track; --no-tracking tracks nothing")
     if args.dry_run:
+        from pipelines.ray_env import check_ray_address, on_cluster, refuse_unavailable_gpus
         from sparling.datasets import check_domain
 
-        check_domain(config)  # what the real run checks first (e.g. a recordings folder)
+        # what the real run checks first: a RAY_ADDRESS that answers, GPUs the local Ray
+        # lacks, a recordings folder
+        check_ray_address()
+        refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
+        check_domain(config)
         result = folder.read_result()
         state = (
             "finished and evaluated"
@@ -299,14 +308,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if settings is not None
             else "MLflow: not tracked (--no-tracking)"
         )
+        if config.compute.gpus_per_worker > 0 and on_cluster():
+            need = config.compute.gpus_per_worker * config.compute.workers
+            print(
+                f"the run asks for {need:g} GPU(s) (compute.gpus_per_worker): on the cluster "
+                "at RAY_ADDRESS it waits for a node with free GPUs, which its autoscaler adds "
+                "where it may"
+            )
         return 0
     if settings is not None:
         # what the run refuses before it writes anything, refused before the MLflow run
         # (and a local store) is made for it
-        from pipelines.ray_env import refuse_unavailable_gpus
+        from pipelines.ray_env import check_ray_address, refuse_unavailable_gpus
         from sparling.datasets import check_domain
         from sparling.runs import resolve_init_from
 
+        check_ray_address()
         refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
         check_domain(config)
         if config.init_from:

@@ -70,8 +70,8 @@ class SweepSummary:
 def check_runs_can_start(runs: list[PlannedRun], executor: str = "ray") -> None:
     """What the runs check before their first step, once per distinct domain: its domain
     made for each split (a recordings folder found, the held-out speakers in it); and with
-    the Ray executor on its own local Ray instance, that this machine has the GPUs each
-    run asks for (``compute.gpus_per_worker``; Ray would keep such a run waiting forever).
+    the Ray executor, that a ``RAY_ADDRESS`` answers, and on its own local Ray instance
+    that this machine has the GPUs each run asks for (``compute.gpus_per_worker``; Ray would keep such a run waiting forever).
     Raises the first error, naming the run; writes nothing. The dry run calls it too, so
     it refuses what the real run would."""
     from sparling.datasets import check_domain
@@ -82,9 +82,11 @@ def check_runs_can_start(runs: list[PlannedRun], executor: str = "ray") -> None:
         if key not in seen:
             seen.add(key)
             check_domain(run.config)
-    if executor != "ray":
+    if executor != "ray" or not runs:
         return
-    from pipelines.ray_env import refuse_unavailable_gpus
+    from pipelines.ray_env import check_ray_address, refuse_unavailable_gpus
+
+    check_ray_address()  # a RAY_ADDRESS where nothing answers: said now, not in minutes
 
     shapes: dict[tuple[float, int], list[PlannedRun]] = {}
     for run in runs:

@@ -380,10 +380,11 @@ def run_training(
     the main thread, SIGTERM and SIGINT during training ask the workers to checkpoint at
     the step they are on and stop; it then raises :class:`RunStopped`.
     """
-    from pipelines.ray_env import ensure_ray, refuse_unavailable_gpus
+    from pipelines.ray_env import check_ray_address, ensure_ray, refuse_unavailable_gpus
     from sparling.datasets import check_domain
     from sparling.runs import resolve_init_from
 
+    check_ray_address()
     refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
     check_domain(config)  # e.g. a recordings folder, before the run folder is made
     work_dir = Path(work_dir).resolve()

@@ -107,6 +107,25 @@ CASES: list[tuple[list[str], dict[str, str], int, list[str]]] = [
         ["--set expects key=value, got 'batch_size'"],
     ),
     (
+        ["train", "{tmp}/run.yaml", "--set", "seed=1", "--set", "seed=2", *W],
+        NO_ENV,
+        2,
+        ["--set seed is given twice; keep one"],
+    ),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--dry-run", "--set", "budget_samples=8"]
+        + ["--set", " budget_samples=16", *W],
+        NO_ENV,
+        2,
+        ["--set budget_samples is given twice"],
+    ),
+    (
+        [*GEN, "--param", "min_digits=3", "--param", "min_digits=4", *OUT],
+        NO_ENV,
+        2,
+        ["--param min_digits is given twice"],
+    ),
+    (
         ["train", "{tmp}/run.yaml", "--set", "seed=abc", *W],
         NO_ENV,
         2,
@@ -388,12 +407,36 @@ CASES: list[tuple[list[str], dict[str, str], int, list[str]]] = [
         2,
         ["sha256 must be 64 hexadecimal digits, got 'xyz'"],
     ),
+    # -- RAY_ADDRESS naming no Ray head: said at once (Ray would retry it for minutes) ----
+    (
+        [*GEN, *OUT],
+        {"RAY_ADDRESS": "127.0.0.1:1"},
+        2,
+        ["RAY_ADDRESS=127.0.0.1:1: nothing answers at 127.0.0.1:1 (Connection refused)"]
+        + ["unset RAY_ADDRESS to run on a local Ray instance"],
+    ),
+    (["train", "{tmp}/run.yaml", *W], {"RAY_ADDRESS": "127.0.0.1:1"}, 2, ["nothing answers"]),
+    (
+        ["train", "{tmp}/run.yaml", "--dry-run", *W],
+        {"RAY_ADDRESS": "127.0.0.1:1"},
+        2,
+        ["nothing answers"],
+    ),
+    (["sweep", "{tmp}/sw.yaml", *W], {"RAY_ADDRESS": "127.0.0.1:1"}, 2, ["nothing answers"]),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--dry-run", *W],
+        {"RAY_ADDRESS": "head-node"},
+        2,
+        ["RAY_ADDRESS='head-node' is no Ray address: expected host:port"],
+    ),
     # -- ui and demo -----------------------------------------------------------------------------
     (["ui", "--port", "0", *W], NO_ENV, 2, ["argument --port: must be from 1 to 65,535, got 0"]),
     (["ui", "--port", "99999", *W], NO_ENV, 2, ["leave --port out for a free one"]),
     (["ui", "--work-dir", "{tmp}/run.yaml"], NO_ENV, 2, [FILE_NOT_FOLDER]),
     (["ui", "--work-dir", "{tmp}/loop"], NO_ENV, 2, [LOOP]),
     (["ui"], {"SPARLING_WORK_DIR": "{tmp}/run.yaml"}, 2, [FILE_NOT_FOLDER]),
+    # ~ in the variable is the home folder (it used to be a folder named ~ here)
+    (["ui"], {"HOME": "{tmp}", "SPARLING_WORK_DIR": "~/run.yaml"}, 2, [FILE_NOT_FOLDER]),
     (
         ["ui", *W],
         {"SPARLING_MLFLOW_CONFIG": "{tmp}/mlflow-list.yaml"},
@@ -424,9 +467,22 @@ if not torch.cuda.is_available():
         # on a cluster (which may add GPU nodes) it is planned, and the dry run says so
         (
             ["sweep", "{tmp}/sw-gpu.yaml", "--dry-run", *W],
-            {"RAY_ADDRESS": "127.0.0.1:1"},
+            {"RAY_ADDRESS": "{head}"},
             0,
             ["1 run(s) ask for GPUs", "on the cluster at RAY_ADDRESS they wait for nodes with"],
+        ),
+        # sparling train: the same, dry run included
+        (
+            ["train", "{tmp}/run.yaml", "--dry-run", "--set", "compute.gpus_per_worker=1", *W],
+            NO_ENV,
+            2,
+            NO_GPU,
+        ),
+        (
+            ["train", "{tmp}/run.yaml", "--dry-run", "--set", "compute.gpus_per_worker=1", *W],
+            {"RAY_ADDRESS": "{head}"},
+            0,
+            ["the run asks for 1 GPU(s)", "at RAY_ADDRESS it waits for a node with free GPUs"],
         ),
         # the local executor says it trains them on its --device
         (
@@ -440,6 +496,15 @@ if not torch.cuda.is_available():
 
 def _tree(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def head() -> Any:
+    """``host:port`` where something accepts connections (as a Ray head node would)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -497,6 +562,7 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     trained: tuple[Path, Path],
+    head: str,
     args: list[str],
     env: dict[str, str],
     code: int,
@@ -511,6 +577,7 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(
         "run_id": run.name,
         "work": run.parents[1],
         "model": model,
+        "head": head,
     }
     for name in ("RAY_ADDRESS", "SPARLING_WORK_DIR", "SPARLING_MLFLOW_CONFIG"):
         monkeypatch.delenv(name, raising=False)
