@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import read_only
 
 from pipelines.report import (
     BOOTSTRAP_SEED,
@@ -526,6 +527,37 @@ def test_report_command_prints_and_logs(
 
 
 # -- bad input ----------------------------------------------------------------------------
+
+
+def test_an_unwritable_out_is_refused_before_anything_is_read_or_logged(
+    store: Store, tmp_path: Path
+) -> None:
+    """A read-only ``--out`` (or a file there): the path and the cause, said before the
+    sweep is read back, and nothing made or logged."""
+    from mlflow import MlflowClient
+
+    from sparling.errors import describe_os_error
+
+    client = MlflowClient(tracking_uri=store.uri)
+    logged = {a.path for a in client.list_artifacts(store.parent_id)}
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    with read_only(ro):
+        with pytest.raises(OSError) as refused:
+            report_command(store.uri, EXPERIMENT, SWEEP, ro / "out")
+        assert (
+            describe_os_error(refused.value) == f"cannot write {ro / 'out'}: Read-only file system"
+        )
+        assert not (ro / "out").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as refused:
+        report_command(store.uri, EXPERIMENT, SWEEP, tmp_path / "file")
+    assert (
+        describe_os_error(refused.value)
+        == f"{tmp_path / 'file'} is a file, where a folder is expected"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "ro"]
+    assert {a.path for a in client.list_artifacts(store.parent_id)} == logged
 
 
 def test_unknown_sweep_lists_the_sweeps_found(store: Store, tmp_path: Path) -> None:

@@ -168,7 +168,11 @@ def test_profiles_and_environment_overrides(
             r"logging\.system_metrics_every: unknown key \(did you mean .system_metrics",
         ),
         ("profile: [local\n", {}, r"not valid YAML"),
-        ("- local\n", {}, r"must be a mapping, got list"),
+        (
+            "- local\n",
+            {},
+            r"must be a mapping of keys such as .profile: local., but the file holds a list",
+        ),
         ("experiment_name: 'x-{user}'\n", {}, r"experiment_name='x-\{user\}': unknown placeholder"),
         (
             "profiles:\n  server:\n    password: hunter2\n",
