@@ -28,10 +28,90 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise UsageError(f"{flag} expects key=value, got {item!r}")
-        out[key.strip()] = load_yaml(raw, source=f"{flag} {key.strip()}") if raw.strip() else ""
+        key = key.strip()
+        if key in out:  # a later one would win silently, as a key twice in a YAML file
+            raise UsageError(f"{flag} {key} is given twice; keep one")
+        out[key] = load_yaml(raw, source=f"{flag} {key}") if raw.strip() else ""
     return out
+
+
+# -- argument types: a bad value is refused by argparse, before any command runs ------------
+def path_arg(text: str) -> str:
+    """A path argument: anything but an empty string (which would mean the current
+    folder, silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path; give a file or folder name (. for the current folder)"
+        )
+    return text
+
+
+def whole(low: int, high: int | None = None, hint: str = "") -> Any:
+    """A whole-number argument type accepting ``low`` to ``high`` (inclusive)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expects a whole number, got {text!r}{hint}"
+            ) from None
+        if value < low or (high is not None and value > high):
+            accepted = f"from {low:,} to {high:,}" if high is not None else f"at least {low:,}"
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {value}{hint}")
+        return value
+
+    return parse
+
+
+def positive_number(what: str) -> Any:
+    """A finite number above 0 (``what``: its unit, for the message)."""
+
+    def parse(text: str) -> float:
+        value = _number(text)
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive number of {what}, got {text}")
+        return value
+
+    return parse
+
+
+def density_arg(text: str) -> float:
+    """A density: the fraction of motif activations kept, above 0 and at most 1."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"a density is a fraction above 0 and at most 1 (e.g. 5e-5), got {text}"
+        )
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+
+
+SEED_ARG = whole(0, 2**32 - 1)
+PORT_ARG = whole(1, 65535, hint="; leave --port out for a free one")
+
+
+def work_dir_path(text: str) -> Path:
+    """The work dir, absolute, once it is known to be no file (a file or a loop of
+    symbolic links there is refused with its path, before anything looks inside)."""
+    import errno
+
+    path = Path(text)
+    try:
+        resolved = path.resolve()
+    except RuntimeError:  # Python < 3.13: a loop of symbolic links
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+    if resolved.exists() and not resolved.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    return resolved
 
 
 #: The work dir when ``--work-dir`` is not given (the flag wins over it).
@@ -40,8 +120,9 @@ DEFAULT_WORK_DIR = "sparling-work"
 
 
 def default_work_dir() -> str:
-    """``$SPARLING_WORK_DIR``, else ``sparling-work``."""
-    return os.environ.get(WORK_DIR_ENV, "").strip() or DEFAULT_WORK_DIR
+    """``$SPARLING_WORK_DIR`` (``~`` expanded: no shell expands it in a variable's value
+    set in a file), else ``sparling-work``."""
+    return os.path.expanduser(os.environ.get(WORK_DIR_ENV, "").strip()) or DEFAULT_WORK_DIR
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
@@ -190,7 +271,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from sparling.runs import RunFolder
 
     config = _load_run_config(args.config, args.set)
-    work_dir = Path(args.work_dir).resolve()
+    work_dir = work_dir_path(args.work_dir)
     settings = tracking_settings(args, work_dir)
     folder = RunFolder.for_config(config, work_dir)
     print(
@@ -203,9 +284,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.experiment:
         raise UsageError("--experiment names where to track; --no-tracking tracks nothing")
     if args.dry_run:
+        from pipelines.ray_env import check_ray_address, on_cluster, refuse_unavailable_gpus
         from sparling.datasets import check_domain
 
-        check_domain(config)  # what the real run checks first (e.g. a recordings folder)
+        # what the real run checks first: a RAY_ADDRESS that answers, GPUs the local Ray
+        # lacks, a recordings folder
+        check_ray_address()
+        refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
+        check_domain(config)
         result = folder.read_result()
         state = (
             "finished and evaluated"
@@ -222,14 +308,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if settings is not None
             else "MLflow: not tracked (--no-tracking)"
         )
+        if config.compute.gpus_per_worker > 0 and on_cluster():
+            need = config.compute.gpus_per_worker * config.compute.workers
+            print(
+                f"the run asks for {need:g} GPU(s) (compute.gpus_per_worker): on the cluster "
+                "at RAY_ADDRESS it waits for a node with free GPUs, which its autoscaler adds "
+                "where it may"
+            )
         return 0
     if settings is not None:
         # what the run refuses before it writes anything, refused before the MLflow run
         # (and a local store) is made for it
-        from pipelines.ray_env import refuse_unavailable_gpus
+        from pipelines.ray_env import check_ray_address, refuse_unavailable_gpus
         from sparling.datasets import check_domain
         from sparling.runs import resolve_init_from
 
+        check_ray_address()
         refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
         check_domain(config)
         if config.init_from:
@@ -249,6 +343,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_path(text: str, args: argparse.Namespace) -> Path:
+    """The run or checkpoint folder ``text`` names. A run's id alone names no folder: where
+    the work dir holds that run, the message says which folder to pass."""
+    from sparling.runs import RUNS_DIR
+
+    path = Path(text)
+    if not os.path.lexists(path) and len(path.parts) == 1:
+        work_dir = Path(getattr(args, "work_dir", None) or default_work_dir())
+        candidate = work_dir / RUNS_DIR / text
+        if candidate.is_dir():
+            raise UsageError(
+                f"no folder {text!r} here; run {text} of the work dir {work_dir} is the folder "
+                f"{candidate}: pass that"
+            )
+    return path
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from sparling.export import export_model
     from sparling.runs import RunFolder, select_checkpoint
@@ -256,7 +367,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, got {out}")
-    checkpoint = select_checkpoint(Path(args.path), args.density)
+    checkpoint = select_checkpoint(_run_path(args.path, args), args.density)
     run = RunFolder.of_checkpoint(checkpoint)
     in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
     settings = None
@@ -353,7 +464,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_file(args)
     if args.data_seed is not None:
         raise UsageError("--data-seed applies to an exported .safetensors file only")
-    checkpoint = select_checkpoint(Path(args.path), args.density)
+    checkpoint = select_checkpoint(_run_path(args.path, args), args.density)
     config = load_config(checkpoint / CONFIG_FILE)
     run = RunFolder.of_checkpoint(checkpoint)
     in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
@@ -412,6 +523,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from sparling.showcase import showcase
 
     models = sorted(SHOWCASE_MODELS.glob("*.safetensors"))
+    # what the sweep would refuse (its work dir, its MLflow settings), refused before the
+    # showcase writes into the work dir
+    work_dir = work_dir_path(args.work_dir)
+    tracking_settings(args, work_dir)
+    check_writable(work_dir, folder=True)
     if models and args.showcase_samples > 0:
         print(
             f"What Sparling found: the {len(models)} DigitCircle model(s) in {SHOWCASE_MODELS}, "
@@ -445,7 +561,16 @@ def _resolve_sweep_file(name: str) -> Path:
         p.name.removesuffix(".yaml")
         for p in Path(str(resources.files("pipelines") / "sweeps")).glob("*.yaml")
     )
-    raise UsageError(f"no sweep file {name!r}; shipped sweeps: {', '.join(available)}")
+    shipped_list = f"shipped sweeps: {', '.join(available)}"
+    if os.path.lexists(path):  # a link to nothing, or a loop of links
+        from sparling.fileio import why_missing
+
+        raise UsageError(f"{why_missing(path, 'sweep file')}; {shipped_list}")
+    from sparling.errors import nearest
+
+    near = nearest(name, available)
+    hint = f" (did you mean {near!r}?)" if near else ""
+    raise UsageError(f"no sweep file {name!r}{hint}; {shipped_list}")
 
 
 def _local_options(args: argparse.Namespace) -> Any:
@@ -462,7 +587,8 @@ def _local_options(args: argparse.Namespace) -> Any:
     if args.executor != "local":
         given = [flag for flag, value in local_only.items() if value is not None]
         if given:
-            raise UsageError(f"{', '.join(given)} apply to --executor local only")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UsageError(f"{', '.join(given)} {verb} to --executor local only")
         return None
     for flag, value in (("--parallel", args.parallel), ("--threads", args.threads)):
         if value is not None and value < 1:
@@ -513,7 +639,13 @@ def parse_rerun(text: str | None) -> set[str]:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.plan import describe, load_sweep
-    from pipelines.sweep import changed_code, check_runs_can_start, run_is_finished, run_sweep
+    from pipelines.sweep import (
+        changed_code,
+        check_runs_can_start,
+        gpu_note,
+        run_is_finished,
+        run_sweep,
+    )
     from pipelines.tracking.server import tracking_uri
     from pipelines.tracking.settings import missing_local_store
 
@@ -526,7 +658,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             "--no-tracking reads none"
         )
     sweep = load_sweep(_resolve_sweep_file(args.file), overrides)
-    work_dir = Path(args.work_dir).resolve()
+    work_dir = work_dir_path(args.work_dir)
     settings = tracking_settings(args, work_dir)
     where = (
         tracking_line(settings, settings.experiment_for(sweep=sweep.name))
@@ -534,6 +666,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         else "MLflow: not tracked (--no-tracking)"
     )
     done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
+    # what the runs to train refuse before their first step (a recordings folder, GPUs
+    # this machine lacks), refused before anything is started, the dry run included
+    check_runs_can_start([r for r in sweep.runs if r.key not in done], args.executor)
+    if args.pack:  # said now, not after the sweep
+        check_writable(Path(f"{args.pack}-1.tgz"), folder=False)
+    note = gpu_note([r for r in sweep.runs if r.key not in done], args.executor, args.device)
     with contextlib.ExitStack() as stack:
         if settings is not None and missing_local_store(settings) is None:
             # one server for the whole command (read the commits, run, report)
@@ -542,12 +680,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         rerun = {k: f"code changed {why}" for k, why in changed.items()} if rerun_kinds else {}
         if args.dry_run:
             # what the real run checks before its first step (e.g. a recordings folder)
-            check_runs_can_start([r for r in sweep.runs if r.key not in done - set(rerun)])
+            check_runs_can_start(
+                [r for r in sweep.runs if r.key not in done - set(rerun)], args.executor
+            )
             print(describe(sweep, done, changed, rerun))
             print(where)
+            if note:
+                print(note)
             return 0
         print(describe(sweep, done, changed, rerun))
         print(where)
+        if note:
+            print(note)
         summary = run_sweep(
             sweep,
             work_dir,
@@ -600,8 +744,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         name = load_sweep(_resolve_sweep_file(name)).name
     formats = tuple(args.format) if args.format else ("md", "csv", "tex")
     out = Path(args.out) if args.out else None
-    work_dir = Path(args.work_dir).resolve()
+    work_dir = work_dir_path(args.work_dir)
     settings = tracking_settings(args, work_dir)
+    # before a server is started or anything is read: the report's folder can be written
+    check_writable(out or work_dir / "reports" / name, folder=True)
     print(_report_text(name, work_dir, out, formats, settings))
     return 0
 
@@ -610,7 +756,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from pipelines.ui import run_ui
 
     named = Path(args.mlflow_config) if args.mlflow_config else None
-    run_ui(Path(args.work_dir).resolve(), port=args.port, settings_path=named)
+    run_ui(work_dir_path(args.work_dir), port=args.port, settings_path=named)
     return 0
 
 
@@ -666,9 +812,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", metavar="K=V", help="a domain parameter (repeatable)"
     )
     gen.add_argument("--split", required=True, choices=["train", "val", "test"])
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--count", type=int, required=True, help="number of samples")
-    gen.add_argument("--shards", type=int, default=1, help="number of shards (one Ray task each)")
+    gen.add_argument("--seed", type=SEED_ARG, default=0)
+    gen.add_argument("--count", type=whole(1), required=True, help="number of samples")
+    gen.add_argument(
+        "--shards", type=whole(1), default=1, help="number of shards (one Ray task each)"
+    )
     gen.add_argument("--out", required=True, help="dataset folder")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_cmd_data_generate)
@@ -719,15 +867,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="a run folder (sparling-work/runs/ID), a checkpoint folder, or an exported "
         "model (.safetensors, scored on test images generated now)",
     )
-    ev.add_argument("--density", type=float, help="evaluate the run's checkpoint at this density")
-    ev.add_argument("--samples", type=int, help="test samples to use (default: the whole split)")
+    ev.add_argument(
+        "--density", type=density_arg, help="evaluate the run's checkpoint at this density"
+    )
+    ev.add_argument(
+        "--samples", type=whole(1), help="test samples to use (default: the whole split)"
+    )
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--out", help="folder for evaluation.json and the figures")
     ev.add_argument(
         "--device", default="cpu", help="where to run the model: cpu (default), cuda, cuda:N"
     )
     ev.add_argument(
-        "--data-seed", type=int, help="exported models: the test images' seed (default: its run's)"
+        "--data-seed",
+        type=SEED_ARG,
+        help="exported models: the test images' seed (default: its run's)",
     )
     ev.add_argument(
         "--work-dir", default=work_dir, help=f"exported models: report folder; {work_help}"
@@ -742,7 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write a run's model as one safetensors file")
     ex.add_argument("path", help="a run folder (sparling-work/runs/ID) or a checkpoint folder")
-    ex.add_argument("--density", type=float, help="the run's checkpoint at this density")
+    ex.add_argument("--density", type=density_arg, help="the run's checkpoint at this density")
     ex.add_argument("--out", required=True, help="the file to write (.safetensors)")
     ex.add_argument(
         "--no-tracking",
@@ -793,12 +947,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="ray",
         help="ray: a Ray Train job per run (default); local: processes on this machine, no Ray",
     )
-    sw.add_argument("--parallel", type=int, help="local: runs at once (default 1)")
-    sw.add_argument("--threads", type=int, help="local: torch threads per run (default 1)")
+    sw.add_argument("--parallel", type=whole(1), help="local: runs at once (default 1)")
+    sw.add_argument("--threads", type=whole(1), help="local: torch threads per run (default 1)")
     sw.add_argument("--device", help="local: cpu (default), cuda or cuda:N")
     sw.add_argument(
         "--deadline",
-        type=float,
+        type=positive_number("seconds"),
         help="local: seconds after which running runs stop (keeping their last checkpoint; "
         "they resume when the sweep runs again) and no new run starts",
     )
@@ -824,7 +978,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_report)
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1")
-    ui.add_argument("--port", type=int, help="port (default: a free one, or the running server's)")
+    ui.add_argument(
+        "--port", type=PORT_ARG, help="port (default: a free one, or the running server's)"
+    )
     ui.add_argument("--work-dir", default=work_dir, help=work_help)
     mlflow_config(ui)
     ui.set_defaults(func=_cmd_ui)
@@ -834,13 +990,29 @@ def build_parser() -> argparse.ArgumentParser:
     mlflow_config(demo)
     demo.add_argument(
         "--showcase-samples",
-        type=int,
+        type=whole(0),
         default=500,
         help="test images to score each committed model on first (0: skip that part)",
     )
     demo.set_defaults(func=_cmd_demo)
 
+    _refuse_empty_paths(parser)
     return parser
+
+
+#: the arguments that name a file or folder (every command's)
+PATH_ARGS = {"config", "path", "file", "sweep", "work_dir", "out", "to", "mlflow_config", "pack"}
+
+
+def _refuse_empty_paths(parser: argparse.ArgumentParser) -> None:
+    """Give every path argument of every command (:data:`PATH_ARGS`) the type
+    :func:`path_arg`, which refuses an empty path."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _refuse_empty_paths(sub)
+        elif action.dest in PATH_ARGS and action.type is None:
+            action.type = path_arg
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -875,6 +1047,15 @@ def configure_logging() -> None:
             logger.addHandler(_LOG_HANDLER)
 
 
+#: what an interrupted command has kept, where there is more to say than the rest
+INTERRUPTED = {
+    "": "what was completed is kept (files are written whole or not at all): run the same "
+    "command again to go on from there",
+    "data": "the shards already written are kept, listed in the dataset's manifest; run the "
+    "same command again to write the others",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -884,6 +1065,22 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SparlingError, ValueError) as e:
         # Errors that name the bad input: show the message, not a traceback.
         print(f"sparling {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: what was finished is kept (shards, checkpoints, run folders are written
+        # whole or not at all), and the same command goes on from there.
+        kept = INTERRUPTED.get(args.command, INTERRUPTED[""])
+        print(f"sparling {args.command}: interrupted (Ctrl-C); {kept}", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        # pathlib (Python < 3.13) reports a loop of symbolic links as a RuntimeError
+        loop = str(e).removeprefix("Symlink loop from ")
+        if loop == str(e):
+            raise
+        import errno
+
+        error = OSError(errno.ELOOP, os.strerror(errno.ELOOP), loop.strip("'\""))
+        print(f"sparling {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except OSError as e:
         # A path the system refused (read-only, no permission, a file where a folder is

@@ -28,7 +28,7 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from pipelines.ray_env import ensure_ray
+from pipelines.ray_env import check_ray_address, ensure_ray
 from sparling.domains import Domain
 from sparling.errors import SparlingError
 from sparling.fileio import file_lock
@@ -237,6 +237,8 @@ def generate_dataset(
     """
     plan = plan_dataset(domain, params, split, seed, count, shards)
     out = Path(out).resolve()  # workers may run with another working directory
+    if not (out / MANIFEST_NAME).is_file():
+        check_ray_address()  # a new dataset needs Ray: a dead RAY_ADDRESS said before mkdir
     if out.is_dir():
         # Refuse someone else's folder before leaving anything (even a lock file) in it;
         # checked again under the lock below.

@@ -31,6 +31,7 @@ and what is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -54,7 +55,7 @@ from sparling.bottlenecks import bottleneck_names
 from sparling.config import RunConfig, flatten, load_config, set_path
 from sparling.domains.base import canonical_hash
 from sparling.errors import SparlingError, format_validation_errors, nearest
-from sparling.fileio import YAMLLoadError, env_limit, load_yaml
+from sparling.fileio import YAMLLoadError, env_limit, load_yaml_mapping
 
 
 class SweepError(SparlingError, ValueError):
@@ -301,20 +302,25 @@ def _kind(axis: FieldAxis | ZipAxis | VaryAxis) -> str:
     return "zip" if isinstance(axis, ZipAxis) else "vary" if isinstance(axis, VaryAxis) else "field"
 
 
+#: a line of a run config, for the messages about a sweep's ``base`` file
+_BASE_EXAMPLE = "domain: {name: digit-circle}"
+
+
 def load_sweep(path: str | Path, overrides: SweepOverrides | None = None) -> Sweep:
     """Read, validate and expand a sweep file (with the command line's ``overrides``);
     raises :class:`SweepError` naming the problem."""
     path = Path(path)
-    if path.is_dir():
-        raise SweepError(f"{path} is a folder; a sweep is a YAML file")
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {path}")
     try:
-        data = load_yaml(path)
+        data = load_yaml_mapping(
+            path,
+            "a sweep",
+            kind="sweep file",
+            example="name: my-sweep",
+            error=SweepError,
+            defaults=False,
+        )
     except YAMLLoadError as e:
         raise SweepError(str(e)) from None
-    if not isinstance(data, dict):
-        raise SweepError(f"{path}: a sweep file must be a mapping")
     return build_sweep(data, source=str(path), base_dir=path.parent, overrides=overrides)
 
 
@@ -388,11 +394,13 @@ def build_sweep(
     _apply_overrides(spec, overrides, source)
 
     if isinstance(spec.base, str):
-        base_path = (base_dir / spec.base).resolve()
-        if not base_path.is_file():
-            raise SweepError(f"{source}: base: run config file not found: {base_path}")
+        base_path = base_dir / spec.base
+        with contextlib.suppress(RuntimeError):  # a loop of links: said below
+            base_path = base_path.resolve()
         try:
-            base = load_yaml(base_path) or {}
+            base = load_yaml_mapping(
+                base_path, "a run config", kind="run config file", example=_BASE_EXAMPLE
+            )
         except YAMLLoadError as e:
             raise SweepError(f"{source}: base: {e}") from None
         base_source = str(base_path)

@@ -33,6 +33,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     log_to_driver = os.environ.get(LOGS_ENV, "0") not in ("", "0", "false", "no")
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        check_ray_address()  # Ray itself would retry an address that never answers for minutes
         ray.init(address=address, log_to_driver=log_to_driver)
     else:
         with _on_loopback():
@@ -42,6 +43,43 @@ def ensure_ray(num_cpus: int | None = None) -> None:
                 _node_ip_address="127.0.0.1",
                 log_to_driver=log_to_driver,
             )
+
+
+#: seconds to wait for the head node named by ``RAY_ADDRESS`` to accept a connection
+ADDRESS_TIMEOUT_S = 10.0
+
+
+def check_ray_address() -> None:
+    """Refuse a ``RAY_ADDRESS`` that names no reachable Ray head, at once and before
+    anything is written: a value that is no ``host:port`` (or ``ray://host:port``, or
+    ``auto``), or a host and port where nothing accepts a connection within
+    :data:`ADDRESS_TIMEOUT_S` (``ray.init`` would retry it for minutes, printing warnings).
+    Nothing to check without ``RAY_ADDRESS`` (a local instance is started), or for
+    ``auto`` / ``local`` (Ray finds or starts the instance on this machine itself)."""
+    import socket
+
+    from sparling.errors import SparlingError
+
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SparlingError(
+            f"RAY_ADDRESS={address!r} is no Ray address: expected host:port of the cluster's "
+            "head node (e.g. 10.0.0.5:6379), ray://host:port, or auto; unset it to run on "
+            "a local Ray instance"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_TIMEOUT_S):
+            pass
+    except OSError as e:
+        cause = e.strerror or str(e) or type(e).__name__
+        raise SparlingError(
+            f"RAY_ADDRESS={address}: nothing answers at {host}:{port} ({cause}); start the "
+            "cluster's head node there (ray start --head), or unset RAY_ADDRESS to run on a "
+            "local Ray instance; nothing was started"
+        ) from None
 
 
 def on_cluster() -> bool:

@@ -32,6 +32,7 @@ from pipelines.executors.base import RunOutcome
 from pipelines.executors.local import LocalOptions
 from pipelines.plan import PlannedRun, Sweep
 from pipelines.sync import tracking_context
+from sparling.errors import SparlingError
 from sparling.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -66,11 +67,13 @@ class SweepSummary:
         return ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
 
 
-def check_runs_can_start(runs: list[PlannedRun]) -> None:
+def check_runs_can_start(runs: list[PlannedRun], executor: str = "ray") -> None:
     """What the runs check before their first step, once per distinct domain: its domain
-    made for each split (a recordings folder found, the held-out speakers in it). Raises
-    the domain's error; writes nothing. The dry run calls it too, so it refuses what the
-    real run would."""
+    made for each split (a recordings folder found, the held-out speakers in it); and with
+    the Ray executor, that a ``RAY_ADDRESS`` answers, and on its own local Ray instance
+    that this machine has the GPUs each run asks for (``compute.gpus_per_worker``; Ray would keep such a run waiting forever).
+    Raises the first error, naming the run; writes nothing. The dry run calls it too, so
+    it refuses what the real run would."""
     from sparling.datasets import check_domain
 
     seen: set[str] = set()
@@ -79,6 +82,52 @@ def check_runs_can_start(runs: list[PlannedRun]) -> None:
         if key not in seen:
             seen.add(key)
             check_domain(run.config)
+    if executor != "ray" or not runs:
+        return
+    from pipelines.ray_env import check_ray_address, refuse_unavailable_gpus
+
+    check_ray_address()  # a RAY_ADDRESS where nothing answers: said now, not in minutes
+
+    shapes: dict[tuple[float, int], list[PlannedRun]] = {}
+    for run in runs:
+        c = run.config.compute
+        shapes.setdefault((c.gpus_per_worker, c.workers), []).append(run)
+    for (gpus, workers), asking in shapes.items():
+        try:
+            refuse_unavailable_gpus(gpus, workers)
+        except SparlingError as e:
+            first = asking[0]
+            others = f" and {len(asking) - 1} other run(s) like it" if len(asking) > 1 else ""
+            raise SparlingError(
+                f"run {first.name} ({first.key}){others}: {e}; nothing was started"
+            ) from None
+
+
+def gpu_note(runs: list[PlannedRun], executor: str, device: str | None = None) -> str | None:
+    """What to know about the runs that ask for GPUs (``compute.gpus_per_worker``), for
+    the dry run and the sweep's first lines: on a cluster (``RAY_ADDRESS``) they wait for
+    GPU nodes; with ``--executor local`` they train on ``device``. ``None``: nothing to
+    say (no run asks for a GPU, or the local Ray instance has them)."""
+    asking = [r for r in runs if r.config.compute.gpus_per_worker > 0]
+    if not asking:
+        return None
+    most = max(r.config.compute.gpus_per_worker * r.config.compute.workers for r in asking)
+    if executor == "local":
+        where = device or "cpu"
+        return (
+            f"{len(asking)} run(s) ask for GPUs (compute.gpus_per_worker); --executor local "
+            f"trains every run on --device {where} and reserves nothing"
+        )
+    from pipelines.ray_env import on_cluster
+
+    if on_cluster():
+        return (
+            f"{len(asking)} run(s) ask for GPUs (compute.gpus_per_worker, up to {most:g} per "
+            "run): on the cluster at RAY_ADDRESS they wait for nodes with free GPUs, which "
+            "its autoscaler adds where it may; a cluster that never has them keeps them "
+            "waiting"
+        )
+    return None
 
 
 #: ``--rerun`` values: which finished runs to train again.
@@ -175,7 +224,7 @@ def run_sweep(
         else:
             todo.append(run)
 
-    check_runs_can_start(todo)  # before anything is made or started
+    check_runs_can_start(todo, executor)  # before anything is made or started
     runner.prepare(todo, work_dir, progress=progress)
     with contextlib.ExitStack() as stack:
         tracking: dict[str, Any] | None = None

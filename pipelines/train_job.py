@@ -395,10 +395,11 @@ def run_training(
     request that another process writes into the run folder while it trains
     (:func:`write_stop_request`: a sweep's driver asked to stop).
     """
-    from pipelines.ray_env import ensure_ray, refuse_unavailable_gpus
+    from pipelines.ray_env import check_ray_address, ensure_ray, refuse_unavailable_gpus
     from sparling.datasets import check_domain
     from sparling.runs import resolve_init_from
 
+    check_ray_address()
     refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
     check_domain(config)  # e.g. a recordings folder, before the run folder is made
     work_dir = Path(work_dir).resolve()

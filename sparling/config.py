@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .domains.base import canonical_hash
 from .errors import SparlingError, format_validation_errors
-from .fileio import load_yaml
+from .fileio import load_yaml_mapping
 
 if TYPE_CHECKING:
     from .models.presets import ArchitectureConfig
@@ -294,17 +294,15 @@ def load_config(data: dict[str, Any] | str | Path, *, source: str | None = None)
     """Validate a config from a dict or a YAML/JSON file; errors name the field and the file."""
     if isinstance(data, (str, Path)):
         path = Path(data)
-        if path.is_dir():
-            raise FileNotFoundError(f"{path} is a folder; a run config is a YAML file")
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
         source = source or str(path)
-        loaded = load_yaml(path, source=source) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"{path}: a run config must be a mapping, got {type(loaded).__name__}"
-            )
-        data = loaded
+        data = load_yaml_mapping(
+            path,
+            "a run config",
+            kind="config file",
+            error=ConfigError,
+            missing_error=FileNotFoundError,
+            example="domain: {name: digit-circle}",
+        )
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

@@ -10,6 +10,8 @@ its own (one Ray task per shard). Both write the same files, hashes and manifest
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,20 @@ def generate_dataset_here(
 
 
 def _bar(items: Iterable[ShardInfo], total: int, desc: str) -> Iterator[ShardInfo]:
-    from tqdm import tqdm
+    """``items`` with a progress bar on a terminal; elsewhere (a log file, a pipe) one line
+    per shard on stderr, which a bar's carriage returns would turn into one long line."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
 
-    yield from tqdm(items, total=total, desc=desc, unit="shard")
+        yield from tqdm(items, total=total, desc=desc, unit="shard")
+        return
+    start = time.monotonic()
+    for done, item in enumerate(items, 1):
+        elapsed = time.monotonic() - start
+        left = elapsed / done * (total - done)
+        print(
+            f"{desc}: {done}/{total} shards in {elapsed:.0f} s (about {left:.0f} s left)",
+            file=sys.stderr,
+            flush=True,
+        )
+        yield item

@@ -145,12 +145,23 @@ def describe_os_error(error: OSError) -> str:
     if code in (errno.EACCES, errno.EPERM):
         return f"cannot access {path}: {cause}"
     if code == errno.ENOENT:
+        if os.path.islink(path):
+            return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
         return f"no such file or folder: {path}"
+    if code == errno.ELOOP:
+        loop = next((a for a in (Path(path), *Path(path).parents) if _loops(a)), Path(path))
+        return (
+            f"{loop} is a loop of symbolic links (they lead to one another, never to a file "
+            "or folder)"
+        )
     if code == errno.EISDIR:
         folder = next((n for n in names if Path(n).is_dir()), path)
         return f"{folder} is a folder, where a file is expected"
     if code in (errno.EEXIST, errno.ENOTDIR):
         p = Path(path)
+        looping = next((a for a in (p, *p.parents) if _loops(a)), None)
+        if looping is not None:
+            return describe_os_error(OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(looping)))
         blocker = next((a for a in (p, *p.parents) if a.exists() and not a.is_dir()), None)
         if blocker is not None:
             held = "" if blocker == p else f" (to hold {p})"
@@ -158,6 +169,18 @@ def describe_os_error(error: OSError) -> str:
         if code == errno.EEXIST:
             return f"{path} already exists"
     return f"{path}: {cause}"
+
+
+def _loops(path: object) -> bool:
+    """Whether ``path`` is a symbolic link that never reaches a file or folder."""
+    import errno
+    import os
+
+    try:
+        os.stat(str(path))
+    except OSError as e:
+        return os.path.islink(str(path)) and e.errno == errno.ELOOP
+    return False
 
 
 class TrainingFailed(SparlingError):

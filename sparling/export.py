@@ -26,9 +26,9 @@ from . import domains
 from .config import RunConfig, load_config
 from .devices import resolve_device
 from .errors import SparlingError
-from .fileio import atomic_write, check_writable
+from .fileio import atomic_write, check_writable, why_missing
 from .models import SparlingModel
-from .runs import architecture_overrides, build_run_model, select_checkpoint
+from .runs import architecture_overrides, build_run_model, load_weights, select_checkpoint
 
 if TYPE_CHECKING:
     from .domains import Domain
@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 #: the metadata key naming this file layout (bumped if it ever changes)
 FORMAT = "sparling-model/1"
 _EXTRA = "_extra_state"
+#: what to do about an exported model whose weights do not fit (:func:`load_model`)
+_EXPORT_MISFIT_HINT = (
+    "the file was exported for another definition of the model preset (files exported "
+    "before the architecture was recorded in their metadata name only the preset), or it "
+    "was changed since: load it with the code that exported it, or export it again"
+)
 
 
 class ExportError(SparlingError, ValueError):
@@ -115,7 +121,7 @@ def read_export_metadata(path: str | Path) -> dict[str, str]:
     if path.is_dir():
         raise ExportError(f"{path} is a folder; an exported model is a .safetensors file")
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise FileNotFoundError(why_missing(path, "model file"))
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -145,13 +151,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Sparling
     model = build_run_model(
         config.model_copy(update={"init_from": None}), domain, architecture=pinned
     )
-    state = _join_state(load_file(str(path)), json.loads(metadata["extra_state"]))
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ExportError(
-            f"{path}: the weights do not fit the model its config builds: {e}"
-        ) from None
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors' own error types, for a file cut short after its header
+        raise ExportError(f"{path} is not a readable safetensors file: {e}") from None
+    state = _join_state(tensors, json.loads(metadata["extra_state"]))
+    load_weights(model, state, path, hint=_EXPORT_MISFIT_HINT, error=ExportError)
     bottleneck: Any = model.bottleneck
     if getattr(bottleneck, "adaptive", False):
         bottleneck.set_density(float(metadata["density"]))
@@ -181,7 +186,7 @@ def evaluate_export(
     assert config is not None  # load_model sets it
     seed = config.data.seed if data_seed is None else data_seed
     domain = domains.make(config.domain.name, split="test", **config.domain.params)
-    test = GeneratedSamples(domain, seed, samples or config.data.test_size)
+    test = GeneratedSamples(domain, seed, config.data.test_size if samples is None else samples)
     result = evaluate_model(
         model, domain, test, max_len=config.max_output_len, checkpoint=Path(path)
     )

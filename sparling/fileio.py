@@ -10,7 +10,11 @@
 * :func:`file_lock`: an exclusive lock between processes (``flock`` on POSIX, through
   the ``filelock`` package), released when its holder exits, however it exits.
 * :func:`load_yaml`: safe YAML loading whose errors name the file (or the option the
-  text came from), the line and the column.
+  text came from), the line and the column; :func:`load_yaml_mapping` for the files that
+  must hold a mapping (run configs, sweeps, MLflow settings), refusing a folder, a missing
+  file, an empty file and a list or a scalar in one way for all of them.
+* :func:`why_missing`: why a path names no file, in words (absent, a link to nothing, a
+  loop of symbolic links).
 
 No Ray, no MLflow, no torch.
 """
@@ -40,6 +44,8 @@ __all__ = [
     "file_lock",
     "fsync_dir",
     "load_yaml",
+    "load_yaml_mapping",
+    "why_missing",
 ]
 
 TMP_MARK = ".tmp."
@@ -134,6 +140,10 @@ def check_writable(path: str | Path, *, folder: bool) -> None:
     import tempfile
 
     path = Path(path)
+    for part in (path, *path.parents):
+        if part.is_symlink() and not part.exists():  # a loop of links, or a link to nothing
+            code = errno.ELOOP if _loops(part) else errno.ENOENT
+            raise OSError(code, os.strerror(code), str(part))
     if path.exists() and path.is_dir() != folder:
         code = errno.EEXIST if folder else errno.EISDIR
         raise OSError(code, os.strerror(code), str(path))
@@ -349,3 +359,100 @@ def _describe_yaml_error(e: Exception, source: str) -> str:
         return text
     # e.g. a character YAML does not allow; pyyaml names the text "<unicode string>"
     return " ".join(str(e).replace('"<unicode string>"', f'"{source}"').split())
+
+
+# -- files that must hold a mapping ----------------------------------------------------------------
+def why_missing(path: str | Path, kind: str) -> str:
+    """Why ``path`` is no file that can be read, in words, for a message: ``<kind> not
+    found: <path>``, or that it is a symbolic link to something that does not exist, or
+    a loop of symbolic links (links that lead to one another and never to a file)."""
+    import errno
+
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return (
+                f"{path} is a loop of symbolic links (they lead to one another, never to a "
+                f"file); a {kind} is expected there"
+            )
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"cannot access {path}: {e.strerror}"
+        if e.errno == errno.ENOTDIR:
+            blocker = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+            if blocker is not None:
+                return f"{kind} not found: {path} ({blocker} is a file, not a folder)"
+    if path.is_symlink():
+        return f"{kind} not found: {path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    return f"{kind} not found: {path}"
+
+
+def _loops(path: Path) -> bool:
+    """Whether the symbolic link ``path`` is part of a loop (it never reaches anything)."""
+    import errno
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def _what_it_holds(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the text {shown!r}"
+    return f"the {type(value).__name__} {value!r}"
+
+
+def load_yaml_mapping(
+    path: str | Path,
+    what: str,
+    *,
+    kind: str,
+    error: Callable[[str], Exception] = YAMLLoadError,
+    missing_error: Callable[[str], Exception] | None = None,
+    example: str = "",
+    allow_empty: bool = False,
+    defaults: bool = True,
+) -> dict[str, Any]:
+    """The mapping a YAML file holds (a run config, a sweep, MLflow settings).
+
+    Raises ``error(message)`` for a folder (``<path> is a folder; <what> is a YAML
+    file``), a path that names no file (:func:`why_missing`, with ``kind`` such as
+    ``config file``), a file with no YAML in it (empty, or only comments: ``{}`` is how a
+    file says "every default") and a file holding a list or a scalar instead of a mapping;
+    the YAML's own errors are :func:`load_yaml`'s. ``missing_error``: what to raise for a
+    folder or a missing file instead (e.g. ``FileNotFoundError``). ``example``: a line of
+    such a file, for the messages. ``allow_empty``: an empty file is ``{}`` (for files
+    that are optional anyway, where an empty one means the same as none); ``defaults``:
+    whether ``{}`` is valid (every key has a default), which the message then says.
+    """
+    path = Path(path)
+    missing = missing_error or error
+    if path.is_dir():
+        raise missing(f"{path} is a folder; {what} is a YAML file")
+    if not path.is_file():
+        raise missing(why_missing(path, kind))
+    try:
+        loaded = load_yaml(path)
+    except PermissionError as e:
+        raise error(f"cannot access {path}: {e.strerror}") from None
+    like = f" such as `{example}`" if example else ""
+    if loaded is None and allow_empty:
+        return {}
+    if loaded is None:
+        every_default = "; write {} to use every default" if defaults else ""
+        raise error(
+            f"{path}: the file is empty (no YAML in it); {what} is a mapping of keys{like}"
+            + every_default
+        )
+    if not isinstance(loaded, dict):
+        raise error(
+            f"{path}: {what} must be a mapping of keys{like}, but the file holds "
+            f"{_what_it_holds(loaded)}"
+        )
+    return loaded

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import domains
-from .checkpoint import CONFIG_FILE, META_FILE, CheckpointError, load_checkpoint, read_meta
+from .checkpoint import (
+    CONFIG_FILE,
+    META_FILE,
+    STATE_FILE,
+    CheckpointError,
+    load_checkpoint,
+    read_meta,
+)
 from .config import RUN_REF_PREFIX, RunConfig, load_config, parse_run_ref
 from .errors import TrainingFailed
 from .fileio import atomic_write_text
@@ -236,7 +243,9 @@ class RunFolder:
         the lowest density it reached, else ``last``.
         """
         if not self.has_checkpoints():
-            raise FileNotFoundError(f"neither a run folder nor a checkpoint: {self.path}")
+            raise FileNotFoundError(
+                f"neither a run folder nor a checkpoint: {_why_not_a_run(self.path)}"
+            )
         kept = self.density_checkpoints()
         if density is None:
             config = self.read_config()
@@ -246,9 +255,15 @@ class RunFolder:
             return min(kept.items())[1] if kept else self.last
         above = {d: p for d, p in kept.items() if d >= density * (1 - 1e-9)}
         if not above:
-            reached = ", ".join(f"{d:.3e}" for d in sorted(kept)) or "none"
+            reached = ", ".join(f"{d:.3e}" for d in sorted(kept))
+            kept_text = (
+                f"kept: {reached}"
+                if reached
+                else f"it kept none, as it never went below its first density; its last "
+                f"checkpoint is {self.last.name}, chosen when no density is given"
+            )
             raise ValueError(
-                f"run {self.path} has no checkpoint at density >= {density:g} (kept: {reached})"
+                f"run {self.path} has no checkpoint at density >= {density:g} ({kept_text})"
             )
         return min(above.items())[1]
 
@@ -313,6 +328,22 @@ class RunFolder:
 
     def write_evaluation(self, metrics: Mapping[str, float]) -> None:
         atomic_write_text(self.evaluation_path, json.dumps(dict(metrics), indent=2))
+
+
+def _why_not_a_run(path: Path) -> str:
+    """``path`` and why it is neither a run folder nor a checkpoint folder."""
+    from .fileio import why_missing
+
+    expected = (
+        "a run folder (<work-dir>/runs/<run id>, holding checkpoints/) or a checkpoint "
+        f"folder (holding {META_FILE} and {STATE_FILE}) is expected"
+    )
+    if not path.exists():
+        return f"{why_missing(path, 'folder')}; {expected}"
+    if not path.is_dir():
+        what = " (an exported model)" if path.suffix == ".safetensors" else ""
+        return f"{path} is a file{what}; {expected}"
+    return f"{path} holds neither checkpoints/ nor {META_FILE}; {expected}"
 
 
 def select_checkpoint(path: Path | str, density: float | None = None) -> Path:
@@ -393,10 +424,27 @@ def build_run_model(
     return model
 
 
-def load_weights(model: SparlingModel, weights: Mapping[str, Any], source: Path | str) -> None:
-    """``model.load_state_dict(weights)``, or a :class:`CheckpointError` naming ``source``
-    and the parameters that do not fit (weights written for another definition of the
-    preset, before checkpoints recorded their architecture)."""
+#: what :func:`load_weights` says to do about a checkpoint's weights that do not fit
+CHECKPOINT_MISFIT_HINT = (
+    "they were written for another definition of the model preset, before checkpoints "
+    "recorded their architecture: evaluate them with the code that trained them, or pin "
+    "that architecture in the config's model.overrides"
+)
+
+
+def load_weights(
+    model: SparlingModel,
+    weights: Mapping[str, Any],
+    source: Path | str,
+    *,
+    hint: str = CHECKPOINT_MISFIT_HINT,
+    error: type[Exception] = CheckpointError,
+) -> None:
+    """``model.load_state_dict(weights)``, or ``error`` (a :class:`CheckpointError`)
+    naming ``source`` and the parameters that do not fit: missing, unexpected, of other
+    shapes (weights written for another definition of the preset, before checkpoints
+    recorded their architecture), then ``hint``, what to do about it. Checkpoints and
+    exported models (:func:`sparling.export.load_model`) both load through it."""
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
@@ -414,9 +462,6 @@ def load_weights(model: SparlingModel, weights: Mapping[str, Any], source: Path 
             if keys
         )
         detail = detail or str(e).splitlines()[0]
-        raise CheckpointError(
-            f"{source}: the weights do not fit the model its config builds ({detail}); "
-            f"they were written for another definition of the model preset, before "
-            f"checkpoints recorded their architecture: evaluate them with the code that "
-            f"trained them, or pin that architecture in the config's model.overrides"
+        raise error(
+            f"{source}: the weights do not fit the model its config builds ({detail}); {hint}"
         ) from None

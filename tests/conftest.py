@@ -124,6 +124,21 @@ def sweep_command(path: Path, work: Path, *extra: str) -> list[str]:
 
 
 @contextlib.contextmanager
+def local_ray(num_cpus: int) -> Iterator[None]:
+    """A fresh local Ray instance of ``num_cpus`` CPUs for the ``with`` block (one left
+    running by an earlier test is shut down first)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
 def read_only(folder: Path) -> Iterator[Path]:
     """``folder`` read-only for the ``with`` block: a read-only bind mount onto itself, a
     real EROFS that stops root too (permission bits do not). Skips the test where mounting

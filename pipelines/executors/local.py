@@ -32,7 +32,7 @@ import sys
 import tarfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,13 +96,36 @@ class LocalExecutor:
         _launch_local(todo, work_dir, tracking, outcomes, progress, self.options)
 
 
-def local_generator(pool: Any) -> Callable[..., Path]:
+class GenerationStopped(Exception):
+    """Dataset generation was stopped (a stop request or the deadline) before it ended."""
+
+
+def local_generator(
+    pool: Any, should_stop: Callable[[], str | None] | None = None
+) -> Callable[..., Path]:
     """A dataset generator for :func:`pipelines.train_job.prepare_datasets` that writes the
-    shards in ``pool`` (processes) instead of Ray tasks: the same files, hashes, manifest."""
+    shards in ``pool`` (processes) instead of Ray tasks: the same files, hashes, manifest.
+    Shards are reported as they are written (in order: ``imap``), so that a long dataset
+    (audio's spectrograms) shows its progress. ``should_stop`` is polled while the shards
+    are written: once it returns a reason, :class:`GenerationStopped` is raised at once
+    (the pool's owner terminates its workers; the dataset, without its manifest, is
+    written again whole next time)."""
     from sparling.datasets import generate_dataset_here
 
+    def imap(func: Callable[..., Any], jobs: Sequence[Any]) -> Iterator[Any]:
+        results = pool.imap(func, jobs)
+        while True:
+            try:
+                yield results.next(timeout=0.5)
+            except StopIteration:
+                return
+            except mp.TimeoutError:
+                reason = should_stop() if should_stop is not None else None
+                if reason:
+                    raise GenerationStopped(reason) from None
+
     def generate(*args: Any, progress: bool = True) -> Path:
-        return generate_dataset_here(*args, progress=False, mapper=pool.map)
+        return generate_dataset_here(*args, progress=progress, mapper=imap)
 
     return generate
 
@@ -332,11 +355,27 @@ def run_local(
     ):
         data: dict[str, dict[str, Path]] = {}
         jobs: list[dict[str, Any]] = []
+
+        def should_stop() -> str | None:
+            if stop:
+                return f"on {stop.reason}"
+            if deadline is not None and time.monotonic() - start > deadline:
+                return "at the deadline"
+            return None
+
         for run in todo:
             c = run.config
             key = json.dumps([c.domain.model_dump(mode="json"), c.data.model_dump(mode="json")])
             if key not in data:
-                data[key] = prepare_datasets(c, work_dir, generate=local_generator(pool))
+                try:
+                    data[key] = prepare_datasets(
+                        c, work_dir, generate=local_generator(pool, should_stop)
+                    )
+                except GenerationStopped as e:
+                    if progress:
+                        print(f"dataset generation stopped {e}", flush=True)
+                    why = f"not started: stopped {e} while its datasets were generated"
+                    return {r.key: ("stopped", why) for r in todo}
             paths = data[key]
             jobs.append(
                 {

@@ -75,6 +75,7 @@ from pipelines.report.writers import (
 )
 from pipelines.tracking.metrics import TEST_CE, has_metric
 from sparling.errors import SparlingError
+from sparling.fileio import check_writable
 
 __all__ = [
     "BOOTSTRAP_SEED",
@@ -121,10 +122,12 @@ def build_report(
     Raises:
         SparlingError: the store, experiment or sweep does not exist (the message lists
             the experiments or sweeps that do).
+        OSError: ``out_dir`` cannot be written (read-only, a file), before anything is read.
         ValueError: an unknown format.
     """
     formats = _check_formats(formats)
     out_dir = Path(out_dir)
+    check_writable(out_dir, folder=True)  # a read-only or a file out_dir: said first
     notes: list[str] = []
     sweep = read_sweep(tracking_uri, experiment, sweep_name, notes)
     fields, runs = sweep.swept_fields, sweep.runs

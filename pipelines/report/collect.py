@@ -206,12 +206,15 @@ def _record(client: MlflowClient, run: Run, fields: Sequence[str], notes: list[s
 
     status = tags.get(TAG_STATUS)
     if status is None:  # an older or crashed driver: fall back on MLflow's own status
-        status = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed"}.get(
+        status = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "stopped"}.get(
             run.info.status, "running"
         )
     elif status not in STATUSES:
         notes.append(f"run {name}: unknown {TAG_STATUS} {status!r}, counted as running.")
         status = "running"
+    if status == "running" and run.info.status == "KILLED":
+        # told to stop (a deadline, SIGTERM, never started): resumable, not running
+        status = "stopped"
 
     return RunRecord(
         mlflow_run_id=run.info.run_id,
@@ -247,7 +250,7 @@ def _param(params: dict[str, str] | None, key: str) -> Any:
 
 def _deduplicate(records: list[RunRecord], notes: list[str]) -> list[RunRecord]:
     """One record per config hash: a retried run keeps its best, then newest, attempt."""
-    rank = {"finished": 0, "running": 1, "failed": 2}
+    rank = {"finished": 0, "running": 1, "stopped": 2, "failed": 3}
     by_id: dict[str, list[RunRecord]] = defaultdict(list)
     for r in records:
         by_id[r.run_id].append(r)
@@ -343,6 +346,7 @@ def read_sweep(tracking_uri: str, experiment: str, sweep_name: str, notes: list[
         finished=status["finished"],
         failed=status["failed"],
         running=status["running"],
+        stopped=status["stopped"],
     )
     return Sweep(parent.info.run_id, fields, runs, counts)
 

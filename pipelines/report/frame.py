@@ -10,14 +10,14 @@ order), read back from MLflow like the report (:func:`~pipelines.report.collect.
     df.groupby("method")["metrics.test/ce"].mean()
 
 Columns: ``run_id`` (the config hash), ``mlflow_run_id``, ``method``, ``domain``,
-``seed``, ``status`` (``finished``, ``failed``, ``running``), ``failure``, ``start_time``
+``seed``, ``status`` (``finished``, ``failed``, ``running``, ``stopped``), ``failure``, ``start_time``
 (a UTC timestamp), then ``swept.<field>`` for each swept field (the value the report
 groups the run by), ``config.<field>`` for every field of the resolved run config (its
 value, not MLflow's text: ``config.schedule.delta_update`` is a float), then
 ``metrics.<name>`` for every metric (the latest value, under the current names of
 :mod:`pipelines.tracking.metrics`, so runs tracked under the older names line up), then
 ``tags.<key>``. ``df.attrs`` holds ``sweep``, ``experiment``, ``parent_run_id``,
-``swept_fields``, ``counts`` (expected, present, finished, failed, running, missing) and
+``swept_fields``, ``counts`` (expected, present, finished, failed, running, stopped, missing) and
 ``notes`` (what the report would say about the runs read).
 
 The report is made from this very frame (:func:`sweep_frame`): its groups and their
@@ -113,6 +113,7 @@ def sweep_frame(sweep: Sweep, name: str, experiment: str, notes: Sequence[str]) 
             "finished": c.finished,
             "failed": c.failed,
             "running": c.running,
+            "stopped": c.stopped,
             "missing": c.missing,
         },
         notes=list(notes),

@@ -127,7 +127,11 @@ def _plot_errors_per_method(report: Report, path: Path) -> bool:
         ax.legend(fontsize="x-small", loc="upper right")
     for ax in list(axes.flat)[len(curves) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Sweep {report.sweep_name}: errors against density per method (mean over seeds)")
+    # two lines: a one-method figure is a single panel wide
+    fig.suptitle(
+        f"Sweep {report.sweep_name}:\nerrors against density per method (mean over seeds)",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=110)
     return True
 

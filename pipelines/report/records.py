@@ -144,6 +144,8 @@ class SweepCounts:
     finished: int
     failed: int
     running: int
+    stopped: int = 0
+    """Runs told to stop (the deadline, a signal) before they finished: they resume."""
 
     @property
     def missing(self) -> int:
@@ -162,6 +164,7 @@ class SweepCounts:
             for n, what in (
                 (self.failed, "failed"),
                 (self.running, "running"),
+                (self.stopped, "stopped"),
                 (self.missing, "missing"),
             )
             if n

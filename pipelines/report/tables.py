@@ -184,6 +184,7 @@ def _summary_table(
                 g.reached,
                 sum(r.status == "failed" for r in g.runs),
                 sum(r.status == "running" for r in g.runs),
+                sum(r.status == "stopped" for r in g.runs),
             )
         )
     csv_columns = (
@@ -195,6 +196,7 @@ def _summary_table(
         "reached_reported",
         "failed",
         "running",
+        "stopped",
     )
     numeric = tuple(i > len(fields) for i in range(len(columns)))
     return Table(name, title, columns, tuple(rows), numeric, csv_columns, tuple(csv_rows))

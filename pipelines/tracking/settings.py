@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipelines.tracking.errors import TrackingConfigError
 from pipelines.tracking.redaction import has_userinfo_password, is_secret_key, redact_uri
 from sparling.errors import format_validation_errors
-from sparling.fileio import YAMLLoadError, load_yaml
+from sparling.fileio import YAMLLoadError, load_yaml_mapping
 
 #: The settings file's name, looked for in the work dir, beside it and in the current folder.
 SETTINGS_FILE = "mlflow.yaml"
@@ -369,19 +369,19 @@ def _read_settings_file(path: Path | None) -> tuple[str, dict[str, Any]]:
     if path is None:
         return _BUILTIN, {}
     try:
-        loaded = load_yaml(path)
+        loaded = load_yaml_mapping(
+            path,
+            "MLflow settings",
+            kind="MLflow settings file",
+            example="profile: local",
+            allow_empty=True,  # the file is optional: an empty one is the defaults
+        )
     except YAMLLoadError as e:
         raise TrackingConfigError(" ".join(str(e).split())) from None
     except OSError as e:
         raise TrackingConfigError(
             f"MLflow settings file {path} cannot be read: {e.strerror or e}"
         ) from None
-    if loaded is None:
-        return str(path), {}
-    if not isinstance(loaded, dict):
-        raise TrackingConfigError(
-            f"{path}: MLflow settings must be a mapping, got {type(loaded).__name__}"
-        )
     return str(path), loaded
 
 

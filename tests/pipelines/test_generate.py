@@ -172,12 +172,16 @@ def test_ensure_ray_connects_to_ray_address(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(gen.ray, "is_initialized", lambda: False)
     monkeypatch.setattr(gen.ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.delenv("SPARLING_RAY_LOGS", raising=False)
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    gen.ensure_ray()
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as head:  # something answers there
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        gen.ensure_ray()
     monkeypatch.delenv("RAY_ADDRESS")
     gen.ensure_ray()
     assert calls == [
-        {"address": "127.0.0.1:6379", "log_to_driver": False},
+        {"address": address, "log_to_driver": False},
         {
             "include_dashboard": False,
             "num_cpus": None,

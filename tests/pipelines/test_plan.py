@@ -262,9 +262,11 @@ def test_the_dry_run_checks_the_recordings_folder_as_the_real_run_does(
     base = REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"
     work = tmp_path / "w"
     for root, code in ((fsdd, 0), (tmp_path / "missing", 2), (None, 2)):
+        # the paper config's GPU would be refused here first (no GPU on this machine)
         sweep = {"name": "a", "base": str(base), "seeds": [0, 1]}
+        sweep["set"] = {"compute.gpus_per_worker": 0}
         if root is not None:
-            sweep["set"] = {"domain.params.root": str(root)}
+            sweep["set"]["domain.params.root"] = str(root)
         path = tmp_path / "a.yaml"
         path.write_text(yaml.safe_dump(sweep))
         assert cli.main(["sweep", str(path), "--dry-run", "--work-dir", str(work)]) == code

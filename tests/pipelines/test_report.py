@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import read_only
 
 from pipelines.report import (
     BOOTSTRAP_SEED,
@@ -528,6 +529,37 @@ def test_report_command_prints_and_logs(
 # -- bad input ----------------------------------------------------------------------------
 
 
+def test_an_unwritable_out_is_refused_before_anything_is_read_or_logged(
+    store: Store, tmp_path: Path
+) -> None:
+    """A read-only ``--out`` (or a file there): the path and the cause, said before the
+    sweep is read back, and nothing made or logged."""
+    from mlflow import MlflowClient
+
+    from sparling.errors import describe_os_error
+
+    client = MlflowClient(tracking_uri=store.uri)
+    logged = {a.path for a in client.list_artifacts(store.parent_id)}
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    with read_only(ro):
+        with pytest.raises(OSError) as refused:
+            report_command(store.uri, EXPERIMENT, SWEEP, ro / "out")
+        assert (
+            describe_os_error(refused.value) == f"cannot write {ro / 'out'}: Read-only file system"
+        )
+        assert not (ro / "out").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as refused:
+        report_command(store.uri, EXPERIMENT, SWEEP, tmp_path / "file")
+    assert (
+        describe_os_error(refused.value)
+        == f"{tmp_path / 'file'} is a file, where a folder is expected"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "ro"]
+    assert {a.path for a in client.list_artifacts(store.parent_id)} == logged
+
+
 def test_unknown_sweep_lists_the_sweeps_found(store: Store, tmp_path: Path) -> None:
     with pytest.raises(SparlingError, match=r"no sweep 'nope'.*'ast-sensitivity', 'retry'"):
         build_report(store.uri, EXPERIMENT, "nope", tmp_path)
@@ -689,6 +721,7 @@ def test_runs_frame_has_a_row_per_run_with_config_metrics_and_tags(store: Store)
         "finished": 15,
         "failed": 1,
         "running": 1,
+        "stopped": 0,
         "missing": 1,
     }
     assert df.attrs["swept_fields"] == [FIELD] and df.attrs["parent_run_id"] == store.parent_id
@@ -735,3 +768,40 @@ def test_the_report_is_made_from_the_runs_frame(report: Report, store: Store) ->
         assert (row[ce_col] is None) == math.isnan(ce)
         if row[ce_col] is not None:
             assert row[ce_col] == pytest.approx(100 * ce)
+
+
+def test_a_run_told_to_stop_is_reported_stopped_not_running(tmp_path: Path) -> None:
+    """A child left KILLED with its status tag still ``running`` (stopped by a deadline
+    or a signal, or never started before the stop) is a resumable, stopped run: the
+    counts, the seeds cell and the per-seed status say so, not "running"."""
+    from mlflow import MlflowClient
+
+    from pipelines.report.collect import read_sweep
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("stops", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(
+        exp,
+        tags={
+            "sparling.kind": "sweep",
+            "sparling.sweep_name": "stops",
+            "sparling.expected_runs": "3",
+            "sparling.swept_fields": json.dumps([]),
+        },
+    )
+    pid = parent.info.run_id
+    for seed, status in enumerate(("finished", "running", "running")):
+        _log_child(
+            client, exp, pid, run_id=f"r{seed}", method="sparling", seed=seed, swept={},
+            status=status, metrics=[], start_time=1_700_000_000_000 + seed,
+        )  # fmt: skip
+    [killed] = client.search_runs([exp], "tags.`sparling.run_id` = 'r1'")
+    client.set_terminated(killed.info.run_id, "KILLED")
+    notes: list[str] = []
+    sweep = read_sweep(uri, "stops", "stops", notes)
+    statuses = {r.run_id: r.status for r in sweep.runs}
+    assert statuses == {"r0": "finished", "r1": "stopped", "r2": "running"}
+    assert sweep.counts.describe() == (
+        "partial: 1 of 3 expected runs finished (1 running, 1 stopped)"
+    )

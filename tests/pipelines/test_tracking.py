@@ -32,7 +32,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,11 @@ def test_profiles_and_environment_overrides(
             r"logging\.system_metrics_every: unknown key \(did you mean .system_metrics",
         ),
         ("profile: [local\n", {}, r"not valid YAML"),
-        ("- local\n", {}, r"must be a mapping, got list"),
+        (
+            "- local\n",
+            {},
+            r"must be a mapping of keys such as .profile: local., but the file holds a list",
+        ),
         ("experiment_name: 'x-{user}'\n", {}, r"experiment_name='x-\{user\}': unknown placeholder"),
         (
             "profiles:\n  server:\n    password: hunter2\n",
@@ -540,6 +544,24 @@ def test_find_or_create_never_duplicates(store: LocalStore) -> None:
     ]
 
 
+def _sparling_sweep(
+    store: LocalStore, experiment: str, sweep: str, expected: int
+) -> tuple[Tracker, str, str, Callable[[str, int], str]]:
+    """A sweep's tracker, experiment and parent run, and ``child(key, seed)``: a Sparling
+    child of that parent with the standard child tags (its MLflow run id)."""
+    from pipelines.tracking.tags import child_tags, parent_tags
+
+    tracker = Tracker(store.uri)
+    exp = tracker.experiment(experiment)
+    parent = tracker.parent_run(exp, sweep, parent_tags(expected, [], "sweep.yaml"))
+
+    def child(key: str, seed: int) -> str:
+        tags = child_tags(key, "sparling", "digit-circle", seed, {})
+        return tracker.child_run(exp, parent, key, run_name("sparling", seed), {}, tags)[0]
+
+    return tracker, exp, parent, child
+
+
 @pytest.mark.integration
 def test_runs_of_an_earlier_config_are_superseded_and_left_out_of_reports(
     store: LocalStore,
@@ -552,18 +574,12 @@ def test_runs_of_an_earlier_config_are_superseded_and_left_out_of_reports(
     from pipelines.tracking.tags import (
         TAG_SUPERSEDED,
         TAG_SUPERSEDED_BY,
-        child_tags,
         is_superseded,
-        parent_tags,
     )
 
-    tracker = Tracker(store.uri)
-    exp = tracker.experiment("sparling-superseded")
-    parent = tracker.parent_run(exp, "sweep-superseded", parent_tags(2, [], "sweep.yaml"))
-
-    def child(key: str, seed: int) -> str:
-        tags = child_tags(key, "sparling", "digit-circle", seed, {})
-        return tracker.child_run(exp, parent, key, run_name("sparling", seed), {}, tags)[0]
+    tracker, _exp, parent, child = _sparling_sweep(
+        store, "sparling-superseded", "sweep-superseded", 2
+    )
 
     old0, old1, other = child("old0", 0), child("old1", 1), child("other7", 7)
     tracker.set_terminated(old0, "FINISHED")
@@ -615,16 +631,9 @@ def test_runs_trained_again_and_runs_tagged_the_earlier_ways_are_left_out_of_rep
         TAG_SUPERSEDED_BY,
         child_tags,
         is_superseded,
-        parent_tags,
     )
 
-    tracker = Tracker(store.uri)
-    exp = tracker.experiment("sparling-superseded-ways")
-    parent = tracker.parent_run(exp, "ways", parent_tags(3, [], "sweep.yaml"))
-
-    def child(key: str, seed: int) -> str:
-        tags = child_tags(key, "sparling", "digit-circle", seed, {})
-        return tracker.child_run(exp, parent, key, run_name("sparling", seed), {}, tags)[0]
+    tracker, exp, parent, child = _sparling_sweep(store, "sparling-superseded-ways", "ways", 3)
 
     kept, first = child("k0", 0), child("k1", 1)
     tracker.set_terminated(first, "FINISHED")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import OWN_CLUSTER, tiny_config
+from conftest import local_ray as local_ray_instance
 
 from pipelines import cli
 from pipelines.train_job import prepare_datasets, run_training
@@ -25,13 +26,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with local_ray_instance(num_cpus=2):
+        yield
 
 
 def test_run_as_ray_train_job_then_evaluate(

@@ -184,8 +184,29 @@ def test_export_builds_its_own_architecture_after_the_preset_changes(
     metadata.pop("architecture")
     old = tmp_path / "old.safetensors"
     save_file(tensors, str(old), metadata=metadata)
-    with pytest.raises(ExportError, match="do not fit the model its config builds"):
+    with pytest.raises(ExportError, match="do not fit the model its config builds") as file_error:
         sparling.load_model(old)
+    # the same check as a checkpoint's (sparling.runs.load_weights): the same parameters
+    # named, the same way, for a checkpoint without the record under the same preset
+    import shutil
+
+    from sparling.checkpoint import META_FILE, CheckpointError
+
+    checkpoint = tmp_path / "old-checkpoint"
+    shutil.copytree(trained_run / "checkpoints" / "last", checkpoint)
+    meta = json.loads((checkpoint / META_FILE).read_text())
+    del meta["architecture"]
+    (checkpoint / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as checkpoint_error:
+        load_checkpoint_model(checkpoint)
+
+    def detail(e: pytest.ExceptionInfo[Exception]) -> str:
+        return str(e.value).split("builds (", 1)[1].split("); ", 1)[0]
+
+    assert "other shapes: h.position_proj.weight" in detail(file_error)
+    assert detail(file_error) == detail(checkpoint_error)
+    assert str(file_error.value).startswith(f"{old}: the weights do not fit")
+    assert "load it with the code that exported it" in str(file_error.value)
 
 
 def test_checkpoints_build_their_own_architecture_after_the_preset_changes(

@@ -336,3 +336,69 @@ def test_the_deadline_and_a_sigterm_to_the_driver_stop_a_run_at_its_step(
     at_driver = read_meta(run / "checkpoints" / "last")["samples"]
     assert f"stopped on SIGTERM at sample {at_driver}" in out, out
     assert signalled_at <= at_driver <= signalled_at + 4 * batch, (signalled_at, at_driver)
+
+
+def test_datasets_generated_here_report_each_shard(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal (a log file), the local executor's dataset generation prints a line
+    per shard as it is written, so a long dataset is never silent."""
+    import multiprocessing as mp
+
+    from pipelines.executors.local import local_generator
+    from sparling.shards import read_manifest
+
+    with mp.get_context("spawn").Pool(2) as pool:
+        out = local_generator(pool)("digit-circle", {}, "val", 0, 8, 4, tmp_path / "val")
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if " shards in " in line]
+    assert [line.split(": ")[1].split(" ")[0] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest.complete
+
+
+def test_a_stop_during_dataset_generation_ends_it_at_once(tmp_path: Path) -> None:
+    """A stop request (or the deadline) while the shards are written ends generation
+    within a poll, not after the dataset: the pool is left to terminate, no manifest is
+    written (the next run writes the dataset again whole), and the sweep's runs are
+    reported stopped, never started."""
+    import multiprocessing as mp
+    import time
+
+    from pipelines.executors.local import GenerationStopped, local_generator, run_local
+    from pipelines.plan import build_sweep
+    from sparling.shards import read_manifest
+
+    calls: list[float] = []
+
+    def stop_after_a_second() -> str | None:
+        calls.append(time.monotonic())
+        return "on SIGTERM" if calls[-1] - calls[0] > 1.0 else None
+
+    out = tmp_path / "train"
+    start = time.monotonic()
+    with mp.get_context("spawn").Pool(1) as pool:
+        with pytest.raises(GenerationStopped, match="on SIGTERM"):
+            local_generator(pool, stop_after_a_second)(
+                "digit-circle", {}, "train", 0, 200_000, 2, out
+            )
+    assert time.monotonic() - start < 30  # 200,000 images take minutes
+    assert read_manifest(out) is None
+
+    sweep = build_sweep(
+        {
+            "name": "gen-stop",
+            "base": tiny_config(**{"data.train_size": 200_000}),
+            "methods": ["sparling"],
+            "seeds": [0, 1],
+        },
+        source="test",
+        base_dir=tmp_path,
+    )
+    start = time.monotonic()
+    outcome = run_local(sweep.runs, tmp_path / "work", None, deadline=1.0, progress=False)
+    assert time.monotonic() - start < 30
+    assert {run.key for run in sweep.runs} == set(outcome)
+    for status, reason in outcome.values():
+        assert status == "stopped"
+        assert "not started" in reason and "at the deadline" in reason

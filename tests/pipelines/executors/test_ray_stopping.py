@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tiny_config
+from conftest import local_ray, tiny_config
+
+from sparling.runs import RunFolder
 
 pytestmark = pytest.mark.integration
 
@@ -25,21 +27,12 @@ BATCH = 16
 @pytest.fixture
 def one_cpu_ray() -> Iterator[None]:
     """A local Ray with one CPU: a sweep's second run waits for the first to end."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with local_ray(num_cpus=1):
+        yield
 
 
 def _progress(run_dir: Path) -> dict[str, Any]:
-    try:
-        info: dict[str, Any] = json.loads((run_dir / "progress.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return info
+    return RunFolder(run_dir).read_progress() or {}
 
 
 def _mlflow_runs(work: Path, sweep: str) -> dict[str, Any]:

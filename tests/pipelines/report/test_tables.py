@@ -284,7 +284,7 @@ def test_main_table_rows(report: Report) -> None:
     assert main.rows[2][3] == "2.00 [1.00\u20133.00]"
     # the CSV rows hold numbers, in %, rounded so that 0.07 is 7.0
     assert main.csv_rows[0][:7] == (L1_2, 0.9, 2, "0;1", 15.0, 10.0, 20.0)
-    assert main.csv_rows[0][-3:] == (0, 1, 0)  # reached, failed, running
+    assert main.csv_rows[0][-4:] == (0, 1, 0, 0)  # reached, failed, running, stopped
     assert main.csv_rows[1][4:7] == (None, None, None)
     assert main.csv_rows[2][16:19] == (0.005, 0.005, 0.005)
     # one field swept, one value: the sensitivity table has the main table's rows
