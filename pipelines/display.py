@@ -127,14 +127,19 @@ class SweepDisplay:
 
 def describe_progress(name: str, info: dict[str, Any]) -> str:
     """One run's state for the progress line: samples, density, last validation accuracy
-    and the accuracy bar, from its ``progress.json``."""
+    and the accuracy bar, from its ``progress.json``. A run whose bottleneck AST does not
+    drive (``adaptive`` false: L1, KL, non-sparse) shows the density its last validation
+    measured, and no bar: neither the schedule's density nor its bar applies to it."""
     if "samples" not in info:
         return f"{name} starting"
     text = f"{name} @{int(info['samples'])}"
-    if "density" in info:
+    adaptive = info.get("adaptive", True)
+    if adaptive and "density" in info:
         text += f" density {info['density']:.2e}"
+    elif not adaptive and "val_density" in info:
+        text += f" measured density {info['val_density']:.2e}"
     if "val_accuracy" in info:
         text += f" acc {info['val_accuracy']:.3f}"
-    if "threshold" in info:
+    if adaptive and "threshold" in info:
         text += f" bar {info['threshold']:.3f}"
     return text

@@ -518,9 +518,16 @@ class Trainer:
                 self.samples += global_batch
                 if bar is not None:
                     bar.update(global_batch)
-                    last_acc = self.history[-1]["val_accuracy"] if self.history else float("nan")
+                    last = self.history[-1] if self.history else {}
+                    last_acc = last.get("val_accuracy", float("nan"))
+                    # a bottleneck AST does not drive: the density measured at validation
+                    shown = (
+                        self.schedule.density
+                        if self.scheduled
+                        else last.get("val_density", float("nan"))
+                    )
                     bar.set_postfix(
-                        density=f"{self.schedule.density:.2e}",
+                        density=f"{shown:.2e}",
                         loss=f"{loss:.3f}",
                         acc=f"{last_acc:.3f}",
                         refresh=False,
@@ -530,6 +537,7 @@ class Trainer:
                         {
                             "samples": self.samples,
                             "density": self.schedule.density,
+                            "adaptive": self.scheduled,
                             "loss": loss,
                             **self.last_step,
                         }
