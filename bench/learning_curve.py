@@ -313,8 +313,16 @@ def run(
             return model.h(maps_for(batch), ids[:, :-1]), ids
         return model(collate_inputs(batch), ids), ids
 
+    # the training samples g's batch norms are re-estimated over before each evaluation
+    recalibration = [train_domain.sample(args.data_seed, i) for i in range(args.recalibrate_bn)]
+
     @torch.no_grad()
     def evaluate() -> tuple[float, float]:
+        if recalibration and not ideal:
+            model.recalibrate_batch_norm(
+                collate_inputs(recalibration[i : i + args.batch])
+                for i in range(0, len(recalibration), args.batch)
+            )
         model.eval()
         correct, loss_sum, count = 0, 0.0, 0
         for start in range(0, len(val), 100):
@@ -422,6 +430,7 @@ def _summary(args: argparse.Namespace, overrides: dict[str, Any], setup: Setup) 
             "seed": args.seed,
             "data_seed": args.data_seed,
             "val_size": args.val_size,
+            "recalibrate_bn": args.recalibrate_bn,
             "init": str(args.init) if args.init else None,
             "ideal_clutter": {"inside": args.ideal_inside, "outside": args.ideal_outside},
             "threads": args.threads,
@@ -575,6 +584,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--data-seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument(
+        "--recalibrate-bn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="before each evaluation, re-estimate g's batch-norm statistics over the first N "
+        "training samples (the run config's bn_recalibration_samples); 0: training's "
+        "running averages",
+    )
     r.add_argument("--stop-at", type=float, default=0.0, help="stop once exact match >= this")
     r.add_argument("--label", default="")
     r.add_argument(

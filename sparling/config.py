@@ -160,6 +160,12 @@ def parse_run_ref(ref: str) -> tuple[str, float | None]:
     return key, density
 
 
+#: Run-config fields added after runs were published: left out of the identity while
+#: they hold these values (what every earlier run did), so that a new option changes
+#: the ids of the runs that use it and of no other.
+IDENTITY_OMITS_AT_DEFAULT: dict[str, Any] = {"bn_recalibration_samples": 0}
+
+
 class RunConfig(_Strict):
     """Everything a training run depends on. ``run_id()`` is its canonical hash."""
 
@@ -177,6 +183,11 @@ class RunConfig(_Strict):
     """Stop after this many training samples if the target density is not reached first."""
     max_output_len: int = Field(32, ge=1)
     """Longest output sequence greedy decoding produces."""
+    bn_recalibration_samples: int = Field(0, ge=0)
+    """Before each validation, re-estimate g's batch-norm statistics over this many
+    training samples (the dataset's first ones) under the current weights
+    (:meth:`SparlingModel.recalibrate_batch_norm`); the checkpoints keep the re-estimated
+    statistics. 0: evaluate with the running averages training keeps."""
     seed: int = Field(0, ge=0)
     """Seed of the run: model initialisation, data order, dropout."""
     init_from: str | None = None
@@ -236,6 +247,9 @@ class RunConfig(_Strict):
         d = self.model_dump(mode="json")
         d["data"].pop("root")
         d["model"]["architecture"] = self.architecture().model_dump(mode="json")
+        for key, default in IDENTITY_OMITS_AT_DEFAULT.items():
+            if d.get(key) == default:
+                del d[key]
         return d
 
     def run_id(self) -> str:

@@ -353,6 +353,19 @@ class Trainer:
         self.last_step = {"lr": lr, "grad_norm": norm_value}
         return float(loss_value)
 
+    def recalibrate_batch_norm(self) -> None:
+        """g's batch-norm statistics re-estimated over the first
+        ``bn_recalibration_samples`` training samples (a no-op at 0), in batches of the
+        run's batch size, every rank alike."""
+        count = min(self.config.bn_recalibration_samples, len(self.train_data))
+        if count == 0:
+            return
+        bs = self.config.batch_size
+        self.model.recalibrate_batch_norm(
+            collate_inputs([self.train_data[i] for i in range(start, min(start + bs, count))])
+            for start in range(0, count, bs)
+        )
+
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
         """Exact-match accuracy of greedy decoding on the validation set, plus density."""
@@ -402,6 +415,7 @@ class Trainer:
             "train_loss": train_loss,
             "wall_seconds": self.wall_seconds(),
         }
+        self.recalibrate_batch_norm()
         record.update(self.validate())
         before = self.schedule.density
         after = self.schedule.observe(self.samples, record["val_accuracy"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -80,6 +80,22 @@ class SparlingModel(nn.Module):
         # need the precision (a no-op without autocast).
         out: torch.Tensor = self.bottleneck(self.g(self.prepare_input(x)).float())
         return out
+
+    @torch.no_grad()
+    def recalibrate_batch_norm(self, batches: Iterable[torch.Tensor | np.ndarray]) -> None:
+        """Replace ``g``'s batch-norm running statistics by their average over ``batches``
+        (domain batches, as :meth:`motifs` takes them) under the current weights.
+
+        Training keeps the statistics as an exponential average (momentum 0.1) over
+        batches seen under earlier weights; where the weights move fast and batches differ
+        a lot (spoken digits at lr 1e-3), that average can sit far from what the current
+        g produces, and the eval-mode model is then much worse than the one being trained.
+        Re-estimating them over a few hundred samples before evaluating removes the gap
+        ("precise BN"). The averaging is ``torch.optim.swa_utils.update_bn``'s: running
+        statistics reset, cumulative average over the batches in training mode, the
+        modules' momenta and the model's mode restored. Only g's own batch norms change:
+        the bottleneck's statistics and thresholds are left as training set them."""
+        torch.optim.swa_utils.update_bn((self.prepare_input(x) for x in batches), self.g)
 
     def encode(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The decoder's memory (N, S, d_model)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -374,3 +375,71 @@ def test_disk_full_stops_with_a_clear_error_and_resumes_exactly(
     _, resumed = _fit(cfg, data, run_dir)
     assert resumed.samples == clean.samples
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in clean.history]
+
+
+def _bn_inputs_mean(model: Any, batches: list[Any]) -> torch.Tensor:
+    """The per-channel mean of g's first batch norm's input, averaged over ``batches``,
+    as g computes it in training mode (batch statistics in every batch norm before it)."""
+    model = copy.deepcopy(model).train()
+    first = next(m for m in model.g.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen: list[torch.Tensor] = []
+    hook = first.register_forward_hook(lambda _m, args, _out: seen.append(args[0].mean((0, 2, 3))))
+    with torch.no_grad():
+        for x in batches:
+            model.g(model.prepare_input(x))
+    hook.remove()
+    return torch.stack(seen).mean(0)
+
+
+def test_recalibrated_batch_norm_is_the_average_over_the_batches(
+    data: tuple[list[Sample], list[Sample]],
+) -> None:
+    from sparling.runs import build_run_model
+    from sparling.scoring import collate_inputs
+
+    cfg = load_config(tiny_config())
+    model = build_run_model(cfg, domains.make("digit-circle", split="train"))
+    model.eval()
+    bns = [m for m in model.g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:  # statistics far from anything g produces
+        bn.running_mean.fill_(50.0)
+        bn.running_var.fill_(1e4)
+    sparse_state = copy.deepcopy(model.bottleneck.state_dict())
+    batches = [collate_inputs(data[0][i : i + 8]) for i in range(0, 32, 8)]
+    model.recalibrate_batch_norm(batches)
+
+    assert not model.training and all(bn.momentum == 0.1 for bn in bns)
+    expected = _bn_inputs_mean(model, batches)
+    assert torch.allclose(bns[0].running_mean, expected, atol=1e-3)  # float32 sums of 80k
+    assert bool((bns[0].running_var < 1e3).all())
+    # the bottleneck's own statistics and thresholds are not touched
+    torch.testing.assert_close(model.bottleneck.state_dict(), sparse_state, rtol=0, atol=0)
+
+
+def test_a_run_evaluates_and_checkpoints_with_recalibrated_batch_norm(
+    data: tuple[list[Sample], list[Sample]], tmp_path: Path
+) -> None:
+    from sparling.scoring import collate_inputs
+
+    cfg = load_config(tiny_config(budget_samples=16, bn_recalibration_samples=24))
+    trainer, _ = _fit(cfg, data, tmp_path / "run")
+    state, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    stored = next(v for k, v in state["model"].items() if k.endswith("running_mean"))
+    # the same weights, re-estimated by hand over the first 24 training samples
+    model = trainer.model
+    expected = _bn_inputs_mean(model, [collate_inputs(data[0][i : i + 8]) for i in (0, 8, 16)])
+    assert torch.allclose(stored, expected, atol=1e-3)
+    # without the option the stored statistics are training's running averages
+    plain, _ = _fit(load_config(tiny_config(budget_samples=16)), data, tmp_path / "plain")
+    plain_state, _ = load_checkpoint(tmp_path / "plain" / "checkpoints" / "last")
+    running = next(v for k, v in plain_state["model"].items() if k.endswith("running_mean"))
+    assert not torch.allclose(running, stored, atol=1e-2)
+
+
+def test_batch_norm_recalibration_is_in_the_run_id_only_when_used() -> None:
+    base = load_config(tiny_config())
+    assert "bn_recalibration_samples" not in base.identity()
+    assert load_config(tiny_config(bn_recalibration_samples=0)).run_id() == base.run_id()
+    used = load_config(tiny_config(bn_recalibration_samples=512))
+    assert used.identity()["bn_recalibration_samples"] == 512
+    assert used.run_id() != base.run_id()
