@@ -95,9 +95,12 @@ def tracking_context(
         experiment = tracker.experiment(
             settings.experiment_for(sweep=sweep.name), settings.experiment_artifact_location
         )
+        env = environment_tags(source=f"sparling sweep {_relative(sweep.source)}")
         parent = tracker.parent_run(
             experiment, sweep.name, parent_tags(len(sweep.runs), sweep.swept_fields, sweep.source)
         )
+        # the UI's User, Source and Version columns, and the code of the latest start
+        tracker.set_tags(parent, env)
         log_sweep_files(tracker, parent, sweep)
         for key, reason in (superseded or {}).items():
             tracker.supersede(key, reason)
@@ -105,7 +108,6 @@ def tracking_context(
         tracker.mark_stale(parent, keep=set())
         # Runs of earlier configs under the names planned now: kept, left out of reports.
         tracker.mark_superseded(parent, {r.name: r.key for r in sweep.runs})
-        env = environment_tags(source=f"sparling sweep {_relative(sweep.source)}")
         runs: dict[str, str] = {}
         todo_keys = {r.key for r in todo}
         for run in sweep.runs:

@@ -33,7 +33,8 @@ def main(uri: str, sweep: str, out: str) -> None:
             close.first.click()
         row = page.locator('[role="row"]', has_text=sweep)
         row.locator("[col-id='attributes.`Run Name`'] button").first.click()
-        page.get_by_text("sparling seed=0", exact=True).wait_for()
+        # the run and, in the Models column, its logged model bear the name
+        page.get_by_text("sparling seed=0", exact=True).first.wait_for()
         page.wait_for_timeout(800)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=out)

@@ -72,6 +72,7 @@ def synced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synced]:
         first = sweep.runs[0]
         log_datasets(Tracker(tracking["uri"]), tracking["runs"][first.key], first, work)
         read["runs"] = {key: client.get_run(child) for key, child in tracking["runs"].items()}
+        read["parent"] = client.get_run(parent)
         children = dict(tracking["runs"])
     yield Synced(sweep, path, work, parent, children, downloads, read)
 
@@ -94,6 +95,15 @@ def test_the_parent_keeps_the_sweep_file_as_given_and_the_resolved_plan(synced: 
         )
         # the resolved config: the same run id
         assert RunConfig.model_validate(entry["config"]).run_id() == run.key
+
+
+def test_the_parent_and_its_children_carry_mlflows_context_tags(synced: Synced) -> None:
+    # what fills the UI's User, Source and Version columns, the parent's row included
+    for run in [synced.read["parent"], *synced.read["runs"].values()]:
+        tags = run.data.tags
+        assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
+        assert tags["mlflow.source.name"] == f"sparling sweep {synced.path}"
+        assert tags["sparling.git_commit"] == tags.get("mlflow.source.git.commit", "unknown")
 
 
 def test_each_child_keeps_its_resolved_config(synced: Synced) -> None:
