@@ -4,7 +4,7 @@
         [--set KEY=VALUE ...] [--domain-param KEY=VALUE ...] [--audio-root DIR]
         [--samples N] [--eval-every N] [--val-size N] [--batch N] [--lr LR]
         [--warmup N] [--train-size N] [--seed S] [--threads T] [--label NAME]
-        [--init CHECKPOINT] [--ideal-inside K] [--ideal-outside K]
+        [--init CHECKPOINT] [--ideal-inside K] [--ideal-outside K] [--recalibrate-bn N]
     .venv/bin/python bench/learning_curve.py plot [RECORD.json ...] [--domain NAME] [--out FILE.png]
 
 ``--domain`` is any registered domain: ``digit-circle`` (the default), ``latex-ocr`` or
@@ -32,7 +32,9 @@ follows :class:`sparling.train.Trainer` (AdamW, linear warm-up, gradient clippin
 on samples generated on the fly from the domain's train split: by default every sample
 is fresh (stream position i is sample i), as in the paper; ``--train-size N`` repeats a
 set of N instead, in seeded shuffled epochs. Validation is greedy decoding, up to the
-domain's longest output plus the end token, on ``--val-size`` samples of the val split.
+domain's longest output plus the end token, on ``--val-size`` samples of the val split;
+``--recalibrate-bn N`` first re-estimates ``g``'s batch-norm statistics over the first N
+training samples, as a run with ``bn_recalibration_samples: N`` does before each validation.
 samples/s counts generating the samples too (LaTeX-OCR renders each one); ``cpu_share``
 (the process's CPU time over the wall time of the steps, per thread) says how much of the
 machine it had, since on a shared machine wall-clock rates also measure the neighbours.
