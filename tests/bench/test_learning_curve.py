@@ -142,7 +142,7 @@ def test_run_writes_the_curve_in_the_domains_folder_and_plot_draws_it(
     domain: str, setting: str, extra: list[str], tmp_path: Path, fsdd_tree: Path
 ) -> None:
     if domain == "audio-digits":
-        extra = ["--audio-root", str(fsdd_tree)]
+        extra = ["--audio-root", str(fsdd_tree), "--recalibrate-bn", "12"]
     label = f"test-{setting}-{tmp_path.name}"
     folder = learning_curve.records_dir(domain)
     created = not folder.exists()
@@ -164,6 +164,7 @@ def test_run_writes_the_curve_in_the_domains_folder_and_plot_draws_it(
         # the longest output + 1: 6 digits, max_length=6, 10 spoken digits
         assert result["max_output_len"] == {"audio-digits": 11}.get(domain, 7)
         assert (result["symbol_channels"] is None) == (setting != "h-ideal")
+        assert result["recalibrate_bn"] == (12 if domain == "audio-digits" else 0)
         png = tmp_path / "curve.png"
         assert learning_curve.plot([record], png) == png and png.stat().st_size > 1000
     finally:
