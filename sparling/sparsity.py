@@ -284,6 +284,17 @@ class ChannelBatchNorm(nn.Module):
         return not self._seen_batch
 
     @torch.no_grad()
+    def set_running(self, mean: Tensor, unbiased_var: Tensor) -> None:
+        """Replace the running statistics (a re-estimate, e.g. by
+        :meth:`~sparling.models.SparlingModel.recalibrate_batch_norm`); a later first
+        training batch no longer overwrites them."""
+        self.running_mean.copy_(mean.to(self.running_mean))
+        self.running_var.copy_(unbiased_var.to(self.running_var))
+        if self._first_batch():
+            self.num_batches_tracked.add_(1)
+        self._seen_batch = True
+
+    @torch.no_grad()
     def update_running(self, mean: Tensor, unbiased_var: Tensor) -> None:
         """Blend batch statistics into the running ones (the first batch replaces them)."""
         m = 1.0 if self._first_batch() else self.momentum

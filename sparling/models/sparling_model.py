@@ -83,19 +83,45 @@ class SparlingModel(nn.Module):
 
     @torch.no_grad()
     def recalibrate_batch_norm(self, batches: Iterable[torch.Tensor | np.ndarray]) -> None:
-        """Replace ``g``'s batch-norm running statistics by their average over ``batches``
-        (domain batches, as :meth:`motifs` takes them) under the current weights.
+        """Replace the batch-norm running statistics (g's, then the bottleneck's) by their
+        average over ``batches`` (domain batches, as :meth:`motifs` takes them) under the
+        current weights.
 
-        Training keeps the statistics as an exponential average (momentum 0.1) over
-        batches seen under earlier weights; where the weights move fast and batches differ
-        a lot (spoken digits at lr 1e-3), that average can sit far from what the current
-        g produces, and the eval-mode model is then much worse than the one being trained.
-        Re-estimating them over a few hundred samples before evaluating removes the gap
-        ("precise BN"). The averaging is ``torch.optim.swa_utils.update_bn``'s: running
-        statistics reset, cumulative average over the batches in training mode, the
-        modules' momenta and the model's mode restored. Only g's own batch norms change:
-        the bottleneck's statistics and thresholds are left as training set them."""
-        torch.optim.swa_utils.update_bn((self.prepare_input(x) for x in batches), self.g)
+        Training keeps the statistics as exponential averages (momentum 0.1) over batches
+        seen under earlier weights. Where the weights move fast and batches differ a lot
+        (spoken digits at lr 1e-3: clips differ in level), those averages can sit far from
+        what the current g produces, and the eval-mode model is then much worse than the
+        one being trained: the sparsity layer, normalising with stale statistics, passes
+        several times its density. Re-estimating them over a few hundred samples before
+        evaluating removes the gap ("precise BN").
+
+        g's batch norms are averaged by ``torch.optim.swa_utils.update_bn`` (statistics
+        reset, cumulative average over the batches in training mode, momenta and mode
+        restored). The bottleneck's batch norms (:class:`~sparling.sparsity.ChannelBatchNorm`,
+        which normalise g's output) then get the mean of the batches' per-channel means
+        and unbiased variances of g's eval-mode output. The sparsity layer's thresholds
+        are left as training set them."""
+        from ..sparsity import ChannelBatchNorm
+
+        inputs = [self.prepare_input(x) for x in batches]
+        if not inputs:
+            return
+        torch.optim.swa_utils.update_bn(inputs, self.g)
+        norms = [m for m in self.bottleneck.modules() if isinstance(m, ChannelBatchNorm)]
+        if not norms:
+            return
+        was_training = self.g.training
+        self.g.eval()
+        means, variances = [], []
+        for x in inputs:
+            z = self.g(x).float()
+            dims = [0, *range(2, z.dim())]
+            means.append(z.mean(dims))
+            variances.append(z.var(dims))
+        self.g.train(was_training)
+        mean, var = torch.stack(means).mean(0), torch.stack(variances).mean(0)
+        for bn in norms:
+            bn.set_running(mean, var)
 
     def encode(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The decoder's memory (N, S, d_model)."""

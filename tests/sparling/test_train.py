@@ -412,8 +412,18 @@ def test_recalibrated_batch_norm_is_the_average_over_the_batches(
     expected = _bn_inputs_mean(model, batches)
     assert torch.allclose(bns[0].running_mean, expected, atol=1e-3)  # float32 sums of 80k
     assert bool((bns[0].running_var < 1e3).all())
-    # the bottleneck's own statistics and thresholds are not touched
-    torch.testing.assert_close(model.bottleneck.state_dict(), sparse_state, rtol=0, atol=0)
+    # the sparsity layer's batch norm: the batches' statistics of g's eval-mode output
+    # (with g's statistics re-estimated); its thresholds as training left them
+    layer = model.bottleneck.layer
+    with torch.no_grad():
+        outs = [model.g(model.prepare_input(x)) for x in batches]
+    mean = torch.stack([z.mean((0, 2, 3)) for z in outs]).mean(0)
+    var = torch.stack([z.var((0, 2, 3)) for z in outs]).mean(0)
+    assert layer.bn is not None
+    assert torch.allclose(layer.bn.running_mean, mean, atol=1e-4)
+    assert torch.allclose(layer.bn.running_var, var, rtol=1e-3)
+    assert not torch.allclose(sparse_state["layer.bn.running_var"], var, rtol=0.1)
+    assert torch.equal(layer.thresholds, sparse_state["layer.thresholds"])
 
 
 def test_a_run_evaluates_and_checkpoints_with_recalibrated_batch_norm(
