@@ -339,6 +339,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"{result['status']}: {result['samples']} samples, density {result['density']:.3e}, "
         f"last validation accuracy {last.get('val_accuracy', float('nan')):.3f}"
     )
+    if result["status"] == "collapsed":
+        print(
+            f"  the bottleneck's output was zero on every validation input at the last "
+            f"{config.collapse_validations} validations, and no gradient reaches g through "
+            "it: training longer cannot change the run (--set collapse_validations=0 "
+            "trains it to the budget anyway)"
+        )
     print(f"checkpoints: {RunFolder.for_config(config, args.work_dir).checkpoints_dir}")
     return 0
 

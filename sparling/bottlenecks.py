@@ -64,6 +64,10 @@ class Bottleneck(nn.Module):
     """Whether :meth:`set_density` changes the bottleneck (AST can drive it)."""
     density_epsilon: ClassVar[float] = 0.0
     """``measured_density`` counts outputs whose absolute value exceeds this."""
+    zero_output_is_final: ClassVar[bool] = False
+    """Whether an output that is zero everywhere stays so: no gradient reaches g through
+    it and nothing else moves it (a ReLU of g's output, as L1's). A run whose validation
+    density has been 0 long enough then stops (``collapsed``)."""
 
     def __init__(self, channels: int, params: BaseModel) -> None:
         super().__init__()
@@ -363,6 +367,8 @@ class NonSparseBottleneck(Bottleneck):
 @register_bottleneck("l1", L1Params)
 class L1Bottleneck(Bottleneck):
     """ReLU with an L1 penalty ``coefficient * mean(relu(z))`` on the activations."""
+
+    zero_output_is_final = True
 
     def __init__(self, channels: int, params: BaseModel) -> None:
         super().__init__(channels, params)

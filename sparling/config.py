@@ -163,7 +163,10 @@ def parse_run_ref(ref: str) -> tuple[str, float | None]:
 #: Run-config fields added after runs were published: left out of the identity while
 #: they hold these values (what every earlier run did), so that a new option changes
 #: the ids of the runs that use it and of no other.
-IDENTITY_OMITS_AT_DEFAULT: dict[str, Any] = {"bn_recalibration_samples": 0}
+IDENTITY_OMITS_AT_DEFAULT: dict[str, Any] = {
+    "bn_recalibration_samples": 0,
+    "collapse_validations": 5,
+}
 
 
 class RunConfig(_Strict):
@@ -183,6 +186,10 @@ class RunConfig(_Strict):
     """Stop after this many training samples if the target density is not reached first."""
     max_output_len: int = Field(32, ge=1)
     """Longest output sequence greedy decoding produces."""
+    collapse_validations: int = Field(5, ge=0)
+    """Stop a run whose bottleneck's output has been zero on every validation input at
+    this many validations in a row, where such an output stays zero (L1's ReLU: no
+    gradient reaches g through it): status ``collapsed``. 0: train to the budget anyway."""
     bn_recalibration_samples: int = Field(0, ge=0)
     """Before each validation, re-estimate g's batch-norm statistics over this many
     training samples (the dataset's first ones) under the current weights

@@ -72,7 +72,7 @@ class Callbacks:
 
 @dataclass
 class RunResult:
-    status: str  # "target-reached" | "budget-exhausted"
+    status: str  # "target-reached" | "budget-exhausted" | "collapsed"
     samples: int
     density: float
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -437,9 +437,20 @@ class Trainer:
         if self.callbacks.on_validation is not None:
             self.callbacks.on_validation(record, ckpt)
 
+    def _collapsed(self) -> bool:
+        """The bottleneck's output was zero on every validation input at the last
+        ``collapse_validations`` validations, and such an output stays zero."""
+        k = self.config.collapse_validations
+        if not k or not getattr(self.bottleneck, "zero_output_is_final", False):
+            return False
+        last = self.history[-k:]
+        return len(last) == k and all(r.get("val_density") == 0 for r in last)
+
     def _done(self) -> str | None:
         if self.scheduled and self.schedule.done:
             return "target-reached"
+        if self._collapsed():
+            return "collapsed"
         if self.samples >= self.config.budget_samples:
             return "budget-exhausted"
         return None

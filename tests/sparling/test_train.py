@@ -453,3 +453,37 @@ def test_batch_norm_recalibration_is_in_the_run_id_only_when_used() -> None:
     used = load_config(tiny_config(bn_recalibration_samples=512))
     assert used.identity()["bn_recalibration_samples"] == 512
     assert used.run_id() != base.run_id()
+
+
+def test_a_run_whose_l1_output_stays_zero_stops_as_collapsed(
+    data: tuple[list[Sample], list[Sample]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every validation sees a bottleneck output that is zero everywhere
+    real_validate = Trainer.validate
+
+    def validate(self: Trainer) -> dict[str, Any]:
+        return {**real_validate(self), "val_density": 0.0}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    l1 = {"bottleneck.name": "l1", "budget_samples": 96, "collapse_validations": 3}
+    _, result = _fit(load_config(tiny_config(**l1)), data, tmp_path / "l1")
+    # validations every 16 samples: the third zero one ends it, long before the budget
+    assert result.status == "collapsed" and result.samples == 48
+    # resumed, it is done at once
+    _, again = _fit(load_config(tiny_config(**l1)), data, tmp_path / "l1")
+    assert again.status == "collapsed" and again.samples == 48
+    # 0 trains to the budget; a bottleneck whose zero output can change (Sparling's
+    # thresholds adapt) is never stopped for it
+    for name, updates in [
+        ("off", {**l1, "collapse_validations": 0}),
+        ("sparling", {**l1, "bottleneck.name": "sparling"}),
+    ]:
+        _, full = _fit(load_config(tiny_config(**updates)), data, tmp_path / name)
+        assert full.status != "collapsed" and full.samples == 96, name
+
+
+def test_collapse_validations_is_in_the_run_id_only_when_changed() -> None:
+    base = load_config(tiny_config())
+    assert "collapse_validations" not in base.identity()
+    assert load_config(tiny_config(collapse_validations=5)).run_id() == base.run_id()
+    assert load_config(tiny_config(collapse_validations=0)).run_id() != base.run_id()
