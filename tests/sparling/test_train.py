@@ -85,18 +85,23 @@ class _Kill(Exception):
     pass
 
 
+def _report_validations(monkeypatch: pytest.MonkeyPatch, **values: float) -> None:
+    """Every validation decodes for real, then reports ``values`` in place of its own."""
+    real_validate = Trainer.validate
+
+    def validate(self: Trainer) -> dict[str, Any]:
+        return {**real_validate(self), **values}
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+
+
 def test_resume_after_a_kill_is_bitwise_identical(
     data: tuple[list[Sample], list[Sample]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A tiny model never decodes a whole sequence right, so the schedule would never
     # step; report a perfect accuracy (after really decoding) so that the density changes
     # during the run and the schedule's state is part of what must resume exactly.
-    real_validate = Trainer.validate
-
-    def validate(self: Trainer) -> dict[str, Any]:
-        return {**real_validate(self), "val_accuracy": 1.0}
-
-    monkeypatch.setattr(Trainer, "validate", validate)
+    _report_validations(monkeypatch, val_accuracy=1.0)
     cfg = load_config(tiny_config(**{"budget_samples": 96, "model.overrides.dropout": 0.1}))
     ref, ref_result = _fit(cfg, data, tmp_path / "ref")
     assert len(ref_result.density_checkpoints) >= 2, "the schedule should have stepped"
@@ -459,12 +464,7 @@ def test_a_run_whose_l1_output_stays_zero_stops_as_collapsed(
     data: tuple[list[Sample], list[Sample]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # every validation sees a bottleneck output that is zero everywhere
-    real_validate = Trainer.validate
-
-    def validate(self: Trainer) -> dict[str, Any]:
-        return {**real_validate(self), "val_density": 0.0}
-
-    monkeypatch.setattr(Trainer, "validate", validate)
+    _report_validations(monkeypatch, val_density=0.0)
     l1 = {"bottleneck.name": "l1", "budget_samples": 96, "collapse_validations": 3}
     _, result = _fit(load_config(tiny_config(**l1)), data, tmp_path / "l1")
     # validations every 16 samples: the third zero one ends it, long before the budget
