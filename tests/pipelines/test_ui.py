@@ -164,6 +164,7 @@ def _run_sweeps(tmp: Path) -> Logged:
         child = client.search_runs(
             [experiments[DEMO]], f"tags.`mlflow.parentRunId` = '{parents[DEMO]}'"
         )[0]
+        assert child.inputs is not None, child.info.run_id
         (train,) = [
             i.dataset.name for i in child.inputs.dataset_inputs if "train" in i.dataset.name
         ]
