@@ -128,7 +128,8 @@ def _run_sweeps(tmp: Path) -> Logged:
 
     work = tmp / "work"
     work.mkdir()
-    # beside the work dir's store: a train/ point every step, system metrics every second
+    # the work dir's own settings (found first): a train/ point every step, system
+    # metrics every second
     (work / "mlflow.yaml").write_text(
         yaml.safe_dump({"logging": {"train_every_steps": 1, "system_metrics_interval": 1}})
     )
@@ -140,8 +141,8 @@ def _run_sweeps(tmp: Path) -> Logged:
     broken = _sweep_file(tmp / "broken.yaml", BROKEN, ["sparling"], [3])
     first = run_sweep_cli(broken, work, *local, "--no-tracking", "--no-report", timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    before = {p.parent for p in (work / "runs").glob("*/result.json")}
-    (run_dir,) = [d for d in before if json.loads((d / "config.json").read_text())["seed"] == 3]
+    finished = {p.parent for p in (work / "runs").glob("*/result.json")}
+    (run_dir,) = [d for d in finished if json.loads((d / "config.json").read_text())["seed"] == 3]
     state = run_dir / "checkpoints" / "last" / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     (run_dir / "evaluation.json").unlink()  # so that the sweep resumes it
