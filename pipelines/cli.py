@@ -131,6 +131,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
     if text is None:
         return None
     from pipelines.plan import MAX_SWEEP_RUNS
+    from sparling.config import MAX_SEED
     from sparling.fileio import env_limit
 
     limit = env_limit("SPARLING_SWEEP_MAX_RUNS", MAX_SWEEP_RUNS, error=UsageError)
@@ -141,6 +142,11 @@ def parse_seeds(text: str | None) -> list[int] | None:
         if not first.isdigit() or (sep and not last.isdigit()):
             raise UsageError(f"--seeds expects {form}; got {text!r} ({part.strip()!r})")
         low, high = int(first), int(last) if sep else int(first)
+        if high > MAX_SEED:
+            raise UsageError(
+                f"--seeds {text!r}: seed {high} is too large; seeds go from 0 to "
+                f"{MAX_SEED:,} (2**32 - 1)"
+            )
         if high < low:
             raise UsageError(
                 f"--seeds {text!r}: the range {part.strip()} goes down; write {high}-{low}"
@@ -183,7 +189,9 @@ def tracking_settings(args: argparse.Namespace, work_dir: Path) -> Any:
         if named is not None:
             raise UsageError("--mlflow-config names where to track; --no-tracking tracks nothing")
         return None
-    return load_settings(work_dir, Path(named) if named is not None else None)
+    settings = load_settings(work_dir, Path(named) if named is not None else None)
+    settings.check_reachable()  # a shared server that does not answer: now, not in minutes
+    return settings
 
 
 def tracking_line(settings: Any, experiment: str) -> str:
@@ -284,14 +292,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.experiment:
         raise UsageError("--experiment names where to track; --no-tracking tracks nothing")
     if args.dry_run:
-        from pipelines.ray_env import check_ray_address, on_cluster, refuse_unavailable_gpus
-        from sparling.datasets import check_domain
+        from pipelines.ray_env import on_cluster
+        from pipelines.train_job import check_run_can_start
 
-        # what the real run checks first: a RAY_ADDRESS that answers, GPUs the local Ray
-        # lacks, a recordings folder
-        check_ray_address()
-        refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
-        check_domain(config)
+        check_run_can_start(config, work_dir)  # all that the real run checks first
         result = folder.read_result()
         state = (
             "finished and evaluated"
@@ -319,15 +323,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if settings is not None:
         # what the run refuses before it writes anything, refused before the MLflow run
         # (and a local store) is made for it
-        from pipelines.ray_env import check_ray_address, refuse_unavailable_gpus
-        from sparling.datasets import check_domain
-        from sparling.runs import resolve_init_from
+        from pipelines.train_job import check_run_can_start
 
-        check_ray_address()
-        refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
-        check_domain(config)
-        if config.init_from:
-            resolve_init_from(config.init_from, folder.path)
+        check_run_can_start(config, work_dir)
         folder.write_config(config)  # what the run writes first: a read-only work dir said
     try:
         result = _train_tracked(args, config, work_dir, settings, experiment)
@@ -675,7 +673,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     done = {r.key for r in sweep.runs if run_is_finished(r.config, work_dir)}
     # what the runs to train refuse before their first step (a recordings folder, GPUs
     # this machine lacks), refused before anything is started, the dry run included
-    check_runs_can_start([r for r in sweep.runs if r.key not in done], args.executor)
+    check_runs_can_start([r for r in sweep.runs if r.key not in done], args.executor, work_dir)
     if args.pack:  # said now, not after the sweep
         check_writable(Path(f"{args.pack}-1.tgz"), folder=False)
     note = gpu_note([r for r in sweep.runs if r.key not in done], args.executor, args.device)
@@ -688,7 +686,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if args.dry_run:
             # what the real run checks before its first step (e.g. a recordings folder)
             check_runs_can_start(
-                [r for r in sweep.runs if r.key not in done - set(rerun)], args.executor
+                [r for r in sweep.runs if r.key not in done - set(rerun)], args.executor, work_dir
             )
             print(describe(sweep, done, changed, rerun))
             print(where)
@@ -1004,7 +1002,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     _refuse_empty_paths(parser)
+    _refuse_repeats(parser)
     return parser
+
+
+class _StoreOnce(argparse._StoreAction):
+    """A single-value option given twice is refused (argparse keeps the last silently, so
+    ``--parallel 2 ... --parallel 8`` would run 8 without a word)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        given: dict[str, Any] = namespace.__dict__.setdefault("_given_once", {})
+        if self.dest in given:
+            parser.error(
+                f"argument {'/'.join(self.option_strings)}: given twice ({given[self.dest]!r}, "
+                f"then {values!r}); give it once"
+            )
+        given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _refuse_repeats(parser: argparse.ArgumentParser) -> None:
+    """Make every single-value option of every command a :class:`_StoreOnce`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _refuse_repeats(sub)
+        elif type(action) is argparse._StoreAction and action.option_strings:
+            action.__class__ = _StoreOnce
 
 
 #: the arguments that name a file or folder (every command's)
@@ -1069,6 +1099,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # the reader of the output went away (``sparling sweep --dry-run | head``): stop
+        # quietly, as a shell command does, with 128 + SIGPIPE
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UsageError, SparlingError, ValueError) as e:
         # Errors that name the bad input: show the message, not a traceback.
         print(f"sparling {args.command}: error: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import ray
 
@@ -140,3 +141,34 @@ def refuse_unavailable_gpus(gpus_per_worker: float, workers: int = 1) -> None:
             f"{describe_devices()}). Set compute.gpus_per_worker=0 to train on the CPU, "
             "or RAY_ADDRESS to a cluster with GPU nodes"
         )
+
+
+def refuse_unavailable_cpus(cpus_per_worker: float, workers: int = 1) -> None:
+    """Refuse a run that asks for more CPUs than the local Ray instance has (it would wait
+    for them forever, showing 0 samples); a cluster named by ``RAY_ADDRESS`` may add
+    nodes, so it is not checked."""
+    if on_cluster():
+        return
+    from sparling.errors import SparlingError
+
+    if ray.is_initialized():
+        have = float(ray.cluster_resources().get("CPU", 0))
+    else:
+        from ray._private.utils import get_num_cpus  # what a local instance starts with
+
+        have = float(get_num_cpus())
+    need = cpus_per_worker * workers
+    if have < need:
+        raise SparlingError(
+            f"compute.cpus_per_worker={cpus_per_worker:g} x {workers} worker(s) needs "
+            f"{need:g} CPU(s); the local Ray instance has {have:g}. Set "
+            f"compute.cpus_per_worker (and compute.workers) to fit in {have:g}, or "
+            "RAY_ADDRESS to a cluster with larger nodes"
+        )
+
+
+def refuse_unavailable_resources(compute: Any) -> None:
+    """:func:`refuse_unavailable_gpus` and :func:`refuse_unavailable_cpus` for a run's
+    ``compute`` section (:class:`sparling.config.ComputeConfig`)."""
+    refuse_unavailable_gpus(compute.gpus_per_worker, compute.workers)
+    refuse_unavailable_cpus(compute.cpus_per_worker, compute.workers)

@@ -67,34 +67,47 @@ class SweepSummary:
         return ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
 
 
-def check_runs_can_start(runs: list[PlannedRun], executor: str = "ray") -> None:
+def check_runs_can_start(
+    runs: list[PlannedRun], executor: str = "ray", work_dir: Path | None = None
+) -> None:
     """What the runs check before their first step, once per distinct domain: its domain
     made for each split (a recordings folder found, the held-out speakers in it); and with
     the Ray executor, that a ``RAY_ADDRESS`` answers, and on its own local Ray instance
     that this machine has the GPUs each run asks for (``compute.gpus_per_worker``; Ray would keep such a run waiting forever).
+    With ``work_dir``, the dataset folders the runs would make (no file in their way).
     Raises the first error, naming the run; writes nothing. The dry run calls it too, so
     it refuses what the real run would."""
-    from sparling.datasets import check_domain
+    from sparling.datasets import check_datasets, check_domain
 
     seen: set[str] = set()
+    seen_data: set[str] = set()
     for run in runs:
         key = run.config.domain.model_dump_json()
         if key not in seen:
             seen.add(key)
             check_domain(run.config)
+        data_key = key + run.config.data.model_dump_json()
+        if work_dir is not None and data_key not in seen_data:
+            seen_data.add(data_key)
+            check_datasets(run.config, work_dir)
     if executor != "ray" or not runs:
         return
-    from pipelines.ray_env import check_ray_address, refuse_unavailable_gpus
+    from pipelines.ray_env import (
+        check_ray_address,
+        refuse_unavailable_cpus,
+        refuse_unavailable_gpus,
+    )
 
     check_ray_address()  # a RAY_ADDRESS where nothing answers: said now, not in minutes
 
-    shapes: dict[tuple[float, int], list[PlannedRun]] = {}
+    shapes: dict[tuple[float, float, int], list[PlannedRun]] = {}
     for run in runs:
         c = run.config.compute
-        shapes.setdefault((c.gpus_per_worker, c.workers), []).append(run)
-    for (gpus, workers), asking in shapes.items():
+        shapes.setdefault((c.gpus_per_worker, c.cpus_per_worker, c.workers), []).append(run)
+    for (gpus, cpus, workers), asking in shapes.items():
         try:
             refuse_unavailable_gpus(gpus, workers)
+            refuse_unavailable_cpus(cpus, workers)
         except SparlingError as e:
             first = asking[0]
             others = f" and {len(asking) - 1} other run(s) like it" if len(asking) > 1 else ""
@@ -224,7 +237,7 @@ def run_sweep(
         else:
             todo.append(run)
 
-    check_runs_can_start(todo, executor)  # before anything is made or started
+    check_runs_can_start(todo, executor, work_dir)  # before anything is made or started
     runner.prepare(todo, work_dir, progress=progress)
     with contextlib.ExitStack() as stack:
         tracking: dict[str, Any] | None = None

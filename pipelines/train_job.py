@@ -378,6 +378,25 @@ def build_trainer(
     )
 
 
+def check_run_can_start(config: RunConfig, work_dir: Path | str) -> None:
+    """What a run refuses before it writes anything, for ``sparling train`` (dry run or
+    not) and the run itself: a ``RAY_ADDRESS`` where nothing answers, GPUs or CPUs the
+    local Ray instance lacks, a domain that cannot be made (e.g. a missing recordings
+    folder), dataset folders that could not be made (a file in the way), and an
+    ``init_from`` that names no checkpoint. (A missing source of g is the config's error,
+    not the worker's: Ray Train would start, and retry, a job that cannot succeed.)"""
+    from pipelines.ray_env import check_ray_address, refuse_unavailable_resources
+    from sparling.datasets import check_datasets, check_domain
+    from sparling.runs import resolve_init_from
+
+    check_ray_address()
+    refuse_unavailable_resources(config.compute)
+    check_domain(config)
+    check_datasets(config, work_dir)
+    if config.init_from:
+        resolve_init_from(config.init_from, RunFolder.for_config(config, work_dir).path)
+
+
 def run_training(
     config: RunConfig,
     *,
@@ -395,20 +414,12 @@ def run_training(
     request that another process writes into the run folder while it trains
     (:func:`write_stop_request`: a sweep's driver asked to stop).
     """
-    from pipelines.ray_env import check_ray_address, ensure_ray, refuse_unavailable_gpus
-    from sparling.datasets import check_domain
-    from sparling.runs import resolve_init_from
+    from pipelines.ray_env import ensure_ray
 
-    check_ray_address()
-    refuse_unavailable_gpus(config.compute.gpus_per_worker, config.compute.workers)
-    check_domain(config)  # e.g. a recordings folder, before the run folder is made
+    check_run_can_start(config, work_dir)  # before the run folder is made
     work_dir = Path(work_dir).resolve()
     folder = RunFolder.for_config(config, work_dir)
     run_dir = folder.path
-    if config.init_from:
-        # A missing source of g is the config's error, not the worker's: refuse it here,
-        # before Ray Train would start (and retry) a job that cannot succeed.
-        resolve_init_from(config.init_from, run_dir)
     folder.write_config(config)
     datasets = prepare_datasets(config, work_dir, progress=progress)
     paths = RunPaths(datasets["train"], datasets["val"], datasets["test"], run_dir)

@@ -26,5 +26,8 @@ if [ -z "${SPARLING_AUDIO_ROOT:-}" ]; then
 fi
 bash scripts/env.sh
 export OMP_NUM_THREADS=1 RAY_USAGE_STATS_ENABLED=0
+defaults=()
+[[ " $* " == *" --parallel"* ]] || defaults+=(--parallel 2)
+[[ " $* " == *" --threads"* ]] || defaults+=(--threads 1)
 exec .venv/bin/sparling sweep pipelines/sweeps/audio-digits-result.yaml \
-  --work-dir results/audio-digits --executor local --parallel 2 --threads 1 "$@"
+  --work-dir results/audio-digits --executor local "${defaults[@]}" "$@"

@@ -13,5 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/env.sh
 export OMP_NUM_THREADS=1 RAY_USAGE_STATS_ENABLED=0
+defaults=()
+[[ " $* " == *" --parallel"* ]] || defaults+=(--parallel 2)
+[[ " $* " == *" --threads"* ]] || defaults+=(--threads 1)
 exec .venv/bin/sparling sweep pipelines/sweeps/digit-circle-result.yaml \
-  --work-dir results/digit-circle --executor local --parallel 2 --threads 1 "$@"
+  --work-dir results/digit-circle --executor local "${defaults[@]}" "$@"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
-from sparling.errors import format_validation_errors
+from sparling.errors import format_validation_errors, suggestion
 from sparling.sparsity import (
     ChannelBatchNorm,
     SpatialSparsity,
@@ -172,7 +172,8 @@ def bottleneck_params(name: str) -> type[BaseModel]:
 def _lookup(name: str) -> type[Bottleneck]:
     if name not in BOTTLENECKS:
         raise ValueError(
-            f"unknown bottleneck {name!r}; accepted names: {', '.join(bottleneck_names())}"
+            f"unknown bottleneck {name!r}{suggestion(str(name), bottleneck_names())}; accepted "
+            f"names: {', '.join(bottleneck_names())}"
         )
     return BOTTLENECKS[name]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .domains.base import canonical_hash
-from .errors import SparlingError, format_validation_errors
+from .errors import SparlingError, format_validation_errors, suggestion
 from .fileio import load_yaml_mapping
 
 if TYPE_CHECKING:
@@ -28,8 +28,13 @@ class ConfigError(SparlingError, ValueError):
     accepted."""
 
 
+#: Seeds are 32-bit, as numpy's generators take them: 0 to 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # every number finite: an infinite learning rate or threshold is refused like a NaN one
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DomainConfig(_Strict):
@@ -63,7 +68,7 @@ class DomainConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seed of the datasets (shared by every run seed of a sweep, like the paper's data)."""
     train_size: int = Field(100_000, ge=1)
     """Distinct training samples; training cycles over them in seeded, shuffled epochs."""
@@ -76,6 +81,19 @@ class DataConfig(_Strict):
     root: str | None = None
     """Folder holding generated datasets, one sub-folder per dataset hash (``None``: the
     work folder's ``data/``). Not part of the run's identity."""
+
+    @field_validator("train_size", "val_size", "test_size")
+    @classmethod
+    def _check_size(cls, size: int) -> int:
+        from .shards import max_dataset_samples
+
+        limit = max_dataset_samples()
+        if size > limit:
+            raise ValueError(
+                f"{size:,} samples is over the limit of {limit:,} for one dataset (set "
+                "SPARLING_MAX_DATASET_SAMPLES to raise it)"
+            )
+        return size
 
 
 class ModelConfig(_Strict):
@@ -107,6 +125,16 @@ class ScheduleConfig(_Strict):
     max_threshold: float = Field(1.0, ge=0, le=1)
     target_density: float | None = Field(None, gt=0, le=1)
     """Stop once density falls below this; ``None`` uses the domain's minimum density."""
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> ScheduleConfig:
+        if self.min_threshold > self.max_threshold:
+            raise ValueError(
+                f"schedule.min_threshold ({self.min_threshold}) is above "
+                f"schedule.max_threshold ({self.max_threshold}); the accuracy bar is kept "
+                "between them, so min_threshold must be at most max_threshold"
+            )
+        return self
 
 
 class OptimConfig(_Strict):
@@ -195,7 +223,7 @@ class RunConfig(_Strict):
     training samples (the dataset's first ones) under the current weights
     (:meth:`SparlingModel.recalibrate_batch_norm`); the checkpoints keep the re-estimated
     statistics. 0: evaluate with the running averages training keeps."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     """Seed of the run: model initialisation, data order, dropout."""
     init_from: str | None = None
     """Where to take g from (the Retrained method): a checkpoint folder; a run folder (its
@@ -223,7 +251,8 @@ class RunConfig(_Strict):
         b = self.bottleneck
         if b.name not in bottleneck_names():
             raise ValueError(
-                f"bottleneck.name: unknown bottleneck {b.name!r}; accepted: "
+                f"bottleneck.name: unknown bottleneck {b.name!r}"
+                f"{suggestion(b.name, bottleneck_names())}; accepted: "
                 f"{', '.join(bottleneck_names())}"
             )
         try:
@@ -244,6 +273,11 @@ class RunConfig(_Strict):
         from .models.presets import preset_config
 
         m = self.model
+        if "channels" in m.overrides:
+            raise ValueError(
+                "model.overrides.channels: the motif channels are model.channels "
+                "(e.g. model: {channels: 10}), not an override of the preset"
+            )
         return preset_config(self.domain.name, m.preset, channels=m.channels or 1, **m.overrides)
 
     # -- identity --------------------------------------------------------------------

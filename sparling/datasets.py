@@ -45,6 +45,33 @@ def check_domain(config: RunConfig, splits: tuple[str, ...] = SPLITS) -> None:
         domains.make(config.domain.name, split=split, **config.domain.params)
 
 
+def check_datasets(
+    config: RunConfig, work_dir: Path | str, splits: tuple[str, ...] = SPLITS
+) -> None:
+    """Refuse, before anything is written, dataset folders that the run could neither find
+    nor make: a data root (``data.root``, or the work dir) or a dataset path that is a
+    file where a folder is expected raises ``NotADirectoryError`` naming the dataset
+    folder. Writes nothing, checks no permissions (a dry run may list a read-only
+    results folder's runs)."""
+    import errno
+    import os
+
+    d = config.data
+    root = data_root(config, work_dir)
+    sizes = {"train": d.train_size, "val": d.val_size, "test": d.test_size}
+    for split in splits:
+        count = sizes[split]
+        shards = max(1, min(d.shards, count))
+        folder = dataset_dir(
+            root, config.domain.name, dict(config.domain.params), split, d.seed, count, shards
+        )
+        for part in (folder, *folder.parents):
+            if part.is_dir():
+                break
+            if os.path.lexists(part) and part.exists():  # a file (links to nothing: mkdir says)
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+
+
 def prepare_datasets(
     config: RunConfig,
     work_dir: Path | str,

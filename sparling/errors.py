@@ -49,8 +49,15 @@ def format_validation_errors(
         if problem["type"] == "extra_forbidden" and model is not None and loc:
             accepted = accepted_keys(model, loc[:-1], union_tags)
             if accepted:
-                message = f"unknown key{_suggestion(str(loc[-1]), accepted)}; accepted here: "
+                message = f"unknown key{suggestion(str(loc[-1]), accepted)}; accepted here: "
                 message += ", ".join(accepted)
+        if problem["type"] == "value_error":
+            # a validator's own words: pydantic's "Value error, " prefix says nothing more
+            message = message.removeprefix("Value error, ")
+            if not path or message.startswith(f"{path}."):
+                # the validator of a whole object names its fields itself
+                lines.append(message)
+                continue
         lines.append(f"{path or root}: {message}")
     return lines
 
@@ -63,7 +70,8 @@ def nearest(key: str, accepted: Sequence[str]) -> str | None:
     return near[0] if near else None
 
 
-def _suggestion(key: str, accepted: Sequence[str]) -> str:
+def suggestion(key: str, accepted: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the nearest accepted name, or an empty string."""
     near = nearest(key, accepted)
     return f" (did you mean {near!r}?)" if near else ""
 

@@ -209,6 +209,10 @@ class YAMLLoadError(SparlingError, ValueError):
 MAX_YAML_VALUES = 1_000_000
 #: The largest YAML text read, in bytes; ``SPARLING_YAML_MAX_BYTES`` raises it.
 MAX_YAML_BYTES = 16 * 1024 * 1024
+#: The deepest nesting of lists and mappings read; ``SPARLING_YAML_MAX_DEPTH`` raises it.
+#: (No config of the project nests more than 5 deep; without a limit a few kilobytes of
+#: ``[[[[...`` exhaust Python's recursion.)
+MAX_YAML_DEPTH = 100
 
 
 def env_limit(name: str, default: int, *, error: type[Exception] = YAMLLoadError) -> int:
@@ -261,14 +265,26 @@ def load_yaml(path_or_text: str | Path, *, source: str | None = None) -> Any:
                 f"{source}: over the limit of {max_bytes:,} bytes for YAML text "
                 "(set SPARLING_YAML_MAX_BYTES to raise it)"
             )
+    max_depth = env_limit("SPARLING_YAML_MAX_DEPTH", MAX_YAML_DEPTH)
+    loader = None
     try:
-        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+        loader = _strict_loader()(text)  # reads the text: refuses a character YAML forbids
+        loader.max_depth = max_depth
+        data = loader.get_single_data()
     except _DuplicateKey as e:
         raise YAMLLoadError(f"{source}: {e}") from None
+    except _TooDeep as e:
+        raise YAMLLoadError(
+            f"{source}: {e}: lists and mappings nest deeper than the limit of {max_depth} "
+            "(set SPARLING_YAML_MAX_DEPTH to raise it)"
+        ) from None
     except yaml.YAMLError as e:
         raise YAMLLoadError(
-            f"{source}: not valid YAML: {_describe_yaml_error(e, source)}"
+            f"{source}: not valid YAML: {_describe_yaml_error(e, source, text)}"
         ) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     max_values = env_limit("SPARLING_YAML_MAX_VALUES", MAX_YAML_VALUES)
     if _expanded_values(data, max_values) > max_values:
         raise YAMLLoadError(
@@ -283,6 +299,10 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _TooDeep(Exception):
+    pass
+
+
 _LOADER: Any = None
 
 
@@ -294,22 +314,37 @@ def _strict_loader() -> Any:
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
+        max_depth = MAX_YAML_DEPTH
+        _depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            # a nesting counter: PyYAML composes (and later constructs) recursively
+            self._depth += 1
+            try:
+                if self._depth > self.max_depth:
+                    mark = self.peek_event().start_mark
+                    raise _TooDeep(f"line {mark.line + 1}, column {mark.column + 1}")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: dict[Any, int] = {}
+            seen: dict[Any, str] = {}
             if isinstance(node, yaml.MappingNode):
                 for key_node, _ in node.value:
                     if key_node.tag == "tag:yaml.org,2002:merge":
                         continue
                     key = self.construct_object(key_node, deep=True)
-                    line = key_node.start_mark.line + 1
+                    mark = key_node.start_mark
+                    line = f"line {mark.line + 1}, column {mark.column + 1}"
                     try:
                         first = seen.get(key)
                     except TypeError:  # an unhashable key: the base class reports it
                         continue
                     if first is not None:
                         raise _DuplicateKey(
-                            f"the key {key!r} is given twice in one mapping, at line {first} "
-                            f"and at line {line}; keep one"
+                            f"the key {key!r} is given twice in one mapping, at {first} and "
+                            f"at {line}; keep one"
                         )
                     seen[key] = line
             return super().construct_mapping(node, deep=deep)
@@ -342,10 +377,19 @@ def _expanded_values(data: Any, limit: int) -> int:
     return size(data)
 
 
-def _describe_yaml_error(e: Exception, source: str) -> str:
+def _describe_yaml_error(e: Exception, source: str, text: str = "") -> str:
     """One line: where (line and column, 1-based) and what, with the construct being read."""
     import yaml
 
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+        before = text[: e.position]
+        line, column = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+        char = chr(e.character) if isinstance(e.character, int) else str(e.character)
+        return (
+            f"line {line}, column {column}: the character {char!r} (U+{ord(char[:1] or ' '):04X})"
+            " is not allowed in YAML (control characters other than tab and newline are not);"
+            " remove it"
+        )
     if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
         mark = e.problem_mark
         text = f"line {mark.line + 1}, column {mark.column + 1}: {e.problem or 'invalid'}"

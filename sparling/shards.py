@@ -257,6 +257,19 @@ def shard_filename(k: int, shards: int) -> str:
     return f"shard-{k:05d}-of-{shards:05d}.parquet"
 
 
+#: The most samples one dataset may hold; ``SPARLING_MAX_DATASET_SAMPLES`` raises it. (The
+#: paper's largest training set is 6 million fresh samples; 10 million DigitCircle
+#: images are about 10 GB of shards, and a mistyped count would fill the disk for hours.)
+MAX_DATASET_SAMPLES = 10_000_000
+
+
+def max_dataset_samples() -> int:
+    """:data:`MAX_DATASET_SAMPLES`, or ``SPARLING_MAX_DATASET_SAMPLES`` where it is set."""
+    from .fileio import env_limit
+
+    return env_limit("SPARLING_MAX_DATASET_SAMPLES", MAX_DATASET_SAMPLES, error=ValueError)
+
+
 def check_counts(count: int, shards: int) -> None:
     """Refuse impossible sizes with a message a CLI user can act on."""
     if isinstance(count, bool) or not isinstance(count, int | np.integer):
@@ -265,6 +278,12 @@ def check_counts(count: int, shards: int) -> None:
         raise ValueError(f"shards must be an integer, got {shards!r}")
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
+    limit = max_dataset_samples()
+    if count > limit:
+        raise ValueError(
+            f"count {count:,} is over the limit of {limit:,} samples for one dataset (set "
+            "SPARLING_MAX_DATASET_SAMPLES to raise it)"
+        )
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     if shards > count:

@@ -49,6 +49,7 @@ from pipelines.sync import (
     validation_points,
 )
 from pipelines.train_job import ProgressFile, prepare_datasets
+from sparling.errors import SparlingError
 from sparling.runs import RUNS_DIR, RunFolder
 from sparling.stopping import (
     STOP_GRACE_SECONDS,
@@ -240,6 +241,13 @@ def _child_main(job: dict[str, Any]) -> None:
     except TrainingStopped as stopped:
         # stopped, resumable: 128 + the signal (143 for SIGTERM), not a failure
         raise SystemExit(stopped.exit_code) from None
+    except (SparlingError, ValueError) as e:
+        # an error that names what was wrong (a corrupted checkpoint, a bad parameter):
+        # one line, as the command line gives it, not a traceback
+        reason = f"{type(e).__name__}: {e}"
+        print(f"{job.get('name', 'run')}: {reason}", file=sys.stderr, flush=True)
+        RunFolder(job["run_dir"]).failure_path.write_text(reason[:500] + "\n")
+        raise SystemExit(1) from None
     except BaseException:
         traceback.print_exc(file=sys.stderr)
         # the reason, for the driver's summary (the last line of the error)

@@ -68,6 +68,9 @@ class _Profiles(_Section):
     server: _ServerProfile = Field(default_factory=_ServerProfile)
 
 
+#: Seconds a tracking server of the server profile has to accept a connection.
+SERVER_ANSWER_TIMEOUT_S = 10.0
+
 #: Optimizer steps between two ``train/`` points of a run, by default.
 DEFAULT_TRAIN_EVERY_STEPS = 50
 
@@ -156,6 +159,39 @@ class TrackingSettings:
             "system_metrics": self.system_metrics,
             "system_metrics_interval": self.system_metrics_interval,
         }
+
+    def check_reachable(self, timeout: float = SERVER_ANSWER_TIMEOUT_S) -> None:
+        """Refuse a server profile whose ``http(s)://`` tracking server accepts no
+        connection within ``timeout`` seconds, at once and before anything is written
+        (MLflow's client retries such a server for minutes). Other URIs (a local server of
+        the local profile, ``file:``, ``databricks``) are not checked here."""
+        import socket
+        from urllib.parse import urlsplit
+
+        if self.is_local or not self.tracking_uri:
+            return
+        parts = urlsplit(self.tracking_uri)
+        if parts.scheme not in ("http", "https"):
+            return
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise TrackingConfigError(
+                f"tracking URI {redact_uri(self.tracking_uri)} has no valid port "
+                f"(settings: {self.source})"
+            ) from None
+        host = parts.hostname or ""
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                pass
+        except OSError as e:
+            cause = e.strerror or str(e) or type(e).__name__
+            raise TrackingConfigError(
+                f"the MLflow tracking server {redact_uri(self.tracking_uri)} does not answer "
+                f"({cause}; tried for up to {timeout:.0f} s): start it, or correct "
+                "MLFLOW_TRACKING_URI (or profiles.server.tracking_uri in the settings: "
+                f"{self.source}), or pass --no-tracking; nothing was started"
+            ) from None
 
     def describe(self) -> str:
         """One line for people: the profile and where runs and artifacts go (no secrets)."""

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from ..errors import format_validation_errors
+from ..errors import format_validation_errors, suggestion
 from .base import (
     SPLITS,
     Domain,
@@ -109,7 +109,10 @@ def get(name: str) -> type[Domain]:
     registered names if there is none."""
     _load_builtin()
     if name not in _REGISTRY:
-        raise DomainError(f"unknown domain {name!r}; accepted names: {', '.join(names())}")
+        raise DomainError(
+            f"unknown domain {name!r}{suggestion(str(name), names())}; accepted names: "
+            + ", ".join(names())
+        )
     return _REGISTRY[name]
 
 

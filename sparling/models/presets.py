@@ -176,10 +176,15 @@ def preset_config(
     values raise ``ValueError`` naming the field.
     """
     g, h = _preset(domain, preset)
+    if "channels" in overrides:
+        raise ValueError(
+            "channels is not a model override: the motif channels are model.channels "
+            "(e.g. model: {channels: 10}), not model.overrides.channels"
+        )
     g_fields, h_fields = set(MotifConfig.model_fields), set(DownstreamConfig.model_fields)
     unknown = sorted(set(overrides) - g_fields - h_fields)
     if unknown:
-        accepted = sorted(g_fields | h_fields | {"channels"})
+        accepted = sorted(g_fields | h_fields)
         near = {k: nearest(k, accepted) for k in unknown}
         hints = "".join(f" ({k}: did you mean {m!r}?)" for k, m in near.items() if m)
         raise ValueError(

@@ -92,7 +92,7 @@ CASES: list[tuple[list[str], dict[str, str], int, list[str]]] = [
         ["train", "{tmp}/bn-unknown.yaml", *W],
         NO_ENV,
         2,
-        ["unknown bottleneck 'sparlin'; accepted: ", "sparling"],
+        ["unknown bottleneck 'sparlin' (did you mean 'sparling'?); accepted: ", "sparling"],
     ),
     (
         ["train", "{tmp}/init-missing.yaml", *W],

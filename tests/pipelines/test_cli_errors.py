@@ -47,7 +47,7 @@ FILES = {
         {
             "name": "a",
             "base": str(REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"),
-            "set": {"domain.params.root": "{tmp}/no-recordings", "compute.gpus_per_worker": 0},
+            "set": {"domain.params.root": "{tmp}/no-recordings", "compute.gpus_per_worker": 0, "compute.cpus_per_worker": 1},
         }
     ),
     "binary.yaml": "\x00\x01\x02 not yaml \xff",
@@ -81,7 +81,7 @@ CASES = [
     (
         ["sweep", "{tmp}/dup-sweep.yaml", "--dry-run", *W],
         2,
-        ["'seeds' is given twice", "line 4 and at line 5"],
+        ["'seeds' is given twice", "line 4, column 1 and at line 5, column 1"],
     ),
     (
         ["sweep", "{tmp}/typo-sweep.yaml", "--dry-run", *W],
@@ -165,7 +165,8 @@ CASES = [
     (["sweep", "{tmp}/audio-sweep.yaml", *W], 2, NO_RECORDINGS),
     (
         ["train", str(REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"), *W]
-        + ["--set", "domain.params.root={tmp}/no-recordings", "--set", "compute.gpus_per_worker=0"],
+        + ["--set", "domain.params.root={tmp}/no-recordings", "--set", "compute.gpus_per_worker=0"]
+        + ["--set", "compute.cpus_per_worker=1"],
         2,
         NO_RECORDINGS,
     ),

@@ -87,7 +87,7 @@ def test_adding_seeds_keeps_the_old_keys() -> None:
     ("patch", "message"),
     [
         ({"methods": []}, "methods: List should have at least 1 item"),
-        ({"methods": ["sparling", "nope"]}, "methods[1].name: Value error, unknown method 'nope'"),
+        ({"methods": ["sparling", "nope"]}, "methods[1].name: unknown method 'nope'"),
         ({"seeds": ["a"]}, "seeds[0]: Input should be a valid integer"),
         ({"bogus": 1}, "bogus: unknown key; accepted here: name, description, base, set,"),
         ({"method": ["sparling"]}, "method: unknown key (did you mean 'methods'?)"),
@@ -262,9 +262,10 @@ def test_the_dry_run_checks_the_recordings_folder_as_the_real_run_does(
     base = REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"
     work = tmp_path / "w"
     for root, code in ((fsdd, 0), (tmp_path / "missing", 2), (None, 2)):
-        # the paper config's GPU would be refused here first (no GPU on this machine)
+        # the paper config's GPU and 4 CPUs would be refused here first (a 2-core machine
+        # without a GPU)
         sweep = {"name": "a", "base": str(base), "seeds": [0, 1]}
-        sweep["set"] = {"compute.gpus_per_worker": 0}
+        sweep["set"] = {"compute.gpus_per_worker": 0, "compute.cpus_per_worker": 1}
         if root is not None:
             sweep["set"]["domain.params.root"] = str(root)
         path = tmp_path / "a.yaml"

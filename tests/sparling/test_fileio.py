@@ -193,12 +193,16 @@ def test_load_yaml_refuses_a_key_given_twice_naming_both_lines(tmp_path: Path) -
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("name: s\nseeds: [0, 1, 2]\nmethods: [sparling]\nseeds: [7]\n")
     with pytest.raises(
-        YAMLLoadError, match=r"sweep\.yaml: the key 'seeds' is given twice .* line 2 and at line 4"
+        YAMLLoadError,
+        match=r"sweep\.yaml: the key 'seeds' is given twice .* line 2, column 1 and at line 4, column 1",
     ):
         load_yaml(sweep)
     with pytest.raises(SweepError, match=r"'seeds' is given twice"):
         load_sweep(sweep)
-    with pytest.raises(YAMLLoadError, match=r"'a' is given twice"):
+    # in a flow mapping both are on one line: the columns tell them apart
+    with pytest.raises(
+        YAMLLoadError, match=r"'a' is given twice .* line 2, column 4 and at line 2, column 10"
+    ):
         load_yaml("outer:\n  {a: 1, a: 2}\n")
     # a merge key's values may be overridden (that is what it is for); nesting is separate
     assert load_yaml("x: &x {b: 1}\ny:\n  <<: *x\n  b: 2\nz: {b: {b: 3}}\n") == {
@@ -206,6 +210,34 @@ def test_load_yaml_refuses_a_key_given_twice_naming_both_lines(tmp_path: Path) -
         "y": {"b": 2},
         "z": {"b": {"b": 3}},
     }
+
+
+def test_load_yaml_refuses_nesting_past_the_depth_limit_and_forbidden_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10 KB of brackets used to end in a RecursionError traceback
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(
+        YAMLLoadError,
+        match=r"deep\.yaml: line 1, column 103: .* limit of 100 \(set SPARLING_YAML_MAX_DEPTH",
+    ):
+        load_yaml(deep)
+    assert load_yaml("a: " + "[" * 99 + "]" * 99) is not None  # the limit is inclusive
+    monkeypatch.setenv("SPARLING_YAML_MAX_DEPTH", "20000")
+    nested = load_yaml("a: " + "[" * 300 + "]" * 300)
+    assert isinstance(nested, dict)
+    monkeypatch.setenv("SPARLING_YAML_MAX_DEPTH", "3")
+    with pytest.raises(YAMLLoadError, match="limit of 3"):
+        load_yaml("a: {b: {c: 1}}")
+    monkeypatch.delenv("SPARLING_YAML_MAX_DEPTH")
+    # a control character: the file, the line and the column, never "<unicode string>"
+    bell = tmp_path / "bell.yaml"
+    bell.write_text("seed: 1\nbatch_size: \x07\n")
+    with pytest.raises(YAMLLoadError) as info:
+        load_yaml(bell)
+    assert str(info.value).startswith(f"{bell}: not valid YAML: line 2, column 13: the character")
+    assert "U+0007" in str(info.value) and "unicode string" not in str(info.value)
 
 
 def test_load_yaml_refuses_documents_that_expand_past_the_limit(
