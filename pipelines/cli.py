@@ -34,6 +34,13 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
         if key in out:  # a later one would win silently, as a key twice in a YAML file
             raise UsageError(f"{flag} {key} is given twice; keep one")
         out[key] = load_yaml(raw, source=f"{flag} {key}") if raw.strip() else ""
+    for key in out:  # one key inside another: which value wins would depend on the order
+        inner = next((k for k in out if k.startswith(f"{key}.")), None)
+        if inner is not None:
+            raise UsageError(
+                f"{flag} {key} and {flag} {inner} both set {inner} ({key} replaces the whole "
+                f"of {key}); keep one, or give {key}'s other fields one by one"
+            )
     return out
 
 
@@ -45,6 +52,15 @@ def path_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(
             "an empty path; give a file or folder name (. for the current folder)"
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # bytes the file system's encoding does not decode (Python keeps them as lone
+        # surrogates): no file, tag or JSON record the project writes could hold the name
+        shown = text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise argparse.ArgumentTypeError(
+            f"the path {shown} is not UTF-8 text; rename the file or folder to a UTF-8 name"
+        ) from None
     return text
 
 
@@ -372,6 +388,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, got {out}")
+    if os.path.lexists(out) and not out.is_dir() and not args.force:
+        raise UsageError(
+            f"{out} already exists; pass --force to replace it (or another --out)"
+        )
     checkpoint = select_checkpoint(_run_path(args.path, args), args.density)
     run = RunFolder.of_checkpoint(checkpoint)
     in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()
@@ -488,6 +508,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         out = checkpoint.parent / f"evaluation-{checkpoint.name}"
     check_writable(out, folder=True)  # before any data is made or the model is run
+    if args.samples is not None and args.samples > config.data.test_size:
+        raise UsageError(
+            f"--samples {args.samples:,} is more than the {config.data.test_size:,} samples of "
+            f"the run's test split (data.test_size); give at most {config.data.test_size:,}, "
+            "or leave --samples out for all of them"
+        )
     test: Any
     if in_run:
         # a checkpoint of a run in its work dir: the work dir's test set, its folders
@@ -557,7 +583,7 @@ def _resolve_sweep_file(name: str) -> Path:
     from importlib import resources
 
     path = Path(name)
-    if path.is_file() or path.is_dir():  # a folder: load_sweep says it is no sweep file
+    if path.exists():  # a folder, a pipe, a device: load_sweep says it is no sweep file
         return path
     shipped = Path(str(resources.files("pipelines") / "sweeps" / f"{name}.yaml"))
     if shipped.is_file():
@@ -903,6 +929,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("path", help="a run folder (sparling-work/runs/ID) or a checkpoint folder")
     ex.add_argument("--density", type=density_arg, help="the run's checkpoint at this density")
     ex.add_argument("--out", required=True, help="the file to write (.safetensors)")
+    ex.add_argument(
+        "--force", action="store_true", help="replace the --out file if it exists already"
+    )
     ex.add_argument(
         "--no-tracking",
         action="store_true",

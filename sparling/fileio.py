@@ -443,6 +443,26 @@ def _loops(path: Path) -> bool:
     return False
 
 
+def _special_file(path: Path) -> str:
+    """What ``path`` is if it exists and is neither a regular file nor a folder (a named
+    pipe, a device, a socket), in words; an empty string otherwise."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return ""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return ""
+
+
 def _what_it_holds(value: Any) -> str:
     if isinstance(value, list):
         return f"a list of {len(value)} item(s)"
@@ -479,6 +499,10 @@ def load_yaml_mapping(
     missing = missing_error or error
     if path.is_dir():
         raise missing(f"{path} is a folder; {what} is a YAML file")
+    special = _special_file(path)
+    if special:
+        # reading a named pipe would wait for a writer forever; a device never ends
+        raise error(f"{path} is {special}, not a regular file; {what} is a YAML file")
     if not path.is_file():
         raise missing(why_missing(path, kind))
     try:

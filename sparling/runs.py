@@ -38,7 +38,7 @@ from .checkpoint import (
     read_meta,
 )
 from .config import RUN_REF_PREFIX, RunConfig, load_config, parse_run_ref
-from .errors import TrainingFailed
+from .errors import SparlingError, TrainingFailed
 from .fileio import atomic_write_text
 from .models import SparlingModel, build_model
 
@@ -90,6 +90,36 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return data
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+class RunRecordError(SparlingError):
+    """A run's record (``result.json``, ``evaluation.json``) that cannot be read: the
+    message names the file, what is wrong, and what to do."""
+
+
+def read_record(path: Path, what: str, redo: str) -> dict[str, Any] | None:
+    """The JSON object of a record a run writes once, whole (an atomic write): ``None``
+    when the file is missing; :class:`RunRecordError` naming ``path`` when it is not UTF-8,
+    not JSON or not an object (a damaged file is never mistaken for a missing one, which
+    would train or evaluate the run again silently). ``redo``: what deleting it does."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text ({e.reason} at byte {e.start})"
+    except json.JSONDecodeError as e:
+        problem = f"not valid JSON ({e.msg}: line {e.lineno}, column {e.colno})"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"not a JSON object (it holds a {type(data).__name__})"
+    raise RunRecordError(
+        f"{path}: the run's {what} is corrupt, {problem}; delete it to {redo}"
+    )
 
 
 def _scalars(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,8 +306,11 @@ class RunFolder:
         atomic_write_text(self.config_path, config.to_json())
 
     def read_result(self) -> dict[str, Any] | None:
-        """``result.json`` (see :meth:`write_result`), or ``None`` before the run ended."""
-        return read_json(self.result_path)
+        """``result.json`` (see :meth:`write_result`), or ``None`` before the run ended;
+        :class:`RunRecordError` if it is damaged."""
+        return read_record(
+            self.result_path, "result", "finish the run again from its last checkpoint"
+        )
 
     def write_result(self, result: RunResult, **extra: Any) -> dict[str, Any]:
         """Write ``result.json``: how a run ended (a :class:`sparling.train.RunResult`)
@@ -321,7 +354,9 @@ class RunFolder:
         """The saved test metrics; an ``evaluation.json`` written before the run's total
         wall time was named ``total_wall_seconds`` has it as ``wall_seconds``, which is
         each validation's metric."""
-        data = read_json(self.evaluation_path)
+        data = read_record(
+            self.evaluation_path, "test evaluation", "evaluate its checkpoint again"
+        )
         if data is not None and "wall_seconds" in data:
             data.setdefault("total_wall_seconds", data.pop("wall_seconds"))
         return data

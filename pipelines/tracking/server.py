@@ -191,6 +191,10 @@ class LocalTrackingServer:
         """Reuse the live server on this store or start one; returns the URI to log to."""
         if self._lease is not None:
             return self.uri
+        if not self.state_dir.exists():
+            # no server of this store can be running: a port taken by another program is
+            # refused before the store's folders are made
+            self._refuse_taken_port(self.requested_port)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         ensure_writable(self.artifact_location, "the local MLflow artifact folder")
         with _file_lock(self.state_dir / _LOCK_FILE, self.start_timeout + 30):
@@ -263,13 +267,17 @@ class LocalTrackingServer:
             "1",
         ]
 
-    def _launch(self) -> None:
-        port = self.requested_port or self.port or free_port()
-        if not port_free(port):
+    @staticmethod
+    def _refuse_taken_port(port: int | None) -> None:
+        if port is not None and not port_free(port):
             raise TrackingServerError(
                 f"port {port} on {LOOPBACK} is taken by another program; choose another "
                 "(profiles.local.port in mlflow.yaml, or none for any free port)"
             )
+
+    def _launch(self) -> None:
+        port = self.requested_port or self.port or free_port()
+        self._refuse_taken_port(port)
         sqlite = sqlite_path(self.store_uri)
         if sqlite is not None:
             sqlite.parent.mkdir(parents=True, exist_ok=True)

@@ -185,11 +185,14 @@ def test_a_run_trained_alone_is_evaluated_into_its_mlflow_run_and_reused_by_a_sw
         assert pyfunc.predict(images) == sparling.load_model(out).decode(images, max_len=8)
 
         # sparling export logs the file to the run's MLflow runs: the child has it already,
-        # the run trained alone gets its own; exported again, nothing new
+        # the run trained alone gets its own; exported again (over the file: --force),
+        # nothing new
         assert f"{model.model_id} of run {child_id}" in exported.stdout
         (alone_model,) = _logged_models(uri, alone_id)
         assert alone_model.model_id != model.model_id
-        again = _sparling_in(REPO, "export", str(run_dir), "--out", str(out))
+        refused = _sparling_in(REPO, "export", str(run_dir), "--out", str(out))
+        assert refused.returncode == 2 and "already exists; pass --force" in refused.stderr
+        again = _sparling_in(REPO, "export", str(run_dir), "--out", str(out), "--force")
         assert again.returncode == 0, again.stdout + again.stderr
         assert [m.model_id for m in _logged_models(uri, alone_id)] == [alone_model.model_id]
         assert len(_logged_models(uri, child_id)) == 1
