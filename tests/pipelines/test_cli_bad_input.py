@@ -49,6 +49,18 @@ FILES = {
     "sw-base-list.yaml": SWEEP.replace("run.yaml", "list.yaml"),
     "sw-gpu.yaml": SWEEP + "set: {compute.gpus_per_worker: 1}\n",
     "mlflow-list.yaml": "- local\n",
+    # third round
+    "deep.yaml": "a: " + "[" * 5000 + "]" * 5000 + "\n",
+    "bell.yaml": "seed: 1\nbatch_size: \x07\n",
+    "flowdup.yaml": "optim: {lr: 1, lr: 2}\n",
+    "channels-override.yaml": yaml.safe_dump(tiny_config(**{"model.overrides.channels": 8})),
+    "big-seed.yaml": yaml.safe_dump(tiny_config(seed=2**32)),
+    "inf-lr.yaml": yaml.safe_dump(tiny_config(**{"optim.lr": float("inf")})),
+    "thresholds.yaml": yaml.safe_dump(
+        tiny_config(**{"schedule.min_threshold": 0.9, "schedule.max_threshold": 0.5})
+    ),
+    "sw-big-seed.yaml": SWEEP.replace("seeds: [0]", "seeds: [4294967296]"),
+    "srv.yaml": "profile: server\n",
     "empty.safetensors": "",
     "text.safetensors": "not a model\n",
 }
@@ -541,6 +553,11 @@ def _setup(tmp: Path, run: Path, model: Path) -> None:
     shutil.copytree(last, tmp / "cut-state")
     state = tmp / "cut-state" / "state.pt"
     os.truncate(state, state.stat().st_size // 2)
+    os.mkfifo(tmp / "fifo.yaml")
+    # a copy of the trained run's work dir whose result.json is cut short
+    shutil.copytree(run.parents[1], tmp / "wc")
+    result = tmp / "wc" / "runs" / run.name / "result.json"
+    result.write_text(result.read_text()[:20])
 
 
 def _main(args: list[str]) -> int:
@@ -548,6 +565,207 @@ def _main(args: list[str]) -> int:
         return cli.main(args)
     except SystemExit as e:  # argparse refusing a value
         return int(e.code or 0)
+
+
+CASES += [
+    # -- third round: YAML that exhausts the parser, characters and keys placed exactly --
+    (
+        ["train", "{tmp}/deep.yaml", *W],
+        NO_ENV,
+        2,
+        ["{tmp}/deep.yaml: line 1, column 103: lists and mappings nest deeper than the limit"]
+        + ["of 100 (set SPARLING_YAML_MAX_DEPTH to raise it)"],
+    ),
+    (["sweep", "{tmp}/deep.yaml", "--dry-run", *W], NO_ENV, 2, ["deep.yaml: line 1, column 103"]),
+    (
+        ["train", "{tmp}/run.yaml", "--dry-run", *W],
+        {"SPARLING_MLFLOW_CONFIG": "{tmp}/deep.yaml"},
+        2,
+        ["{tmp}/deep.yaml: line 1, column 103: lists and mappings nest deeper"],
+    ),
+    (
+        ["train", "{tmp}/bell.yaml", *W],
+        NO_ENV,
+        2,
+        ["{tmp}/bell.yaml: not valid YAML: line 2, column 13: the character '\\x07' (U+0007)"],
+    ),
+    (
+        ["train", "{tmp}/flowdup.yaml", *W],
+        NO_ENV,
+        2,
+        ["the key 'lr' is given twice in one mapping, at line 1, column 9 and at line 1, "]
+        + ["column 16; keep one"],
+    ),
+    # -- values the model or the generators cannot take -------------------------------------
+    (
+        ["train", "{tmp}/channels-override.yaml", *W],
+        NO_ENV,
+        2,
+        ["model.overrides.channels: the motif channels are model.channels"],
+    ),
+    (
+        ["train", "{tmp}/big-seed.yaml", *W],
+        NO_ENV,
+        2,
+        ["seed: Input should be less than or equal to 4294967295"],
+    ),
+    (
+        ["sweep", "{tmp}/sw-big-seed.yaml", "--dry-run", *W],
+        NO_ENV,
+        2,
+        ["seed: Input should be less than or equal to 4294967295"],
+    ),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--dry-run", "--seeds", "4294967296", *W],
+        NO_ENV,
+        2,
+        ["seed 4294967296 is too large; seeds go from 0 to 4,294,967,295"],
+    ),
+    (["train", "{tmp}/inf-lr.yaml", *W], NO_ENV, 2, ["optim.lr: Input should be a finite number"]),
+    (
+        ["train", "{tmp}/thresholds.yaml", *W],
+        NO_ENV,
+        2,
+        ["schedule.min_threshold (0.9) is above schedule.max_threshold (0.5)"],
+    ),
+    (
+        ["train", "{tmp}/run.yaml", "--set", "domain.name=digit-circel", *W],
+        NO_ENV,
+        2,
+        ["unknown domain 'digit-circel' (did you mean 'digit-circle'?); accepted names"],
+    ),
+    # -- sizes and resources this machine cannot give -------------------------------------
+    (
+        ["data", "generate", "--domain", "digit-circle", "--split", "test"]
+        + ["--count", "20000000", *OUT],
+        NO_ENV,
+        2,
+        ["count 20,000,000 is over the limit of 10,000,000 samples for one dataset (set "]
+        + ["SPARLING_MAX_DATASET_SAMPLES to raise it)"],
+    ),
+    (
+        ["train", "{tmp}/run.yaml", "--dry-run", "--set", "data.train_size=20000000", *W],
+        NO_ENV,
+        2,
+        ["data.train_size: 20,000,000 samples is over the limit of 10,000,000"],
+    ),
+    (
+        ["train", "{tmp}/run.yaml", "--dry-run", "--set", "compute.cpus_per_worker=4096", *W],
+        NO_ENV,
+        2,
+        ["compute.cpus_per_worker=4096 x 1 worker(s) needs 4096 CPU(s); the local Ray"],
+    ),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--set", "compute.cpus_per_worker=4096", *W],
+        NO_ENV,
+        2,
+        ["needs 4096 CPU(s); the local Ray instance has", "nothing was started"],
+    ),
+    (
+        ["train", "{tmp}/run.yaml", "--dry-run", "--set", "compute.cpus_per_worker=4096", *W],
+        {"RAY_ADDRESS": "{head}"},
+        0,
+        ["to train"],
+    ),
+    # -- a shared tracking server that does not answer: said in seconds, not minutes -------
+    (
+        ["train", "{tmp}/run.yaml", "--mlflow-config", "{tmp}/srv.yaml", *W],
+        {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
+        2,
+        ["the MLflow tracking server http://127.0.0.1:1 does not answer (Connection refused"],
+    ),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--dry-run", "--mlflow-config", "{tmp}/srv.yaml", *W],
+        {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
+        2,
+        ["does not answer", "or pass --no-tracking; nothing was started"],
+    ),
+    # -- the command line: options twice, keys inside one another, paths of other kinds ---
+    (
+        ["sweep", "{tmp}/sw.yaml", "--dry-run", "--parallel", "2", "--parallel", "3", *W],
+        NO_ENV,
+        2,
+        ["argument --parallel: given twice (2, then 3); give it once"],
+    ),
+    (
+        ["train", "{tmp}/run.yaml", "--work-dir", "{tmp}/a", "--work-dir", "{tmp}/b"],
+        NO_ENV,
+        2,
+        ["argument --work-dir: given twice"],
+    ),
+    (
+        ["train", "{tmp}/run.yaml", "--set", "optim={{lr: 1}}", "--set", "optim.lr=2", *W],
+        NO_ENV,
+        2,
+        ["--set optim and --set optim.lr both set optim.lr"],
+    ),
+    (
+        ["train", "{tmp}/fifo.yaml", *W],
+        NO_ENV,
+        2,
+        ["{tmp}/fifo.yaml is a named pipe (FIFO), not a regular file; a run config is a YAML"],
+    ),
+    (["sweep", "{tmp}/fifo.yaml", *W], NO_ENV, 2, ["fifo.yaml is a named pipe (FIFO)"]),
+    (["train", "/dev/null", *W], NO_ENV, 2, ["/dev/null is a character device, not a regular"]),
+    (
+        ["train", "{tmp}/\udcff.yaml", *W],
+        NO_ENV,
+        2,
+        ["argument config: the path {tmp}/\\xff.yaml is not UTF-8 text"],
+    ),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--work-dir", "{tmp}/\udcff"],
+        NO_ENV,
+        2,
+        ["argument --work-dir: the path {tmp}/\\xff is not UTF-8 text"],
+    ),
+    # -- dataset folders that could not be made: refused before the run folder is ---------
+    (
+        ["train", "{tmp}/run.yaml", "--no-tracking", "--set", "data.root={tmp}/run.yaml", *W],
+        NO_ENV,
+        2,
+        ["{tmp}/run.yaml is a file, where a folder is expected (to hold {tmp}/run.yaml/digit-"],
+    ),
+    (
+        ["train", "{tmp}/run.yaml", "--dry-run", "--set", "data.root={tmp}/run.yaml", *W],
+        NO_ENV,
+        2,
+        [FILE_NOT_FOLDER],
+    ),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--dry-run", "--set", "data.root={tmp}/run.yaml", *W],
+        NO_ENV,
+        2,
+        [FILE_NOT_FOLDER],
+    ),
+    # -- records of a run that are damaged: named, never taken for missing ----------------
+    (
+        ["sweep", "{tmp}/sw.yaml", "--dry-run", "--no-tracking", "--work-dir", "{tmp}/wc"],
+        NO_ENV,
+        2,
+        ["{tmp}/wc/runs/{run_id}/result.json: the run's result is corrupt, not valid JSON"]
+        + ["delete it to finish the run again from its last checkpoint"],
+    ),
+    # -- evaluate, export, ui ----------------------------------------------------------------
+    (
+        ["evaluate", "{run}", "--samples", "9", "--no-tracking"],
+        NO_ENV,
+        2,
+        ["--samples 9 is more than the 8 samples of the run's test split (data.test_size)"],
+    ),
+    (
+        ["export", "{run}", "--out", "{tmp}/plain.safetensors"],
+        NO_ENV,
+        2,
+        ["{tmp}/plain.safetensors already exists; pass --force to replace it"],
+    ),
+    (
+        ["ui", "--port", "{head_port}", *W],
+        NO_ENV,
+        2,
+        ["port {head_port} on 127.0.0.1 is taken by another program"],
+    ),
+]
 
 
 # a case that is not refused may start training: it fails at the time limit, not hours later
@@ -578,8 +796,14 @@ def test_bad_input_is_refused_in_one_line_and_writes_nothing(
         "work": run.parents[1],
         "model": model,
         "head": head,
+        "head_port": head.rpartition(":")[2],
     }
-    for name in ("RAY_ADDRESS", "SPARLING_WORK_DIR", "SPARLING_MLFLOW_CONFIG"):
+    for name in (
+        "RAY_ADDRESS",
+        "SPARLING_WORK_DIR",
+        "SPARLING_MLFLOW_CONFIG",
+        "MLFLOW_TRACKING_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value.format(**places))

@@ -47,7 +47,11 @@ FILES = {
         {
             "name": "a",
             "base": str(REPO / "pipelines" / "configs" / "audio-digits-paper.yaml"),
-            "set": {"domain.params.root": "{tmp}/no-recordings", "compute.gpus_per_worker": 0, "compute.cpus_per_worker": 1},
+            "set": {
+                "domain.params.root": "{tmp}/no-recordings",
+                "compute.gpus_per_worker": 0,
+                "compute.cpus_per_worker": 1,
+            },
         }
     ),
     "binary.yaml": "\x00\x01\x02 not yaml \xff",
@@ -267,3 +271,63 @@ def test_evaluate_a_checkpoint_copied_out_of_its_run_writes_only_beside_it(tmp_p
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["deep"]  # no data/ above
     assert sorted(p.name for p in copy.parent.iterdir()) == ["evaluation-last", "last"]
     assert (copy.parent / "evaluation-last" / "evaluation.json").is_file()
+
+
+def test_output_to_a_closed_pipe_ends_quietly_with_141(tmp_path: Path) -> None:
+    """``sparling sweep --dry-run | head -1``: once the reader has gone, the command stops
+    as a shell command does (128 + SIGPIPE), without a BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    (tmp_path / "run.yaml").write_text(CONFIG)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\nbase: run.yaml\nmethods: [sparling, l1]\nseeds: [0, 1, 2]\n")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "sweep", str(sweep), "--dry-run"]
+            + ["--no-tracking", "--work-dir", str(tmp_path / "work")],
+            cwd=REPO,
+            env=subprocess_env(),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert out.returncode == 141, out.stderr
+    assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_local_run_refused_by_its_checkpoint_fails_in_one_line(
+    tmp_path: Path, trained_run: Path
+) -> None:
+    """A run of the local executor that fails on an error naming its cause (here a
+    checkpoint cut short) says so in one line, not a traceback; the sweep exits 1."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(trained_run.parents[1], work)
+    run = work / "runs" / trained_run.name
+    (run / "result.json").unlink()  # not finished: it resumes from the checkpoint
+    state = run / "checkpoints" / "last" / "state.pt"
+    os_size = state.stat().st_size
+    with open(state, "r+b") as f:
+        f.truncate(os_size // 2)
+    (tmp_path / "run.yaml").write_text(CONFIG)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\nbase: run.yaml\nmethods: [sparling]\nseeds: [0]\n")
+    out = run_python(
+        "-m", "pipelines.cli", "sweep", str(sweep), "--executor", "local", "--no-tracking",
+        "--no-report", "--quiet", "--work-dir", str(work), timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "CheckpointError: checkpoint file is corrupted or truncated" in out.stderr, out.stderr
+    assert "1 failed" in out.stdout + out.stderr
