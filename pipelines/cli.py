@@ -389,9 +389,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, got {out}")
     if os.path.lexists(out) and not out.is_dir() and not args.force:
-        raise UsageError(
-            f"{out} already exists; pass --force to replace it (or another --out)"
-        )
+        raise UsageError(f"{out} already exists; pass --force to replace it (or another --out)")
     checkpoint = select_checkpoint(_run_path(args.path, args), args.density)
     run = RunFolder.of_checkpoint(checkpoint)
     in_run = checkpoint.parent == run.checkpoints_dir and run.in_work_dir()

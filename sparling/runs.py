@@ -117,9 +117,7 @@ def read_record(path: Path, what: str, redo: str) -> dict[str, Any] | None:
         if isinstance(data, dict):
             return data
         problem = f"not a JSON object (it holds a {type(data).__name__})"
-    raise RunRecordError(
-        f"{path}: the run's {what} is corrupt, {problem}; delete it to {redo}"
-    )
+    raise RunRecordError(f"{path}: the run's {what} is corrupt, {problem}; delete it to {redo}")
 
 
 def _scalars(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,9 +352,7 @@ class RunFolder:
         """The saved test metrics; an ``evaluation.json`` written before the run's total
         wall time was named ``total_wall_seconds`` has it as ``wall_seconds``, which is
         each validation's metric."""
-        data = read_record(
-            self.evaluation_path, "test evaluation", "evaluate its checkpoint again"
-        )
+        data = read_record(self.evaluation_path, "test evaluation", "evaluate its checkpoint again")
         if data is not None and "wall_seconds" in data:
             data.setdefault("total_wall_seconds", data.pop("wall_seconds"))
         return data
