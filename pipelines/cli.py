@@ -624,6 +624,18 @@ def _local_options(args: argparse.Namespace) -> Any:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if args.deadline is not None and args.deadline <= 0:
         raise UsageError(f"--deadline must be a positive number of seconds, got {args.deadline}")
+    cpus = os.cpu_count() or 1
+    on_cpu = (args.device or "cpu") == "cpu"  # runs sharing a GPU may outnumber the CPUs
+    for flag, value in (
+        ("--parallel", args.parallel if on_cpu else None),
+        ("--threads", args.threads),
+    ):
+        # more than the machine's CPUs would only slow every run (and thousands of threads
+        # or processes exhaust it)
+        if value is not None and value > cpus:
+            raise UsageError(
+                f"{flag} {value} is more than this machine's {cpus} CPU(s); give at most {cpus}"
+            )
     from sparling.devices import resolve_device
 
     device = args.device or "cpu"

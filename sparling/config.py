@@ -239,6 +239,11 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"val_interval ({self.val_interval}) must not exceed budget_samples ({self.budget_samples})"
             )
+        if self.batch_size > self.data.train_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must not exceed data.train_size "
+                f"({self.data.train_size}): a batch would hold the same samples again"
+            )
         if self.init_from and self.init_from.startswith(RUN_REF_PREFIX):
             parse_run_ref(self.init_from)  # raises with what is accepted
         if self.freeze_motif_model and not self.init_from:

@@ -746,6 +746,24 @@ CASES += [
         ["{tmp}/wc/runs/{run_id}/result.json: the run's result is corrupt, not valid JSON"]
         + ["delete it to finish the run again from its last checkpoint"],
     ),
+    (
+        ["train", "{tmp}/run.yaml", "--set", "batch_size=1000000000", *W],
+        NO_ENV,
+        2,
+        ["batch_size (1000000000) must not exceed data.train_size (32)"],
+    ),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--executor", "local", "--threads", "100000", *W],
+        NO_ENV,
+        2,
+        ["--threads 100000 is more than this machine's", "CPU(s); give at most"],
+    ),
+    (
+        ["sweep", "{tmp}/sw.yaml", "--executor", "local", "--parallel", "100000", *W],
+        NO_ENV,
+        2,
+        ["--parallel 100000 is more than this machine's"],
+    ),
     # -- evaluate, export, ui ----------------------------------------------------------------
     (
         ["evaluate", "{run}", "--samples", "9", "--no-tracking"],
