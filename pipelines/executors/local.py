@@ -298,7 +298,8 @@ def _rounds(
         for run in ready:
             waiting.remove(run)
             source = outcomes.get(run.after) if run.after else None
-            if source is not None and source.status != "finished":
+            if source is not None and source.status in ("failed", "stopped"):
+                # (a source finished now or before, "skipped", is what it needs)
                 # a stopped source: not started either, it starts when the sweep runs again
                 status = "stopped" if source.status == "stopped" else "failed"
                 why = f"run {source.name} ({run.after}), whose g it retrains, {source.status}"

@@ -402,3 +402,28 @@ def test_a_stop_during_dataset_generation_ends_it_at_once(tmp_path: Path) -> Non
     for status, reason in outcome.values():
         assert status == "stopped"
         assert "not started" in reason and "at the deadline" in reason
+
+
+def test_a_retrained_run_whose_source_finished_earlier_trains(tmp_path: Path) -> None:
+    """A Retrained run whose Sparling source finished in an earlier sweep (this sweep skips
+    it as already finished) takes its g and trains; it used to be reported failed
+    (``whose g it retrains, skipped``) without starting."""
+    sweep = {
+        "name": "retrain-later",
+        "base": tiny_config(**{"budget_samples": 32, "val_interval": 16}),
+        "methods": ["sparling", {"name": "retrained", "from": "sparling"}],
+        "seeds": [0],
+    }
+    path = tmp_path / "retrain-later.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    work = tmp_path / "work"
+    local = ["--executor", "local", "--no-tracking", "--no-report", "--quiet"]
+    first = _sparling("sweep", str(path), "--work-dir", str(work), "--methods", "sparling", *local)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = _sparling("sweep", str(path), "--work-dir", str(work), *local)
+    assert second.returncode == 0, second.stdout + second.stderr
+    summary = second.stdout + second.stderr
+    assert "1 finished, 1 skipped" in summary, summary
+    assert "whose g it retrains" not in summary, summary
+    finished = [json.loads(p.read_text()) for p in work.glob("runs/*/result.json")]
+    assert len(finished) == 2
