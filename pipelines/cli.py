@@ -460,7 +460,15 @@ def _evaluate_file(args: argparse.Namespace) -> int:
     from sparling.evaluate import write_report
     from sparling.export import evaluate_export
 
+    from sparling.shards import max_dataset_samples
+
     path = Path(args.path)
+    limit = max_dataset_samples()
+    if args.samples is not None and args.samples > limit:
+        raise UsageError(
+            f"--samples {args.samples:,} is over the limit of {limit:,} test images generated "
+            "for one evaluation (set SPARLING_MAX_DATASET_SAMPLES to raise it)"
+        )
     out = Path(args.out) if args.out else Path(args.work_dir) / "evaluation" / path.stem
     check_writable(out, folder=True)  # before the evaluation, not after it
     _, domain, result = evaluate_export(

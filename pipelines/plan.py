@@ -403,6 +403,12 @@ def build_sweep(
             )
         except YAMLLoadError as e:
             raise SweepError(f"{source}: base: {e}") from None
+        if "methods" in base or "base" in base:
+            raise SweepError(
+                f"{source}: base: {base_path} is a sweep (it has "
+                f"{'methods' if 'methods' in base else 'base'}:), not a run config; a sweep's "
+                "base is a run config such as pipelines/configs/digit-circle-fast.yaml"
+            )
         base_source = str(base_path)
     else:
         base, base_source = dict(spec.base), f"{source}: base"

@@ -61,6 +61,7 @@ FILES = {
     ),
     "sw-big-seed.yaml": SWEEP.replace("seeds: [0]", "seeds: [4294967296]"),
     "srv.yaml": "profile: server\n",
+    "sw-base-sweep.yaml": SWEEP.replace("run.yaml", "sw.yaml"),
     "empty.safetensors": "",
     "text.safetensors": "not a model\n",
 }
@@ -764,7 +765,19 @@ CASES += [
         2,
         ["--parallel 100000 is more than this machine's"],
     ),
+    (
+        ["sweep", "{tmp}/sw-base-sweep.yaml", "--dry-run", *W],
+        NO_ENV,
+        2,
+        ["base: {tmp}/sw.yaml is a sweep (it has methods:), not a run config"],
+    ),
     # -- evaluate, export, ui ----------------------------------------------------------------
+    (
+        ["evaluate", "{model}", "--samples", "20000000", *W],
+        NO_ENV,
+        2,
+        ["--samples 20,000,000 is over the limit of 10,000,000 test images"],
+    ),
     (
         ["evaluate", "{run}", "--samples", "9", "--no-tracking"],
         NO_ENV,
