@@ -459,7 +459,6 @@ def _evaluate_file(args: argparse.Namespace) -> int:
     generated now (the test split of the model's data seed, or ``--data-seed``)."""
     from sparling.evaluate import write_report
     from sparling.export import evaluate_export
-
     from sparling.shards import max_dataset_samples
 
     path = Path(args.path)
