@@ -485,10 +485,21 @@ class Trainer:
         asked = self.callbacks.should_stop() if self.callbacks.should_stop is not None else None
         reason = self.stop.reason or asked
         if self.world_size > 1 and torch.distributed.is_initialized():
+            dist = torch.distributed
             flag = torch.tensor([0.0 if reason is None else 1.0], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if reason is None and flag.item() > 0:
-                reason = "another rank was asked to stop"
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0:
+                # every rank stops; they take the reason of the lowest rank that was asked
+                # (ranks read a request at slightly different times), so that the run
+                # reports the request, not "another rank"
+                first = torch.tensor(
+                    [float(self.rank if reason is not None else self.world_size)],
+                    device=self.device,
+                )
+                dist.all_reduce(first, op=dist.ReduceOp.MIN)
+                shared = [reason]
+                dist.broadcast_object_list(shared, src=int(first.item()))
+                reason = shared[0] or "another rank was asked to stop"
         return reason
 
     def _stop_here(self, reason: str, bar: Any) -> None:
