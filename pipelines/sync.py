@@ -220,7 +220,12 @@ def _child(
     if not existed:
         tracker.log_text(run_id, config.to_json(), CONFIG_ARTIFACT)
         log_datasets(tracker, run_id, run, work_dir)
-    elif trains:
+        return str(run_id)
+    # Planned again: what an earlier start ended it as (failed, with its reason) is not
+    # what it is now; this start ends it again.
+    tracker.set_tags(run_id, {TAG_STATUS: STATUS_RUNNING})
+    tracker.delete_tag(run_id, TAG_FAILURE)
+    if trains:
         tracker.set_tags(run_id, {k: v for k, v in env.items() if k in TRAINING_TAGS})
     return str(run_id)
 

@@ -350,6 +350,11 @@ class Tracker:
         for i in range(0, len(items), PARAMS_PER_BATCH):
             self.client.log_batch(run_id, tags=items[i : i + PARAMS_PER_BATCH])
 
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Remove the tag ``key`` from a run; a run without it is left as it is."""
+        if key in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, key)
+
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log final metrics from the driver in one batch (workers use :class:`MetricLogger`)."""
         from mlflow.entities import Metric

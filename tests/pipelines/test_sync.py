@@ -226,3 +226,36 @@ def test_the_parent_counts_and_ends_by_every_run_the_sweep_has_planned(tmp_path:
             3,
         )
         assert start({2: "finished"}, set={"optim.lr": 1e-3}, seeds=[2]) == ("FINISHED", "3", 3)
+
+
+def test_a_run_failed_in_an_earlier_start_and_stopped_in_this_one_reads_as_stopped(
+    tmp_path: Path,
+) -> None:
+    """A run an earlier start ended as failed, with its reason, is planned again and
+    stopped (a deadline): its child says stopped, without the old failure, so the report
+    does not list it among the failed runs."""
+    from pipelines.executors.base import RunOutcome
+    from pipelines.plan import build_sweep
+    from pipelines.report.collect import read_sweep
+    from pipelines.sync import mark_ended
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+
+    spec = {"name": "again", "base": tiny_config(), "methods": ["sparling"], "seeds": [0]}
+    work = tmp_path / "work"
+    settings = load_settings(work)
+    sweep = build_sweep(spec)
+    (run,) = sweep.runs
+
+    def start(status: str, reason: str) -> Any:
+        outcomes = {run.key: RunOutcome(run.key, run.name, status, reason)}
+        with tracking_context(sweep, work, [run], outcomes) as (tracking, _):
+            mark_ended(tracking, run, status, reason)
+        notes: list[str] = []
+        (record,) = read_sweep(uri, settings.experiment_for(sweep="again"), "again", notes).runs
+        return record.status, record.failure
+
+    with tracking_uri(settings) as uri:
+        assert start("failed", "its source failed") == ("failed", "its source failed")
+        assert start("stopped", "not started: stopped at the deadline") == ("stopped", None)
+        assert start("failed", "boom") == ("failed", "boom")
