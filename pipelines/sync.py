@@ -29,7 +29,9 @@ from pipelines.tracking.metrics import (
     TRAIN_GRAD_NORM,
     TRAIN_LOSS,
     TRAIN_LR,
+    VAL_EXACT_MATCH,
     evaluation_metrics,
+    has_metric,
     mlflow_metrics,
 )
 from pipelines.tracking.tags import (
@@ -114,15 +116,20 @@ def tracking_context(
             if run.key in todo_keys:
                 continue
             # Finished on disk; if the driver died before MLflow heard of it (the run's
-            # last step is logging its results), log them now from the saved evaluation.
+            # last step is logging its results), or the run was trained against another
+            # store (its folder brought from another machine, the store made afresh), log
+            # them now from the saved evaluation, after its validations (history.json,
+            # for the report's curves) and the points its worker had not sent (its spool).
             child = tracker.find_child(parent, run.key)
+            folder = RunFolder.for_config(run.config, work_dir)
             if child is None or child.info.status != "FINISHED":
                 child_id = _child(tracker, experiment, parent, run, env, work_dir)
-                folder = RunFolder.for_config(run.config, work_dir)
-                # points its worker had not sent yet are in its spool: send them first
-                send_spool(uri, child_id, folder)
+                run_logger({"uri": uri, "run_id": child_id}, folder).close()
                 saved = folder.read_evaluation() or {}
                 log_run_results(tracker, child_id, run, work_dir, saved)
+            elif not has_validations(child.data.metrics) and folder.read_history():
+                # logged from its evaluation alone by an earlier version of this code
+                run_logger({"uri": uri, "run_id": child.info.run_id}, folder).close()
         for run in todo:
             trains = RunFolder.for_config(run.config, work_dir).read_result() is None
             runs[run.key] = _child(tracker, experiment, parent, run, env, work_dir, trains)
@@ -453,6 +460,11 @@ def mark_ended(tracking: dict[str, Any], run: PlannedRun, status: str, reason: s
     except Exception:  # the tracking server itself may be what failed
         return
     end_child(tracker, child, status, reason)
+
+
+def has_validations(metrics: Mapping[str, float]) -> bool:
+    """Whether a run's logged metrics (latest values, by name) hold a validation point."""
+    return has_metric(metrics, VAL_EXACT_MATCH)
 
 
 def validation_points(record: dict[str, Any]) -> dict[str, float]:

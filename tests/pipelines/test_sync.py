@@ -259,3 +259,37 @@ def test_a_run_failed_in_an_earlier_start_and_stopped_in_this_one_reads_as_stopp
         assert start("failed", "its source failed") == ("failed", "its source failed")
         assert start("stopped", "not started: stopped at the deadline") == ("stopped", None)
         assert start("failed", "boom") == ("failed", "boom")
+
+
+def test_a_finished_run_logged_without_its_validations_gets_them_from_its_history(
+    tmp_path: Path,
+) -> None:
+    """A run finished on disk whose child is FINISHED but holds no validation (logged from
+    its evaluation alone, as a fresh store once did): the next start sends its
+    ``history.json``, so the report's curves have it."""
+    from pipelines.plan import build_sweep
+    from pipelines.tracking.server import tracking_uri
+    from pipelines.tracking.settings import load_settings
+    from sparling.runs import RunFolder
+
+    spec = {"name": "curves", "base": tiny_config(), "methods": ["sparling"], "seeds": [0]}
+    work = tmp_path / "work"
+    sweep = build_sweep(spec)
+    (run,) = sweep.runs
+    with tracking_uri(load_settings(work)) as uri:
+        with tracking_context(sweep, work, [run]) as (tracking, _):
+            child = tracking["runs"][run.key]
+            Tracker(uri).set_terminated(child)  # FINISHED, no validation logged
+        folder = RunFolder.for_config(run.config, work)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        records = [
+            {"samples": s, "density": 0.5, "val_accuracy": a, "val_e2ee": 1 - a}
+            for s, a in ((16, 0.25), (32, 0.5))
+        ]
+        (folder.path / "history.json").write_text(json.dumps(records))
+        with tracking_context(sweep, work, []):  # finished on disk: nothing to train
+            pass
+        client = Tracker(uri).client
+        points = client.get_metric_history(child, "val/exact_match")
+        assert sorted((p.step, p.value) for p in points) == [(16, 0.25), (32, 0.5)]
+        assert client.get_run(child).info.status == "FINISHED"
