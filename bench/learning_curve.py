@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/learning_curve.py run SETTING [--domain NAME] [--preset fast]
         [--set KEY=VALUE ...] [--domain-param KEY=VALUE ...] [--audio-root DIR]
-        [--samples N] [--eval-every N] [--val-size N] [--batch N] [--lr LR]
+        [--samples N] [--eval-every N] [--val-size N] [--test-size N] [--batch N] [--lr LR]
         [--warmup N] [--train-size N] [--seed S] [--threads T] [--label NAME]
         [--init CHECKPOINT] [--ideal-inside K] [--ideal-outside K] [--recalibrate-bn N]
     .venv/bin/python bench/learning_curve.py plot [RECORD.json ...] [--domain NAME] [--out FILE.png]
@@ -35,6 +35,9 @@ set of N instead, in seeded shuffled epochs. Validation is greedy decoding, up t
 domain's longest output plus the end token, on ``--val-size`` samples of the val split;
 ``--recalibrate-bn N`` first re-estimates ``g``'s batch-norm statistics over the first N
 training samples, as a run with ``bn_recalibration_samples: N`` does before each validation.
+``--test-size N`` also scores N samples of the test split at each validation
+(``test_exact_match`` in the curve): for spoken digits, the held-out speakers, which the val
+split never hears.
 samples/s counts generating the samples too (LaTeX-OCR renders each one); ``cpu_share``
 (the process's CPU time over the wall time of the steps, per thread) says how much of the
 machine it had, since on a shared machine wall-clock rates also measure the neighbours.
@@ -243,6 +246,8 @@ class Setup:
     max_len: int
     #: h-ideal: the channel of each motif class (None for the full model)
     channel_of: dict[str, int] | None
+    #: the test split's domain, when ``--test-size`` asks for it
+    test: Any = None
 
 
 def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> Setup:
@@ -263,7 +268,13 @@ def prepare(args: argparse.Namespace, overrides: dict[str, Any]) -> Setup:
     channels = model.g.conv_out.out_channels
     ideal = args.setting == "h-ideal"
     channel_of = symbol_channels(train, channels) if ideal else None
-    return Setup(train, val, model, spatial_shape(train), decode_length(train), channel_of)
+    test_size = getattr(args, "test_size", 0)
+    if test_size < 0:
+        raise InputError(
+            f"--test-size must be 0 (none) or a number of test samples, got {test_size}"
+        )
+    test = make_domain(args.domain, "test", params, audio_root) if test_size else None
+    return Setup(train, val, model, spatial_shape(train), decode_length(train), channel_of, test)
 
 
 def run(
@@ -281,6 +292,8 @@ def run(
     setup = setup or prepare(args, overrides)
     model, train_domain, shape = setup.model, setup.train, setup.shape
     val = [setup.val.sample(args.data_seed, i) for i in range(args.val_size)]
+    test_size = getattr(args, "test_size", 0)
+    test = [setup.test.sample(args.data_seed, i) for i in range(test_size)] if test_size else []
     channels = model.g.conv_out.out_channels
     ideal = setup.channel_of is not None
     clutter = (args.ideal_inside, args.ideal_outside)
@@ -319,16 +332,11 @@ def run(
     recalibration = [train_domain.sample(args.data_seed, i) for i in range(args.recalibrate_bn)]
 
     @torch.no_grad()
-    def evaluate() -> tuple[float, float]:
-        if recalibration and not ideal:
-            model.recalibrate_batch_norm(
-                collate_inputs(recalibration[i : i + args.batch])
-                for i in range(0, len(recalibration), args.batch)
-            )
+    def evaluate(samples: list[Any]) -> tuple[float, float]:
         model.eval()
         correct, loss_sum, count = 0, 0.0, 0
-        for start in range(0, len(val), 100):
-            batch = val[start : start + 100]
+        for start in range(0, len(samples), 100):
+            batch = samples[start : start + 100]
             logits, ids = forward(batch)
             loss_sum += float(sequence_loss(logits, ids[:, 1:])) * len(batch)
             if ideal:
@@ -371,12 +379,23 @@ def run(
         train_seconds += time.monotonic() - step_start
         train_cpu += time.process_time() - step_cpu
         if pos % args.eval_every < args.batch or pos >= args.samples:
-            acc, val_loss = evaluate()
+            if recalibration and not ideal:
+                with torch.no_grad():
+                    model.recalibrate_batch_norm(
+                        collate_inputs(recalibration[i : i + args.batch])
+                        for i in range(0, len(recalibration), args.batch)
+                    )
+            acc, val_loss = evaluate(val)
+            held_out = {}
+            if test:
+                test_acc, test_loss = evaluate(test)
+                held_out = {"test_exact_match": test_acc, "test_loss": round(test_loss, 5)}
             curve.append(
                 {
                     "samples": pos,
                     "exact_match": acc,
                     "val_loss": round(val_loss, 5),
+                    **held_out,
                     "train_loss": round(running, 5),
                     "train_seconds": round(train_seconds, 1),
                     "train_cpu_seconds": round(train_cpu, 1),
@@ -386,7 +405,8 @@ def run(
             print(
                 f"[{args.domain} {label}] samples={pos} exact_match={acc:.3f} "
                 f"val_loss={val_loss:.4f} train_loss={running:.4f} "
-                f"{pos / train_seconds:.1f} samples/s "
+                + (f"test_exact_match={held_out['test_exact_match']:.3f} " if held_out else "")
+                + f"{pos / train_seconds:.1f} samples/s "
                 f"(cpu share {share(train_cpu, train_seconds, args.threads)}) "
                 f"t={time.monotonic() - start_time:.0f}s",
                 flush=True,
@@ -432,6 +452,7 @@ def _summary(args: argparse.Namespace, overrides: dict[str, Any], setup: Setup) 
             "seed": args.seed,
             "data_seed": args.data_seed,
             "val_size": args.val_size,
+            "test_size": getattr(args, "test_size", 0),
             "recalibrate_bn": args.recalibrate_bn,
             "init": str(args.init) if args.init else None,
             "ideal_clutter": {"inside": args.ideal_inside, "outside": args.ideal_outside},
@@ -579,6 +600,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--samples", type=int, default=50_000)
     r.add_argument("--eval-every", type=int, default=2_000)
     r.add_argument("--val-size", type=int, default=500)
+    r.add_argument(
+        "--test-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also score N samples of the test split at each validation (audio: the held-out "
+        "speakers); 0: none",
+    )
     r.add_argument("--batch", type=int, default=16)
     r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--warmup", type=int, default=2_000)

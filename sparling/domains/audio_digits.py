@@ -24,7 +24,8 @@ authors' ``AudioClipDomain`` (kavigupta/sparling-repro, ``pixel_art/audo_mnist``
 4. The recordings are written into a silent clip of ``clip_seconds * 8000`` samples and
    truncated-normal noise (bounds +-1 standard unit, scale ``2**noise_log2``, i.e. values in
    ``[-2**-10, 2**-10]`` by default: the authors' ``truncnorm(-1, 1, scale=2**-10)``) is added
-   to every sample.
+   to every sample. (Optional, not in the paper: ``speed_perturbation`` plays each train and
+   val recording faster or slower before step 3, to vary the voices; test is never changed.)
 5. ``x``: 64-mel power spectrogram (torchaudio ``MelSpectrogram``: n_fft = win = 375,
    hop 187, periodic Hann, centred with reflect padding, 0-4000 Hz, HTK mel scale, no filter
    normalisation -- the authors' settings, from their ``time_chunk=1.5`` rule
@@ -342,6 +343,17 @@ class AudioDigitsParams(DomainParams):
     n_fft: int = Field(375, ge=2, description="FFT size and window length, in samples.")
     hop_length: int = Field(187, ge=1, description="Hop between frames, in samples.")
     top_db: float = Field(80.0, gt=0, description="dB floor below the clip's maximum.")
+    speed_perturbation: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description=(
+            "Training-time augmentation (not in the paper): each recording of the train and "
+            "val splits is played faster or slower by a factor drawn uniformly from "
+            "[1 - a, 1 + a] in steps of 0.01, changing its length and pitch together (speed "
+            "perturbation). The test split is never perturbed. 0: off."
+        ),
+    )
 
     @field_validator("root", mode="before")
     @classmethod
@@ -510,6 +522,10 @@ class AudioDigits(Domain):
         # Where the folder is mounted differs between machines of a cluster; what it
         # holds does not. Keep the content description, drop the path.
         spec["params"].pop("root", None)
+        # an augmentation left off is not part of the data set's identity (data sets made
+        # before it existed keep their hashes)
+        if not spec["params"].get("speed_perturbation"):
+            spec["params"].pop("speed_perturbation", None)
         spec["data"] = {
             "layout": self.layout,
             "test_speakers": list(self.test_speakers),
@@ -536,6 +552,8 @@ class AudioDigits(Domain):
             digits = rng.integers(0, 10, size=count)
             recs = [self._draw(rng, int(d)) for d in digits]
             waves = [self._load(r) for r in recs]
+            if p.speed_perturbation and self.split != "test":
+                waves = [self._perturb(rng, w) for w in waves]
             if sum(len(w) for w in waves) <= total:
                 break
             # Too long to fit (only with a short clip_seconds or unusually long takes; never
@@ -582,6 +600,19 @@ class AudioDigits(Domain):
         by_speaker = self._pool[digit]
         _, recs = by_speaker[int(rng.integers(len(by_speaker)))]
         return recs[int(rng.integers(len(recs)))]
+
+    def _perturb(self, rng: np.random.Generator, wave: np.ndarray) -> np.ndarray:
+        """``wave`` played at a speed factor in [1 - a, 1 + a] (steps of 0.01): a polyphase
+        resampling by 100 / round(100 * factor), which shortens a faster take and raises
+        its pitch."""
+        import scipy.signal
+
+        steps = int(round(self.p.speed_perturbation * 100))
+        down = 100 + int(rng.integers(-steps, steps + 1))
+        if down == 100:
+            return wave
+        out = scipy.signal.resample_poly(wave, 100, down)
+        return np.clip(out, -1.0, 1.0).astype(np.float32)
 
     def _load(self, rec: Recording) -> np.ndarray:
         """The recording at 8 kHz as float32 (decoded and resampled once per instance)."""

@@ -142,7 +142,7 @@ def test_run_writes_the_curve_in_the_domains_folder_and_plot_draws_it(
     domain: str, setting: str, extra: list[str], tmp_path: Path, fsdd_tree: Path
 ) -> None:
     if domain == "audio-digits":
-        extra = ["--audio-root", str(fsdd_tree), "--recalibrate-bn", "12"]
+        extra = ["--audio-root", str(fsdd_tree), "--recalibrate-bn", "12", "--test-size", "6"]
     label = f"test-{setting}-{tmp_path.name}"
     folder = learning_curve.records_dir(domain)
     created = not folder.exists()
@@ -165,6 +165,13 @@ def test_run_writes_the_curve_in_the_domains_folder_and_plot_draws_it(
         assert result["max_output_len"] == {"audio-digits": 11}.get(domain, 7)
         assert (result["symbol_channels"] is None) == (setting != "h-ideal")
         assert result["recalibrate_bn"] == (12 if domain == "audio-digits" else 0)
+        # audio also scores the held-out speaker (theo) at each validation
+        held_out = domain == "audio-digits"
+        assert result["test_size"] == (6 if held_out else 0)
+        for point in result["curve"]:
+            assert ("test_exact_match" in point) == held_out
+            if held_out:
+                assert 0.0 <= point["test_exact_match"] <= 1.0 and point["test_loss"] > 0
         png = tmp_path / "curve.png"
         assert learning_curve.plot([record], png) == png and png.stat().st_size > 1000
     finally:
@@ -231,5 +238,7 @@ def test_bad_input_gives_one_line_naming_it_and_what_is_accepted(
     # (other test modules may register audio domains of their own: only ours is named here)
     assert "--audio-root is for the audio domains (" in err and "audio-digits" in err
     assert "not latex-ocr" in err
+    err = _one_line_error(["run", "h-ideal", "--test-size", "-3"], capsys)
+    assert "--test-size must be 0 (none) or a number of test samples, got -3" in err
     err = _one_line_error(["plot", "--domain", "nope"], capsys)
     assert "unknown domain 'nope'" in err

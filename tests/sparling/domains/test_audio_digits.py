@@ -328,6 +328,8 @@ def test_bad_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         {"test_speakers": []},
         {"test_speakers": ["02", "02"]},
         {"colour": "red"},
+        {"speed_perturbation": -0.1},
+        {"speed_perturbation": 0.5},
     ],
 )
 def test_bad_params(audiomnist_tree: Path, params: dict[str, Any]) -> None:
@@ -360,3 +362,36 @@ def test_pickle_drops_cache(audiomnist_tree: Path) -> None:
     clone = pickle.loads(pickle.dumps(d))
     assert clone._cache == {}
     assert clone.sample(0, 0).x.tobytes() == before.x.tobytes()
+
+
+def test_speed_perturbation_changes_train_and_val_takes_and_never_the_test_split(
+    audiomnist_tree: Path,
+) -> None:
+    root = str(audiomnist_tree)
+    plain = {
+        split: domains.make("audio-digits", root=root, split=split) for split in ("train", "test")
+    }
+    fast = {
+        split: domains.make("audio-digits", root=root, split=split, speed_perturbation=0.15)
+        for split in ("train", "val", "test")
+    }
+    # off is the data set as it was (same hash); on is another data set
+    off = domains.make("audio-digits", root=root, speed_perturbation=0.0)
+    assert off.spec_hash() == plain["train"].spec_hash() != fast["train"].spec_hash()
+    # each take is 0.25 s (2,000 samples at 8 kHz), played at a speed in [0.85, 1.15]
+    lengths = {
+        split: [pl.length for i in range(12) for pl in fast[split].sample_with_sources(0, i)[1]]  # type: ignore[attr-defined]
+        for split in ("train", "val")
+    }
+    for split, seen in lengths.items():
+        assert all(2000 / 1.15 - 1 <= n <= 2000 / 0.85 + 1 for n in seen), (split, seen)
+        assert len(set(seen)) >= 5, (split, seen)  # not one factor for all
+    # a pure function of (params, split, seed, index)
+    again = domains.make("audio-digits", root=root, split="train", speed_perturbation=0.15)
+    assert again.sample(0, 3).x.tobytes() == fast["train"].sample(0, 3).x.tobytes()
+    assert fast["train"].sample(0, 3).x.tobytes() != plain["train"].sample(0, 3).x.tobytes()
+    # the held-out speakers are heard as recorded
+    for i in range(4):
+        a, sources = fast["test"].sample_with_sources(0, i)  # type: ignore[attr-defined]
+        assert {pl.length for pl in sources} == {2000}
+        assert a.x.tobytes() == plain["test"].sample(0, i).x.tobytes()
