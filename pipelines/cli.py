@@ -690,6 +690,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from pipelines.sweep import (
         changed_code,
         check_runs_can_start,
+        continuations,
         gpu_note,
         run_is_finished,
         run_sweep,
@@ -731,12 +732,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             check_runs_can_start(
                 [r for r in sweep.runs if r.key not in done - set(rerun)], args.executor, work_dir
             )
-            print(describe(sweep, done, changed, rerun))
+            print(describe(sweep, done, changed, rerun, continuations(sweep, done, work_dir)))
             print(where)
             if note:
                 print(note)
             return 0
-        print(describe(sweep, done, changed, rerun))
+        print(describe(sweep, done, changed, rerun, continuations(sweep, done, work_dir)))
         print(where)
         if note:
             print(note)

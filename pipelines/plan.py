@@ -571,12 +571,15 @@ def describe(
     done: set[str] | None = None,
     changed: Mapping[str, str] | None = None,
     rerun: Collection[str] = (),
+    continues: Mapping[str, str] | None = None,
 ) -> str:
     """The plan as a table: one line per run with its hash and whether it already finished;
     ``changed``: finished runs whose code changed since (key -> how), said on their line,
-    and reused unless in ``rerun`` (then trained again)."""
+    and reused unless in ``rerun`` (then trained again); ``continues``: runs to train that
+    start from a shorter-budget run's checkpoint (key -> from where)."""
     done = done or set()
     changed = changed or {}
+    continues = continues or {}
     lines = [f"sweep {sweep.name!r}: {len(sweep.runs)} runs ({sweep.source})"]
     width = max(len(r.name) for r in sweep.runs)
     for r in sweep.runs:
@@ -586,6 +589,8 @@ def describe(
             state = f"done, code changed since ({changed[r.key]})"
         else:
             state = "done" if r.key in done else "to run"
+            if r.key not in done and r.key in continues:
+                state += f", continuing {continues[r.key]}"
         after = f"  (after {r.after})" if r.after else ""
         lines.append(f"  {r.key}  {r.name:<{width}}  {state}{after}")
     reused = [k for k in changed if k in done and k not in rerun]

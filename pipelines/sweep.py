@@ -33,7 +33,7 @@ from pipelines.executors.local import LocalOptions
 from pipelines.plan import PlannedRun, Sweep
 from pipelines.sync import tracking_context
 from sparling.errors import SparlingError
-from sparling.runs import RunFolder
+from sparling.runs import RunFolder, shorter_budget_source
 
 if TYPE_CHECKING:
     from pipelines.tracking.settings import TrackingSettings
@@ -195,6 +195,19 @@ def set_aside(folder: RunFolder, why: str) -> Path:
 def run_is_finished(config: Any, work_dir: Path) -> bool:
     folder = RunFolder.for_config(config, work_dir)
     return bool(folder.read_result()) and folder.evaluation_path.is_file()
+
+
+def continuations(sweep: Sweep, done: Collection[str], work_dir: Path) -> dict[str, str]:
+    """The sweep's runs to train that will start from a shorter-budget run's checkpoint
+    (:func:`sparling.runs.shorter_budget_source`): key -> ``"<run id> from sample N"``."""
+    out: dict[str, str] = {}
+    for r in sweep.runs:
+        if r.key in done:
+            continue
+        found = shorter_budget_source(RunFolder.for_config(r.config, work_dir), r.config)
+        if found is not None:
+            out[r.key] = f"{found[0].run_id} from sample {found[1]}"
+    return out
 
 
 def run_sweep(

@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparling.checkpoint import read_meta
 from sparling.config import RunConfig
 from sparling.errors import SparlingError
-from sparling.runs import RunFolder
+from sparling.runs import RunFolder, continue_from_shorter_budget
 from sparling.stopping import STOP_GRACE_SECONDS, StopRequest, stop_on_signals, stopped_exit_code
 
 DEFAULT_WORK_DIR = Path("sparling-work")
@@ -99,6 +100,20 @@ class RunPaths:
     val: Path
     test: Path
     run_dir: Path
+
+
+def announce_continuation(folder: RunFolder, config: RunConfig, name: str) -> str | None:
+    """Start a new run from a shorter-budget run of the same config when the work dir has
+    one (:func:`sparling.runs.continue_from_shorter_budget`), and say so; returns its id."""
+    source = continue_from_shorter_budget(folder, config)
+    if source is not None:
+        samples = read_meta(folder.last).get("samples")
+        print(
+            f"{name}: continues run {source} from its checkpoint at sample {samples} "
+            f"(the same config with a smaller budget), to {config.budget_samples}",
+            flush=True,
+        )
+    return source
 
 
 def prepare_datasets(
@@ -421,6 +436,7 @@ def run_training(
     folder = RunFolder.for_config(config, work_dir)
     run_dir = folder.path
     folder.write_config(config)
+    announce_continuation(folder, config, f"run {config.run_id()}")
     datasets = prepare_datasets(config, work_dir, progress=progress)
     paths = RunPaths(datasets["train"], datasets["val"], datasets["test"], run_dir)
     ensure_ray()

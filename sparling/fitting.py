@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config
-from .runs import RunFolder, resolve_init_from
+from .runs import RunFolder, continue_from_shorter_budget, resolve_init_from
 from .train import Callbacks, RunResult, make_trainer
 
 
@@ -54,6 +54,9 @@ def fit(
         # A missing source of g is the config's error: say so before generating data.
         resolve_init_from(cfg.init_from, folder.path)
     folder.write_config(cfg)
+    source = continue_from_shorter_budget(folder, cfg)
+    if source is not None and progress:
+        print(f"run {cfg.run_id()}: continues run {source}, the same but for a smaller budget")
     data = prepare_datasets(cfg, work_dir, progress=progress, splits=("train", "val"))
 
     def on_validation(_record: dict[str, Any], _checkpoint: Path | None) -> None:

@@ -36,6 +36,7 @@ from .checkpoint import (
     CheckpointError,
     load_checkpoint,
     read_meta,
+    save_checkpoint,
 )
 from .config import RUN_REF_PREFIX, RunConfig, load_config, parse_run_ref
 from .errors import SparlingError, TrainingFailed
@@ -65,11 +66,13 @@ __all__ = [
     "CONFIG_FILE",
     "RunFolder",
     "build_run_model",
+    "continue_from_shorter_budget",
     "density_checkpoint_name",
     "density_key",
     "read_json",
     "resolve_init_from",
     "select_checkpoint",
+    "shorter_budget_source",
 ]
 
 
@@ -359,6 +362,85 @@ class RunFolder:
 
     def write_evaluation(self, metrics: Mapping[str, float]) -> None:
         atomic_write_text(self.evaluation_path, json.dumps(dict(metrics), indent=2))
+
+
+def _budget_free(config: RunConfig) -> dict[str, Any]:
+    """The identity of ``config`` without its budget: what two runs share when one is the
+    other with more (or fewer) samples to train."""
+    identity = config.identity()
+    identity.pop("budget_samples", None)
+    return identity
+
+
+def _continuable(source: RunFolder, config: RunConfig) -> int | None:
+    """The sample count of ``source``'s last checkpoint when ``config``'s run can continue
+    from it as its own (same config but the budget, a checkpoint within ``config``'s
+    budget, and a trajectory the longer run shares); else ``None``."""
+    try:
+        other = source.read_config()
+        if other.run_id() == config.run_id() or _budget_free(other) != _budget_free(config):
+            return None
+        samples = int(read_meta(source.last)["samples"])
+        result = source.read_result()
+    except (OSError, ValueError, KeyError, CheckpointError, SparlingError):
+        return None
+    if samples > config.budget_samples:
+        return None
+    if result is not None and result.get("status") != "budget-exhausted":
+        return None  # it reached its target (or collapsed): more samples change nothing
+    if samples >= other.budget_samples and other.budget_samples % other.val_interval:
+        # its budget ended between two validation points, where it validated (and AST
+        # moved) once more than a run with a larger budget does
+        return None
+    return samples
+
+
+def shorter_budget_source(folder: RunFolder, config: RunConfig) -> tuple[RunFolder, int] | None:
+    """The run (and the sample count of its last checkpoint) that the run ``config``
+    describes, in ``folder``, would start from (:func:`continue_from_shorter_budget`):
+    ``None`` when this run has a checkpoint or a result of its own, or no such run is in
+    its work dir."""
+    if folder.has_checkpoint() or folder.read_result() is not None:
+        return None
+    runs = folder.path.parent
+    best: tuple[RunFolder, int] | None = None
+    for path in sorted(runs.iterdir()) if runs.is_dir() else []:
+        source = RunFolder(path)
+        if path == folder.path or not source.has_checkpoint():
+            continue
+        samples = _continuable(source, config)
+        if samples is not None and (best is None or samples > best[1]):
+            best = (source, samples)
+    return best
+
+
+def continue_from_shorter_budget(folder: RunFolder, config: RunConfig) -> str | None:
+    """Start the run ``config`` describes (in ``folder``, which has no checkpoint yet) from
+    the furthest checkpoint of a run in the same work dir whose config differs only in a
+    smaller budget; returns that run's id, or ``None`` when there is none.
+
+    Training does not read the budget before it ends (the learning rate, the sample order
+    and AST's steps depend on the sample count only), so the first samples of a run with
+    a larger budget are the shorter run's, and continuing its checkpoint gives, bit for
+    bit, what training from scratch would. Its checkpoints (``last`` and the per-density
+    ones) and ``history.json`` are copied, named as this run's; the shorter run's folder
+    is left as it was.
+    """
+    found = shorter_budget_source(folder, config)
+    if found is None:
+        return None
+    source = found[0]
+    run_id = config.run_id()
+    for checkpoint in sorted(source.checkpoints_dir.iterdir()):
+        if not (checkpoint / META_FILE).is_file():
+            continue  # a temp folder a killed writer left
+        state, meta = load_checkpoint(checkpoint)
+        meta = {k: v for k, v in meta.items() if k != "sha256"}
+        meta.update(run_id=run_id, continued_from=source.run_id)
+        save_checkpoint(folder.checkpoint(checkpoint.name), state, meta, config.to_json())
+    # ``last`` sorts after ``density-*``: a copy cut short leaves no ``last`` and is made again
+    folder.write_history(source.read_history())
+    return source.run_id
 
 
 def _why_not_a_run(path: Path) -> str:

@@ -48,7 +48,7 @@ from pipelines.sync import (
     run_tracking,
     validation_points,
 )
-from pipelines.train_job import ProgressFile, prepare_datasets
+from pipelines.train_job import ProgressFile, announce_continuation, prepare_datasets
 from sparling.errors import SparlingError
 from sparling.runs import RUNS_DIR, RunFolder
 from sparling.stopping import (
@@ -148,6 +148,7 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
     config = RunConfig.model_validate(job["config"])
     folder = RunFolder(job["run_dir"])
     folder.write_config(config)
+    announce_continuation(folder, config, job.get("name", "run"))
     spool = folder.spool_path
     tracking = job.get("tracking")
     if tracking:

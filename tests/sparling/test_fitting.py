@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_config
 
 import sparling
+from sparling.checkpoint import load_checkpoint, read_meta
 from sparling.config import load_config
 from sparling.runs import RunFolder
 from sparling.shards import ShardedDataset
@@ -79,3 +81,65 @@ def test_fit_resumes_a_stopped_run(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert resumed.density == reference.density
     assert _without_wall(resumed.history) == _without_wall(reference.history)
     assert len(folder.read_history()) == 3
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two (nested) states hold the same values, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _counting_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sample count at each training step from now on."""
+    steps: list[int] = []
+    train_step = Trainer._train_step
+
+    def counted(self: Trainer, samples: Any) -> float:
+        steps.append(self.samples)
+        return train_step(self, samples)
+
+    monkeypatch.setattr(Trainer, "_train_step", counted)
+    return steps
+
+
+def test_a_larger_budget_continues_the_shorter_run_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short, long = tiny_config(), tiny_config(budget_samples=80)
+    reference = sparling.fit(long, tmp_path / "reference", progress=False)
+    first = sparling.fit(short, tmp_path / "work", progress=False)
+    short_folder = RunFolder.for_config(load_config(short), tmp_path / "work")
+    before = short_folder.read_result()
+
+    steps = _counting_steps(monkeypatch)
+    longer = sparling.fit(long, tmp_path / "work", progress=False)
+    assert steps == [48, 56, 64, 72]  # from the shorter run's last checkpoint on
+    assert longer.status == reference.status and longer.samples == 80
+    assert _without_wall(longer.history) == _without_wall(reference.history)
+    assert _without_wall(longer.history[:3]) == _without_wall(first.history)
+    folder = RunFolder.for_config(load_config(long), tmp_path / "work")
+    assert folder.read_history() == longer.history
+    ours, _ = load_checkpoint(folder.last)
+    theirs, _ = load_checkpoint(RunFolder(reference.run_dir).last)
+    assert _same(ours["model"], theirs["model"])
+    # the shorter run is left as it was
+    assert short_folder.read_result() == before
+    assert read_meta(short_folder.last)["run_id"] == short_folder.run_id
+
+
+def test_a_run_is_not_continued_from_one_that_differs_in_more_than_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # validated at its budget of 40, between two validation points (16, 32, 48...)
+    sparling.fit(tiny_config(budget_samples=40), tmp_path, progress=False)
+    sparling.fit(tiny_config(seed=1), tmp_path, progress=False)  # another seed
+    steps = _counting_steps(monkeypatch)
+    sparling.fit(tiny_config(budget_samples=64), tmp_path, progress=False)
+    assert steps[0] == 0
+    # a run with less budget than the checkpoint's samples trains from scratch too
+    steps.clear()
+    sparling.fit(tiny_config(budget_samples=32), tmp_path, progress=False)
+    assert steps[0] == 0

@@ -429,3 +429,25 @@ def test_a_retrained_run_whose_source_finished_earlier_trains(tmp_path: Path) ->
     assert "whose g it retrains" not in summary, summary
     finished = [json.loads(p.read_text()) for p in work.glob("runs/*/result.json")]
     assert len(finished) == 2
+
+
+def test_a_larger_budget_continues_the_finished_shorter_run_with_its_history(
+    tmp_path: Path,
+) -> None:
+    """A sweep whose budget grows (the same runs otherwise) trains on from where the
+    shorter runs ended, and MLflow has every validation of the longer run."""
+    work = tmp_path / "work"
+    args = ["--executor", "local", "--no-report", "--work-dir", str(work)]
+    for name, budget in (("short", 32), ("longer", 64)):
+        path = _sweep_file(tmp_path, name, budget_samples=budget)
+        path.write_text(path.read_text().replace("- l1\n", ""))
+        if name == "longer":  # the plan says where the run will start
+            short_id = next((work / "runs").iterdir()).name
+            plan = _sparling("sweep", str(path), *args, "--dry-run")
+            assert f"to run, continuing {short_id} from sample 32" in plan.stdout, plan.stdout
+        done = _sparling("sweep", str(path), *args)
+        assert done.returncode == 0 and "1 finished" in done.stdout, done.stdout + done.stderr
+    assert "continues run" in done.stdout and "from its checkpoint at sample 32" in done.stdout
+    ((child, steps),) = _children(work, "longer")
+    assert child.info.status == "FINISHED"
+    assert steps == [16, 32, 48, 64]
