@@ -67,14 +67,7 @@ def test_fit_resumes_a_stopped_run(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     folder = RunFolder.for_config(load_config(cfg), tmp_path / "work")
     assert folder.read_result() is None and folder.has_checkpoint()
 
-    steps: list[int] = []
-    train_step = Trainer._train_step
-
-    def counted(self: Trainer, samples: Any) -> float:
-        steps.append(self.samples)
-        return train_step(self, samples)
-
-    monkeypatch.setattr(Trainer, "_train_step", counted)
+    steps = _counting_steps(monkeypatch)
     resumed = sparling.fit(path, tmp_path / "work", progress=False)
     assert steps == [16, 24, 32, 40]  # from the checkpoint at 16 samples on
     assert (resumed.status, resumed.samples) == (reference.status, reference.samples)
