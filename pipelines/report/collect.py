@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,7 @@ from pipelines.tracking.tags import (
     is_superseded,
 )
 from pipelines.tracking.tags import TAG_SWEEP as TAG_SWEEP_NAME
+from sparling.bottlenecks import BOTTLENECKS
 from sparling.errors import SparlingError
 
 if TYPE_CHECKING:
@@ -145,11 +146,24 @@ def _find_parent(
 CURVE_METRICS = {"fpe": MOTIF_FPE, "fne": MOTIF_FNE, "ce": MOTIF_CE, "e2ee": VAL_E2EE}
 
 
+def driven_by_ast(params: Mapping[str, str]) -> bool:
+    """Whether AST set the density a run (its logged params) trained at: its bottleneck is
+    an adaptive one and its schedule is on. Other runs (L1, Non-sparse, Retrained) log the
+    schedule's density too, stepping as if it applied, which it does not."""
+    name = params.get("bottleneck.name")
+    if name not in BOTTLENECKS:
+        return False
+    return BOTTLENECKS[name].adaptive and params.get("schedule.enabled", "True") != "False"
+
+
 def _history(client: MlflowClient, run: Run) -> tuple[CurvePoint, ...]:
-    """The validation errors paired with the density trained at, logged at the same step.
+    """The validation errors paired with the density trained at, logged at the same step;
+    none for a run whose density AST did not set (:func:`driven_by_ast`).
 
     Each metric is read under its name and its old one (a run resumed across the rename
     has both, each for some steps; where both have a step, the new name wins)."""
+    if not driven_by_ast(run.data.params):
+        return ()
     logged = run.data.metrics
     errors_of = {m: CURVE_METRICS[m] for m in ERRORS if has_metric(logged, CURVE_METRICS[m])}
     if not errors_of or not has_metric(logged, SCHEDULE_DENSITY):

@@ -383,6 +383,18 @@ def test_validation_curves_pair_errors_with_density(report: Report) -> None:
         assert point.means["ce"] == pytest.approx(expected)
 
 
+def test_runs_whose_density_ast_did_not_set_have_no_density_curve(report: Report) -> None:
+    # l1 logged the schedule's density and errors at every step, as every run does
+    assert report.curves.get("sparling-st (delta_update=0.75)")
+    assert not [k for k, curve in report.curves.items() if k.startswith("l1") and curve]
+    from pipelines.report.collect import driven_by_ast
+
+    assert driven_by_ast({"bottleneck.name": "topk", "schedule.enabled": "True"})
+    assert not driven_by_ast({"bottleneck.name": "sparling", "schedule.enabled": "False"})
+    assert not driven_by_ast({"bottleneck.name": "non-sparse"})  # Non-sparse, Retrained
+    assert not driven_by_ast({})
+
+
 def test_single_seed_and_retried_runs(store: Store, tmp_path: Path) -> None:
     r = build_report(store.uri, EXPERIMENT, "retry", tmp_path, formats=("md",))
     assert not r.partial and r.counts.describe() == "complete: 2 of 2 expected runs finished"
