@@ -33,7 +33,7 @@ from pipelines.executors.local import LocalOptions
 from pipelines.plan import PlannedRun, Sweep
 from pipelines.sync import tracking_context
 from sparling.errors import SparlingError
-from sparling.runs import RunFolder, shorter_budget_source
+from sparling.runs import RunFolder, ShorterBudgetRuns
 
 if TYPE_CHECKING:
     from pipelines.tracking.settings import TrackingSettings
@@ -199,14 +199,19 @@ def run_is_finished(config: Any, work_dir: Path) -> bool:
 
 def continuations(sweep: Sweep, done: Collection[str], work_dir: Path) -> dict[str, str]:
     """The sweep's runs to train that will start from a shorter-budget run's checkpoint
-    (:func:`sparling.runs.shorter_budget_source`): key -> ``"<run id> from sample N"``."""
+    (:class:`sparling.runs.ShorterBudgetRuns`): key -> ``"<run id> from sample N"``."""
     out: dict[str, str] = {}
+    indexes: dict[Path, ShorterBudgetRuns] = {}  # one scan per runs folder, not per run
     for r in sweep.runs:
         if r.key in done:
             continue
-        found = shorter_budget_source(RunFolder.for_config(r.config, work_dir), r.config)
+        folder = RunFolder.for_config(r.config, work_dir)
+        runs = folder.path.parent
+        if runs not in indexes:
+            indexes[runs] = ShorterBudgetRuns(runs)
+        found = indexes[runs].source_for(folder, r.config)
         if found is not None:
-            out[r.key] = f"{found[0].run_id} from sample {found[1]}"
+            out[r.key] = f"{found.source.run_id} from sample {found.samples}"
     return out
 
 

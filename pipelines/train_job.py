@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparling.checkpoint import read_meta
 from sparling.config import RunConfig
 from sparling.errors import SparlingError
 from sparling.runs import RunFolder, continue_from_shorter_budget
@@ -105,15 +104,11 @@ class RunPaths:
 def announce_continuation(folder: RunFolder, config: RunConfig, name: str) -> str | None:
     """Start a new run from a shorter-budget run of the same config when the work dir has
     one (:func:`sparling.runs.continue_from_shorter_budget`), and say so; returns its id."""
-    source = continue_from_shorter_budget(folder, config)
-    if source is not None:
-        samples = read_meta(folder.last).get("samples")
-        print(
-            f"{name}: continues run {source} from its checkpoint at sample {samples} "
-            f"(the same config with a smaller budget), to {config.budget_samples}",
-            flush=True,
-        )
-    return source
+    continued = continue_from_shorter_budget(folder, config)
+    if continued is None:
+        return None
+    print(continued.message(name, config.budget_samples), flush=True)
+    return continued.source.run_id
 
 
 def prepare_datasets(

@@ -54,9 +54,9 @@ def fit(
         # A missing source of g is the config's error: say so before generating data.
         resolve_init_from(cfg.init_from, folder.path)
     folder.write_config(cfg)
-    source = continue_from_shorter_budget(folder, cfg)
-    if source is not None and progress:
-        print(f"run {cfg.run_id()}: continues run {source}, the same but for a smaller budget")
+    continued = continue_from_shorter_budget(folder, cfg)
+    if continued is not None and progress:
+        print(continued.message(f"run {cfg.run_id()}", cfg.budget_samples))
     data = prepare_datasets(cfg, work_dir, progress=progress, splits=("train", "val"))
 
     def on_validation(_record: dict[str, Any], _checkpoint: Path | None) -> None:

@@ -39,6 +39,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RUN_REF_PREFIX, RunConfig, load_config, parse_run_ref
+from .domains.base import canonical_hash
 from .errors import SparlingError, TrainingFailed
 from .fileio import atomic_write_text
 from .models import SparlingModel, build_model
@@ -64,7 +65,9 @@ FAILURE_FILE = "failure.txt"
 STOP_REQUEST_FILE = "stop-request.json"
 __all__ = [
     "CONFIG_FILE",
+    "Continuation",
     "RunFolder",
+    "ShorterBudgetRuns",
     "build_run_model",
     "continue_from_shorter_budget",
     "density_checkpoint_name",
@@ -364,22 +367,66 @@ class RunFolder:
         atomic_write_text(self.evaluation_path, json.dumps(dict(metrics), indent=2))
 
 
-def _budget_free(config: RunConfig) -> dict[str, Any]:
-    """The identity of ``config`` without its budget: what two runs share when one is the
-    other with more (or fewer) samples to train."""
+def _budget_free(config: RunConfig) -> str:
+    """The hash of ``config``'s identity without its budget: what two runs share when one
+    is the other with more (or fewer) samples to train."""
     identity = config.identity()
     identity.pop("budget_samples", None)
-    return identity
+    return canonical_hash(identity)
 
 
-def _continuable(source: RunFolder, config: RunConfig) -> int | None:
-    """The sample count of ``source``'s last checkpoint when ``config``'s run can continue
-    from it as its own (same config but the budget, a checkpoint within ``config``'s
-    budget, and a trajectory the longer run shares); else ``None``."""
-    try:
-        other = source.read_config()
-        if other.run_id() == config.run_id() or _budget_free(other) != _budget_free(config):
+@dataclass(frozen=True)
+class Continuation:
+    """A run that a run with a larger budget starts from: its folder, and the sample count
+    of its last checkpoint."""
+
+    source: RunFolder
+    samples: int
+
+    def message(self, name: str, budget: int) -> str:
+        return (
+            f"{name}: continues run {self.source.run_id} from its checkpoint at sample "
+            f"{self.samples} (the same config with a smaller budget), to {budget}"
+        )
+
+
+class ShorterBudgetRuns:
+    """The checkpointed runs of one runs folder, keyed by their budget-free identity: read
+    once (each ``config.json`` parsed once), then asked for any number of runs."""
+
+    def __init__(self, runs: Path) -> None:
+        self._by_identity: dict[str, list[tuple[RunFolder, RunConfig]]] = {}
+        for path in sorted(runs.iterdir()) if runs.is_dir() else []:
+            source = RunFolder(path)
+            if not source.has_checkpoint():
+                continue
+            try:
+                other = source.read_config()
+            except (OSError, ValueError, SparlingError):
+                continue
+            self._by_identity.setdefault(_budget_free(other), []).append((source, other))
+
+    def source_for(self, folder: RunFolder, config: RunConfig) -> Continuation | None:
+        """The run in this folder that ``config``'s run (in ``folder``) would continue, the
+        furthest when several can; see :func:`shorter_budget_source`."""
+        if folder.has_checkpoint() or folder.read_result() is not None:
             return None
+        best: Continuation | None = None
+        for source, other in self._by_identity.get(_budget_free(config), []):
+            if source.path == folder.path or other.run_id() == config.run_id():
+                continue
+            samples = _continuable(source, other, config)
+            if samples is not None and (best is None or samples > best.samples):
+                best = Continuation(source, samples)
+        return best
+
+
+def _continuable(source: RunFolder, other: RunConfig, config: RunConfig) -> int | None:
+    """The sample count of ``source``'s last checkpoint (``source`` runs ``other``, which
+    differs from ``config`` only in its budget) when ``config``'s run can continue from it
+    as its own: a checkpoint within ``config``'s budget, and a trajectory the longer run
+    shares; else ``None``."""
+    try:
         samples = int(read_meta(source.last)["samples"])
         result = source.read_result()
     except (OSError, ValueError, KeyError, CheckpointError, SparlingError):
@@ -395,29 +442,22 @@ def _continuable(source: RunFolder, config: RunConfig) -> int | None:
     return samples
 
 
-def shorter_budget_source(folder: RunFolder, config: RunConfig) -> tuple[RunFolder, int] | None:
+def shorter_budget_source(folder: RunFolder, config: RunConfig) -> Continuation | None:
     """The run (and the sample count of its last checkpoint) that the run ``config``
     describes, in ``folder``, would start from (:func:`continue_from_shorter_budget`):
     ``None`` when this run has a checkpoint or a result of its own, or no such run is in
-    its work dir."""
+    its work dir. To ask for many runs of one work dir, build one
+    :class:`ShorterBudgetRuns` and ask it."""
     if folder.has_checkpoint() or folder.read_result() is not None:
         return None
-    runs = folder.path.parent
-    best: tuple[RunFolder, int] | None = None
-    for path in sorted(runs.iterdir()) if runs.is_dir() else []:
-        source = RunFolder(path)
-        if path == folder.path or not source.has_checkpoint():
-            continue
-        samples = _continuable(source, config)
-        if samples is not None and (best is None or samples > best[1]):
-            best = (source, samples)
-    return best
+    return ShorterBudgetRuns(folder.path.parent).source_for(folder, config)
 
 
-def continue_from_shorter_budget(folder: RunFolder, config: RunConfig) -> str | None:
+def continue_from_shorter_budget(folder: RunFolder, config: RunConfig) -> Continuation | None:
     """Start the run ``config`` describes (in ``folder``, which has no checkpoint yet) from
     the furthest checkpoint of a run in the same work dir whose config differs only in a
-    smaller budget; returns that run's id, or ``None`` when there is none.
+    smaller budget; returns that run and the checkpoint's sample count, or ``None`` when
+    there is none.
 
     Training does not read the budget before it ends (the learning rate, the sample order
     and AST's steps depend on the sample count only), so the first samples of a run with
@@ -429,7 +469,7 @@ def continue_from_shorter_budget(folder: RunFolder, config: RunConfig) -> str | 
     found = shorter_budget_source(folder, config)
     if found is None:
         return None
-    source = found[0]
+    source = found.source
     run_id = config.run_id()
     for checkpoint in sorted(source.checkpoints_dir.iterdir()):
         if not (checkpoint / META_FILE).is_file():
@@ -440,7 +480,7 @@ def continue_from_shorter_budget(folder: RunFolder, config: RunConfig) -> str | 
         save_checkpoint(folder.checkpoint(checkpoint.name), state, meta, config.to_json())
     # ``last`` sorts after ``density-*``: a copy cut short leaves no ``last`` and is made again
     folder.write_history(source.read_history())
-    return source.run_id
+    return found
 
 
 def _why_not_a_run(path: Path) -> str:

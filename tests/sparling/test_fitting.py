@@ -13,7 +13,7 @@ from conftest import tiny_config
 import sparling
 from sparling.checkpoint import load_checkpoint, read_meta
 from sparling.config import load_config
-from sparling.runs import RunFolder
+from sparling.runs import RunFolder, ShorterBudgetRuns
 from sparling.shards import ShardedDataset
 from sparling.train import RunResult, Trainer
 
@@ -136,3 +136,34 @@ def test_a_run_is_not_continued_from_one_that_differs_in_more_than_the_budget(
     steps.clear()
     sparling.fit(tiny_config(budget_samples=32), tmp_path, progress=False)
     assert steps[0] == 0
+
+
+def test_one_index_finds_the_furthest_shorter_run_for_every_run_and_reads_each_config_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sparling.fit(tiny_config(), tmp_path, progress=False)  # to 48 samples
+    sparling.fit(tiny_config(budget_samples=64), tmp_path, progress=False)  # continues, to 64
+    furthest = RunFolder.for_config(load_config(tiny_config(budget_samples=64)), tmp_path)
+    reads: list[Path] = []
+    read_config = RunFolder.read_config
+
+    def counted(self: RunFolder) -> Any:
+        reads.append(self.path)
+        return read_config(self)
+
+    monkeypatch.setattr(RunFolder, "read_config", counted)
+    index = ShorterBudgetRuns(furthest.path.parent)
+    assert len(reads) == 2  # the two runs, once each
+    for budget in (80, 96):
+        cfg = load_config(tiny_config(budget_samples=budget))
+        found = index.source_for(RunFolder.for_config(cfg, tmp_path), cfg)
+        assert found is not None and (found.source.path, found.samples) == (furthest.path, 64)
+        assert found.message("run x", budget) == (
+            f"run x: continues run {furthest.run_id} from its checkpoint at sample 64 "
+            f"(the same config with a smaller budget), to {budget}"
+        )
+    other_seed = load_config(tiny_config(seed=1, budget_samples=96))
+    assert index.source_for(RunFolder.for_config(other_seed, tmp_path), other_seed) is None
+    # a run that has its own checkpoint continues nothing
+    assert index.source_for(furthest, load_config(tiny_config(budget_samples=64))) is None
+    assert len(reads) == 2
