@@ -22,7 +22,8 @@ group          metrics
                ``checkpoint_density``, ``checkpoint_samples``, ``reached_reported``, once,
                at the step of the evaluated checkpoint's samples: the run's own
                evaluation (its reported-density checkpoint on its whole test split), what
-               the report reads
+               the report reads (a Retrained run's ``checkpoint_density`` is that of
+               the checkpoint its frozen g came from)
 ``eval/``      ``fpe``, ``fne``, ``ce``, ``e2ee``, ``exact_match``, ``density``,
                ``checkpoint_density``, ``samples`` (test samples scored): an evaluation
                asked for by ``sparling evaluate`` (any checkpoint, any number of

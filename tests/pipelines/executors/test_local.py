@@ -16,6 +16,10 @@ import pytest
 import yaml
 from conftest import REPO, run_python, subprocess_env, tiny_config
 
+from pipelines.plan import build_sweep
+from sparling.checkpoint import read_meta
+from sparling.runs import RunFolder
+
 pytestmark = pytest.mark.integration
 
 
@@ -274,8 +278,6 @@ def test_the_deadline_and_a_sigterm_to_the_driver_stop_a_run_at_its_step(
     import signal
     import time
 
-    from sparling.checkpoint import read_meta
-
     batch = 16  # 20-40 ms a step here: the deadline falls well before the validation
     updates = {"data.train_size": 64, "batch_size": batch, "val_interval": batch * 500}
     sweep = {
@@ -413,7 +415,11 @@ def test_a_retrained_run_whose_source_finished_earlier_trains(tmp_path: Path) ->
     sweep = {
         "name": "retrain-later",
         "base": tiny_config(**{"budget_samples": 32, "val_interval": 16}),
-        "methods": ["sparling", {"name": "retrained", "from": "sparling"}],
+        "methods": [
+            "sparling",
+            # a nominal density of its own, which it never applies
+            {"name": "retrained", "from": "sparling", "set": {"schedule.initial_density": 0.25}},
+        ],
         "seeds": [0],
     }
     path = tmp_path / "retrain-later.yaml"
@@ -429,6 +435,15 @@ def test_a_retrained_run_whose_source_finished_earlier_trains(tmp_path: Path) ->
     assert "whose g it retrains" not in summary, summary
     finished = [json.loads(p.read_text()) for p in work.glob("runs/*/result.json")]
     assert len(finished) == 2
+    # the Retrained run is tested at the density of the checkpoint its g came from, not
+    # at its own schedule's nominal one (which it never applies)
+    source, retrained = (RunFolder.for_config(r.config, work) for r in build_sweep(sweep).runs)
+    g_density = read_meta(source.select_checkpoint())["density"]
+    own_density = read_meta(retrained.select_checkpoint())["density"]
+    assert own_density < g_density
+    evaluation = retrained.read_evaluation()
+    assert evaluation is not None and evaluation["test_checkpoint_density"] == g_density
+    assert evaluation["test_reached_reported"] == float(g_density <= 5e-5)
 
 
 def test_a_larger_budget_continues_the_finished_shorter_run_with_its_history(
