@@ -72,6 +72,7 @@ __all__ = [
     "continue_from_shorter_budget",
     "density_checkpoint_name",
     "density_key",
+    "init_from_density",
     "read_json",
     "resolve_init_from",
     "select_checkpoint",
@@ -281,10 +282,7 @@ class RunFolder:
                 f"neither a run folder nor a checkpoint: {_why_not_a_run(self.path)}"
             )
         kept = self.density_checkpoints()
-        if density is None:
-            config = self.read_config()
-            reported = domains.make(config.domain.name, **config.domain.params).reported_density
-            density = reported if any(d <= reported * (1 + 1e-9) for d in kept) else None
+        density = self._wanted_density(kept, density)
         if density is None:
             return min(kept.items())[1] if kept else self.last
         above = {d: p for d, p in kept.items() if d >= density * (1 - 1e-9)}
@@ -300,6 +298,33 @@ class RunFolder:
                 f"run {self.path} has no checkpoint at density >= {density:g} ({kept_text})"
             )
         return min(above.items())[1]
+
+    def _wanted_density(self, kept: Iterable[float], density: float | None) -> float | None:
+        """``density``, or when it is ``None`` the domain's reported density if a kept
+        density is at or below it (``None``: the lowest kept, else ``last``)."""
+        if density is None:
+            config = self.read_config()
+            reported = domains.make(config.domain.name, **config.domain.params).reported_density
+            density = reported if any(d <= reported * (1 + 1e-9) for d in kept) else None
+        return density
+
+    def selected_density(self, density: float | None = None) -> float:
+        """The density of the checkpoint :meth:`select_checkpoint` chooses, by the same
+        rule, over every per-density checkpoint the run wrote: those its history records
+        (also when their folders were since deleted, as a repository keeps only ``last``)
+        and those there."""
+        written = (r.get("density") for r in self.read_history() if r.get("density_checkpoint"))
+        kept = {float(d) for d in written if isinstance(d, (int, float))}
+        kept |= set(self.density_checkpoints())
+        if not kept:
+            return float(read_meta(self.select_checkpoint(density))["density"])
+        wanted = self._wanted_density(kept, density)
+        if wanted is None:
+            return min(kept)
+        above = [d for d in kept if d >= wanted * (1 - 1e-9)]
+        if not above:
+            return float(read_meta(self.select_checkpoint(wanted))["density"])  # says why not
+        return min(above)
 
     # -- records ----------------------------------------------------------------------------
     def read_config(self) -> RunConfig:
@@ -538,6 +563,19 @@ def resolve_init_from(init_from: str, run_dir: Path | None = None) -> Path:
         return select_checkpoint(folder, density)
     except (FileNotFoundError, ValueError) as e:
         raise TrainingFailed(f"init_from {init_from!r}: {e}") from None
+
+
+def init_from_density(init_from: str, run_dir: Path) -> float:
+    """The density of the checkpoint ``init_from`` names (see :func:`resolve_init_from`)
+    for the run in ``run_dir``: chosen from what the source run recorded, so that it is the
+    checkpoint the run was built from also after the source's per-density folders were
+    deleted."""
+    if init_from.startswith(RUN_REF_PREFIX):
+        key, density = parse_run_ref(init_from)
+        source = RunFolder(run_dir).sibling(key)
+        if source.history_path.is_file():
+            return source.selected_density(density)
+    return float(read_meta(resolve_init_from(init_from, run_dir))["density"])
 
 
 def architecture_overrides(config: RunConfig) -> dict[str, Any]:

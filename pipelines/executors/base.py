@@ -13,8 +13,7 @@ from pathlib import Path
 
 from pipelines.plan import PlannedRun
 from pipelines.train_job import prepare_datasets
-from sparling.checkpoint import read_meta
-from sparling.runs import RunFolder, resolve_init_from
+from sparling.runs import RunFolder, init_from_density
 
 
 @dataclass
@@ -59,8 +58,7 @@ def evaluate_run(
         # g frozen from another run's checkpoint (Retrained), its bottleneck removed: the
         # density its motifs were found at is that checkpoint's; its own is the schedule's
         # nominal one, which it steps through but never applies
-        source = resolve_init_from(run.config.init_from, folder.path)
-        tested_density = float(read_meta(source)["density"])
+        tested_density = init_from_density(run.config.init_from, folder.path)
     summary = folder.read_result() or {}
     metrics = {
         "test_fpe": m["fpe"],

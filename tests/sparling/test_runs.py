@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,15 @@ import torch
 from conftest import tiny_config
 
 from sparling import domains
-from sparling.checkpoint import save_checkpoint
+from sparling.checkpoint import read_meta, save_checkpoint
 from sparling.config import load_config
-from sparling.runs import RunFolder, density_checkpoint_name, read_json, select_checkpoint
+from sparling.runs import (
+    RunFolder,
+    density_checkpoint_name,
+    init_from_density,
+    read_json,
+    select_checkpoint,
+)
 from sparling.train import RunResult
 
 REPORTED = domains.make("digit-circle").reported_density
@@ -99,6 +106,41 @@ def test_a_run_without_density_checkpoints_chooses_last(tmp_path: Path) -> None:
     folder = _run_with_checkpoints(tmp_path, [])
     assert folder.density_checkpoints() == {}
     assert folder.select_checkpoint() == folder.last
+
+
+def test_the_selected_density_counts_the_density_checkpoints_whose_folders_were_deleted(
+    tmp_path: Path,
+) -> None:
+    densities = [0.5, REPORTED, REPORTED * 0.75]
+    folder = _run_with_checkpoints(tmp_path, densities)
+    folder.write_history(
+        [
+            {
+                "samples": 16 * (i + 1),
+                "density": d,
+                "density_checkpoint": density_checkpoint_name(d),
+            }
+            for i, d in enumerate(densities)
+        ]
+        + [{"samples": 64, "density": REPORTED * 0.75}]  # no checkpoint written there
+    )
+    assert folder.selected_density() == REPORTED
+    assert folder.selected_density(0.3) == 0.5
+    # a repository keeps only last: the rule still sees what the run wrote
+    for kept in folder.density_checkpoint_folders():
+        shutil.rmtree(kept)
+    assert folder.select_checkpoint() == folder.last
+    assert folder.selected_density() == REPORTED
+    assert folder.selected_density(0.3) == 0.5
+    assert folder.selected_density(REPORTED * 0.5) == REPORTED * 0.75
+    # a Retrained run beside it is tested at that density, not at last's
+    other = folder.sibling("0123456789abcdef").path
+    assert read_meta(folder.last)["density"] == REPORTED * 0.75
+    assert init_from_density(f"run:{folder.run_id}", other) == REPORTED
+    assert init_from_density(f"run:{folder.run_id}@density=0.3", other) == 0.5
+    # a run that wrote no density checkpoint: last's density
+    folder.write_history([{"samples": 16, "density": 0.5}])
+    assert folder.selected_density() == REPORTED * 0.75
 
 
 def test_records_round_trip(tmp_path: Path) -> None:
