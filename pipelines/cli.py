@@ -694,6 +694,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         gpu_note,
         run_is_finished,
         run_sweep,
+        trained_unevaluated,
     )
     from pipelines.tracking.server import tracking_uri
     from pipelines.tracking.settings import missing_local_store
@@ -732,15 +733,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             check_runs_can_start(
                 [r for r in sweep.runs if r.key not in done - set(rerun)], args.executor, work_dir
             )
-            print(describe(sweep, done, changed, rerun, continuations(sweep, done, work_dir)))
-            print(where)
-            if note:
-                print(note)
-            return 0
-        print(describe(sweep, done, changed, rerun, continuations(sweep, done, work_dir)))
+        notes = continuations(sweep, done, work_dir), trained_unevaluated(sweep, done, work_dir)
+        print(describe(sweep, done, changed, rerun, *notes))
         print(where)
         if note:
             print(note)
+        if args.dry_run:
+            return 0
         summary = run_sweep(
             sweep,
             work_dir,

@@ -572,11 +572,13 @@ def describe(
     changed: Mapping[str, str] | None = None,
     rerun: Collection[str] = (),
     continues: Mapping[str, str] | None = None,
+    to_evaluate: Collection[str] = (),
 ) -> str:
     """The plan as a table: one line per run with its hash and whether it already finished;
     ``changed``: finished runs whose code changed since (key -> how), said on their line,
     and reused unless in ``rerun`` (then trained again); ``continues``: runs to train that
-    start from a shorter-budget run's checkpoint (key -> from where)."""
+    start from a shorter-budget run's checkpoint (key -> from where); ``to_evaluate``:
+    runs trained whose test evaluation is missing (they are only evaluated)."""
     done = done or set()
     changed = changed or {}
     continues = continues or {}
@@ -589,7 +591,9 @@ def describe(
             state = f"done, code changed since ({changed[r.key]})"
         else:
             state = "done" if r.key in done else "to run"
-            if r.key not in done and r.key in continues:
+            if r.key not in done and r.key in to_evaluate:
+                state = "trained, to evaluate"
+            elif r.key not in done and r.key in continues:
                 state += f", continuing {continues[r.key]}"
         after = f"  (after {r.after})" if r.after else ""
         lines.append(f"  {r.key}  {r.name:<{width}}  {state}{after}")

@@ -197,6 +197,16 @@ def run_is_finished(config: Any, work_dir: Path) -> bool:
     return bool(folder.read_result()) and folder.evaluation_path.is_file()
 
 
+def trained_unevaluated(sweep: Sweep, done: Collection[str], work_dir: Path) -> set[str]:
+    """The sweep's runs not done that finished training but have no test evaluation (it
+    was deleted, to score them again, or cut off): running them only evaluates them."""
+    return {
+        r.key
+        for r in sweep.runs
+        if r.key not in done and RunFolder.for_config(r.config, work_dir).read_result()
+    }
+
+
 def continuations(sweep: Sweep, done: Collection[str], work_dir: Path) -> dict[str, str]:
     """The sweep's runs to train that will start from a shorter-budget run's checkpoint
     (:class:`sparling.runs.ShorterBudgetRuns`): key -> ``"<run id> from sample N"``."""

@@ -200,9 +200,12 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         device=job["device"],
     )
     holder["trainer"] = trainer
+    # trained before, with only its evaluation missing (deleted to score it again, or cut
+    # off): it is evaluated, and its training record kept as it was
+    trained_before = folder.read_result() is not None
     with system_metrics(tracking):  # of this process, training and evaluating
         try:
-            result = trainer.fit()
+            result = None if trained_before else trainer.fit()
         except TrainingStopped as stopped:
             # Asked to stop (SIGTERM from the driver at its deadline, or from anyone): the
             # checkpoint is written at this step; send what is queued, say where it stands.
@@ -215,16 +218,18 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
             raise
         if logger is not None:
             logger.close()
-        folder.write_result(
-            result,
-            node_id=None,
-            node_ip=socket.gethostname(),
-            device=torch.cuda.get_device_name() if job["device"].startswith("cuda") else "cpu",
-            process_seconds=time.time() - t0,
-        )
-        progress(
-            {"samples": result.samples, "state": "finished", "status": result.status}, force=True
-        )
+        if result is not None:
+            folder.write_result(
+                result,
+                node_id=None,
+                node_ip=socket.gethostname(),
+                device=torch.cuda.get_device_name() if job["device"].startswith("cuda") else "cpu",
+                process_seconds=time.time() - t0,
+            )
+            progress(
+                {"samples": result.samples, "state": "finished", "status": result.status},
+                force=True,
+            )
         run = PlannedRun(config=config, method=job["method"], seed=config.seed)
         work_dir = Path(job["work_dir"])
         metrics = evaluate_run(run, work_dir, test_dir=Path(job["test"]), device=job["device"])

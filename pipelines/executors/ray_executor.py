@@ -108,7 +108,9 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
             mlflow_run = tracking["runs"].get(run.key)
         if tracker is not None and mlflow_run is not None:
             tracker.set_status(mlflow_run, "RUNNING")
-        for attempt in range(SYSTEM_RETRIES + 1):
+        # trained before, with only its evaluation missing: evaluated, its record kept
+        trained_before = RunFolder.for_config(run.config, work_dir).read_result() is not None
+        for attempt in range(0 if trained_before else SYSTEM_RETRIES + 1):
             try:
                 run_training(
                     run.config,

@@ -445,6 +445,17 @@ def test_a_retrained_run_whose_source_finished_earlier_trains(tmp_path: Path) ->
     assert evaluation is not None and evaluation["test_checkpoint_density"] == g_density
     assert evaluation["test_reached_reported"] == float(g_density <= 5e-5)
 
+    # its evaluation deleted (to score it again): the sweep evaluates it, trains nothing,
+    # and keeps its training record as it was
+    record = retrained.result_path.read_bytes()
+    retrained.evaluation_path.unlink()
+    plan = _sparling("sweep", str(path), "--work-dir", str(work), "--dry-run", *local)
+    assert "retrained seed=0  trained, to evaluate" in plan.stdout, plan.stdout
+    third = _sparling("sweep", str(path), "--work-dir", str(work), *local)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert retrained.read_evaluation() == evaluation
+    assert retrained.result_path.read_bytes() == record
+
 
 def test_a_larger_budget_continues_the_finished_shorter_run_with_its_history(
     tmp_path: Path,
