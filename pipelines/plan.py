@@ -594,7 +594,7 @@ def describe(
             if r.key not in done and r.key in to_evaluate:
                 state = "trained, to evaluate"
             elif r.key not in done and r.key in continues:
-                state += f", continuing {continues[r.key]}"
+                state += f", {continues[r.key]}"
         after = f"  (after {r.after})" if r.after else ""
         lines.append(f"  {r.key}  {r.name:<{width}}  {state}{after}")
     reused = [k for k in changed if k in done and k not in rerun]

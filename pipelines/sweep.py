@@ -209,7 +209,8 @@ def trained_unevaluated(sweep: Sweep, done: Collection[str], work_dir: Path) -> 
 
 def continuations(sweep: Sweep, done: Collection[str], work_dir: Path) -> dict[str, str]:
     """The sweep's runs to train that will start from a shorter-budget run's checkpoint
-    (:class:`sparling.runs.ShorterBudgetRuns`): key -> ``"<run id> from sample N"``."""
+    (:class:`sparling.runs.ShorterBudgetRuns`): key -> ``"continuing <run id> from sample
+    N"``, or ``"taking <run id>'s result (...)"`` when that run ended by itself."""
     out: dict[str, str] = {}
     indexes: dict[Path, ShorterBudgetRuns] = {}  # one scan per runs folder, not per run
     for r in sweep.runs:
@@ -220,8 +221,10 @@ def continuations(sweep: Sweep, done: Collection[str], work_dir: Path) -> dict[s
         if runs not in indexes:
             indexes[runs] = ShorterBudgetRuns(runs)
         found = indexes[runs].source_for(folder, r.config)
-        if found is not None:
-            out[r.key] = f"{found.source.run_id} from sample {found.samples}"
+        if found is not None and found.ended is not None:
+            out[r.key] = f"taking {found.source.run_id}'s result ({found.ended} at {found.samples})"
+        elif found is not None:
+            out[r.key] = f"continuing {found.source.run_id} from sample {found.samples}"
     return out
 
 

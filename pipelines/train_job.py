@@ -432,6 +432,9 @@ def run_training(
     run_dir = folder.path
     folder.write_config(config)
     announce_continuation(folder, config, f"run {config.run_id()}")
+    finished = folder.read_result()
+    if finished is not None:
+        return finished  # finished before, or a shorter-budget run's result, which is this one's
     datasets = prepare_datasets(config, work_dir, progress=progress)
     paths = RunPaths(datasets["train"], datasets["val"], datasets["test"], run_dir)
     ensure_ray()

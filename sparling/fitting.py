@@ -57,6 +57,10 @@ def fit(
     continued = continue_from_shorter_budget(folder, cfg)
     if continued is not None and progress:
         print(continued.message(f"run {cfg.run_id()}", cfg.budget_samples))
+    if continued is not None and continued.ended is not None:
+        done = finished_result(folder)  # the shorter run's result, which is this run's
+        if done is not None:
+            return done
     data = prepare_datasets(cfg, work_dir, progress=progress, splits=("train", "val"))
 
     def on_validation(_record: dict[str, Any], _checkpoint: Path | None) -> None:

@@ -407,8 +407,18 @@ class Continuation:
 
     source: RunFolder
     samples: int
+    #: how the source ended when it stopped by itself ("target-reached", "collapsed"):
+    #: a larger budget ends the same way, so its result is this run's; ``None`` when it
+    #: ran out of budget (or has not ended), and this run trains on from its checkpoint
+    ended: str | None = None
 
     def message(self, name: str, budget: int) -> str:
+        if self.ended is not None:
+            return (
+                f"{name}: the same as run {self.source.run_id} but for a larger budget "
+                f"({budget}); that run ended by itself ({self.ended}) at sample "
+                f"{self.samples}, so its result is this run's"
+            )
         return (
             f"{name}: continues run {self.source.run_id} from its checkpoint at sample "
             f"{self.samples} (the same config with a smaller budget), to {budget}"
@@ -440,17 +450,22 @@ class ShorterBudgetRuns:
         for source, other in self._by_identity.get(_budget_free(config), []):
             if source.path == folder.path or other.run_id() == config.run_id():
                 continue
-            samples = _continuable(source, other, config)
-            if samples is not None and (best is None or samples > best.samples):
-                best = Continuation(source, samples)
+            found = _continuable(source, other, config)
+            if found is not None and (best is None or found.samples > best.samples):
+                best = found
         return best
 
 
-def _continuable(source: RunFolder, other: RunConfig, config: RunConfig) -> int | None:
-    """The sample count of ``source``'s last checkpoint (``source`` runs ``other``, which
-    differs from ``config`` only in its budget) when ``config``'s run can continue from it
-    as its own: a checkpoint within ``config``'s budget, and a trajectory the longer run
-    shares; else ``None``."""
+#: how a run ends by itself, whatever its budget (when it is within the budget)
+ENDED_BY_ITSELF = ("target-reached", "collapsed")
+
+
+def _continuable(source: RunFolder, other: RunConfig, config: RunConfig) -> Continuation | None:
+    """How ``config``'s run can start from ``source`` (which runs ``other``, differing from
+    ``config`` only in its budget): from its last checkpoint, within ``config``'s budget,
+    on a trajectory the longer run shares; with its result too when it ended by itself
+    (reached its target or collapsed: more budget ends it the same way). ``None`` when it
+    cannot."""
     try:
         samples = int(read_meta(source.last)["samples"])
         result = source.read_result()
@@ -458,13 +473,14 @@ def _continuable(source: RunFolder, other: RunConfig, config: RunConfig) -> int 
         return None
     if samples > config.budget_samples:
         return None
-    if result is not None and result.get("status") != "budget-exhausted":
-        return None  # it reached its target (or collapsed): more samples change nothing
+    status = None if result is None else result.get("status")
+    if status is not None and status != "budget-exhausted" and status not in ENDED_BY_ITSELF:
+        return None
     if samples >= other.budget_samples and other.budget_samples % other.val_interval:
         # its budget ended between two validation points, where it validated (and AST
         # moved) once more than a run with a larger budget does
         return None
-    return samples
+    return Continuation(source, samples, status if status in ENDED_BY_ITSELF else None)
 
 
 def shorter_budget_source(folder: RunFolder, config: RunConfig) -> Continuation | None:
@@ -482,7 +498,8 @@ def continue_from_shorter_budget(folder: RunFolder, config: RunConfig) -> Contin
     """Start the run ``config`` describes (in ``folder``, which has no checkpoint yet) from
     the furthest checkpoint of a run in the same work dir whose config differs only in a
     smaller budget; returns that run and the checkpoint's sample count, or ``None`` when
-    there is none.
+    there is none. When that run ended by itself (reached its target or collapsed), its
+    ``result.json`` is copied too: the run is then finished, with that run's result.
 
     Training does not read the budget before it ends (the learning rate, the sample order
     and AST's steps depend on the sample count only), so the first samples of a run with
@@ -505,6 +522,10 @@ def continue_from_shorter_budget(folder: RunFolder, config: RunConfig) -> Contin
         save_checkpoint(folder.checkpoint(checkpoint.name), state, meta, config.to_json())
     # ``last`` sorts after ``density-*``: a copy cut short leaves no ``last`` and is made again
     folder.write_history(source.read_history())
+    if found.ended is not None:
+        summary = source.read_result() or {}
+        summary["continued_from"] = source.run_id
+        atomic_write_text(folder.result_path, json.dumps(summary, indent=2, default=float))
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from conftest import tiny_config
 import sparling
 from sparling.checkpoint import load_checkpoint, read_meta
 from sparling.config import load_config
-from sparling.runs import RunFolder, ShorterBudgetRuns
+from sparling.runs import Continuation, RunFolder, ShorterBudgetRuns
 from sparling.shards import ShardedDataset
 from sparling.train import RunResult, Trainer
 
@@ -167,3 +168,37 @@ def test_one_index_finds_the_furthest_shorter_run_for_every_run_and_reads_each_c
     # a run that has its own checkpoint continues nothing
     assert index.source_for(furthest, load_config(tiny_config(budget_samples=64))) is None
     assert len(reads) == 2
+
+
+def test_a_larger_budget_takes_the_result_of_a_shorter_run_that_ended_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short = sparling.fit(tiny_config(), tmp_path, progress=False)
+    source = RunFolder(short.run_dir)
+    # as if AST had reached its target at the last validation (48 samples), within budget
+    summary = json.loads(source.result_path.read_text())
+    summary["status"] = "target-reached"
+    source.result_path.write_text(json.dumps(summary))
+
+    steps = _counting_steps(monkeypatch)
+    longer = sparling.fit(tiny_config(budget_samples=96), tmp_path, progress=False)
+    assert steps == []  # more budget would end it the same way: nothing to train
+    assert (longer.status, longer.samples) == ("target-reached", 48)
+    assert longer.history == short.history and longer.run_dir != short.run_dir
+    record = RunFolder(longer.run_dir).read_result()
+    assert record is not None and record["continued_from"] == source.run_id
+    assert read_meta(RunFolder(longer.run_dir).last)["continued_from"] == source.run_id
+    # a collapsed run too; a run that failed in some other way is not taken
+    summary["status"] = "failed"
+    source.result_path.write_text(json.dumps(summary))
+    cfg = load_config(tiny_config(budget_samples=128))
+    assert ShorterBudgetRuns(tmp_path / "runs").source_for(
+        RunFolder.for_config(cfg, tmp_path), cfg
+    ) == Continuation(RunFolder(longer.run_dir), 48, "target-reached")
+    summary["status"] = "collapsed"
+    source.result_path.write_text(json.dumps(summary))
+    found = ShorterBudgetRuns(tmp_path / "runs").source_for(
+        RunFolder.for_config(cfg, tmp_path), cfg
+    )
+    assert found is not None and found.samples == 48 and found.ended is not None
+    assert "its result is this run's" in found.message("run x", 128)
