@@ -272,7 +272,7 @@ def _launch_local(
     options: LocalOptions,
 ) -> None:
     """The local executor: runs in processes on this machine; a Retrained run waits for
-    its source (started in a later round, once the source has finished). SIGTERM or
+    its source (and starts in the first free slot once it has finished). SIGTERM or
     SIGINT stops the running runs (see :func:`run_local`) and starts no more."""
     stop = StopRequest()
     with stop_on_signals(stop):
@@ -289,58 +289,35 @@ def _rounds(
     stop: StopRequest,
 ) -> None:
     waiting = sorted(todo, key=lambda r: r.seed) if options.seeds_first else list(todo)
-    todo_keys = {r.key for r in todo}
-    while waiting:
-        if stop:
-            for run in waiting:
-                reason = f"not started: the sweep was asked to stop ({stop.reason})"
-                outcomes[run.key] = RunOutcome(run.key, run.name, "stopped", reason)
-                if tracking:
-                    mark_ended(tracking, run, "stopped", reason)
-            break
-        ready = [
-            r for r in waiting if r.after is None or r.after not in todo_keys or r.after in outcomes
-        ]
-        for run in ready:
-            waiting.remove(run)
-            source = outcomes.get(run.after) if run.after else None
-            if source is not None and source.status in ("failed", "stopped"):
-                # (a source finished now or before, "skipped", is what it needs)
-                # a stopped source: not started either, it starts when the sweep runs again
-                status = "stopped" if source.status == "stopped" else "failed"
-                why = f"run {source.name} ({run.after}), whose g it retrains, {source.status}"
-                if status == "stopped":
-                    why = f"not started: {why}"
-                outcomes[run.key] = RunOutcome(run.key, run.name, status, why)
-                if tracking:
-                    mark_ended(tracking, run, status, why)
-        ready = [r for r in ready if r.key not in outcomes]
-        if not ready:
-            for run in waiting:
-                outcomes[run.key] = RunOutcome(
-                    run.key, run.name, "failed", f"waits for run {run.after}, not in the plan"
-                )
-            break
-        results = run_local(
-            ready,
-            work_dir,
-            tracking,
-            parallel=options.parallel,
-            threads=options.threads,
-            device=options.device,
-            deadline=options.deadline,
-            progress=progress,
-            stop=stop,
-        )
-        for run in ready:
-            status, reason = results.get(run.key, ("failed", "no outcome"))
-            if status == "finished":
-                metrics = RunFolder.for_config(run.config, work_dir).read_evaluation() or {}
-                outcomes[run.key] = RunOutcome(run.key, run.name, "finished", metrics=metrics)
-            else:
-                outcomes[run.key] = RunOutcome(run.key, run.name, status, reason)
-                if tracking:
-                    mark_ended(tracking, run, status, reason)
+    if stop:
+        for run in waiting:
+            reason = f"not started: the sweep was asked to stop ({stop.reason})"
+            outcomes[run.key] = RunOutcome(run.key, run.name, "stopped", reason)
+            if tracking:
+                mark_ended(tracking, run, "stopped", reason)
+        return
+    # one batch: a Retrained run whose source is in it starts once that has finished (in
+    # the first free slot), one whose source finished before starts at once
+    results = run_local(
+        waiting,
+        work_dir,
+        tracking,
+        parallel=options.parallel,
+        threads=options.threads,
+        device=options.device,
+        deadline=options.deadline,
+        progress=progress,
+        stop=stop,
+    )
+    for run in waiting:
+        status, reason = results.get(run.key, ("failed", "no outcome"))
+        if status == "finished":
+            metrics = RunFolder.for_config(run.config, work_dir).read_evaluation() or {}
+            outcomes[run.key] = RunOutcome(run.key, run.name, "finished", metrics=metrics)
+        else:
+            outcomes[run.key] = RunOutcome(run.key, run.name, status, reason)
+            if tracking:
+                mark_ended(tracking, run, status, reason)
 
 
 def run_local(
@@ -355,9 +332,12 @@ def run_local(
     progress: bool = True,
     stop: StopRequest | None = None,
 ) -> dict[str, tuple[str, str]]:
-    """Train ``todo`` (runs whose ``after`` source is finished or absent) ``parallel`` at a
-    time; returns run key -> (status, reason), status ``finished``, ``failed`` or
-    ``stopped`` (by the deadline or ``stop``, or never started before it).
+    """Train ``todo`` ``parallel`` at a time, in its order; returns run key -> (status,
+    reason), status ``finished``, ``failed`` or ``stopped`` (by the deadline or ``stop``,
+    or never started before it). A run whose ``after`` source is in ``todo`` starts in the
+    first free slot once that source has finished (the runs after it in the order do not
+    wait for it), and not at all if the source failed or stopped; one whose source is not
+    in ``todo`` (finished earlier) starts in its turn.
 
     At the deadline (or once ``stop`` is set) every running run gets SIGTERM: it writes
     its checkpoint at the step it is on and exits (:mod:`sparling.stopping`); one that has
@@ -378,6 +358,7 @@ def run_local(
                 return "at the deadline"
             return None
 
+        names = {run.key: run.name for run in todo}
         for run in todo:
             c = run.config
             key = json.dumps([c.domain.model_dump(mode="json"), c.data.model_dump(mode="json")])
@@ -396,6 +377,7 @@ def run_local(
                 {
                     "key": run.key,
                     "name": f"{run.key[:8]} {run.name}",
+                    "after": run.after if run.after in names else None,
                     "method": run.method,
                     "config": c.model_dump(mode="json"),
                     "run_dir": str(RunFolder.for_config(c, work_dir).path),
@@ -416,8 +398,25 @@ def run_local(
     while pending or running:
         late = (deadline is not None and time.monotonic() - start > deadline) or bool(stop)
         stop_why = "at the deadline" if not stop else f"on {stop.reason}"
+        for dependent in [j for j in pending if j["after"] in outcome]:
+            source = outcome[dependent["after"]]
+            if source[0] != "finished":  # said at once, not when a slot frees
+                pending.remove(dependent)
+                # a stopped source: not started either, it starts when the sweep runs again
+                status = "stopped" if source[0] == "stopped" else "failed"
+                why = f"run {names[dependent['after']]} ({dependent['after']}), whose g it retrains, {source[0]}"
+                outcome[dependent["key"]] = (
+                    status,
+                    f"not started: {why}" if status == "stopped" else why,
+                )
+                if progress:
+                    print(f"{dependent['name']}: {outcome[dependent['key']][1]}", flush=True)
         while pending and len(running) < parallel and not late:
-            job = pending.pop(0)
+            # the first whose source (if it has one here) has finished; the rest keep waiting
+            job = next((j for j in pending if j["after"] is None or j["after"] in outcome), None)
+            if job is None:
+                break
+            pending.remove(job)
             RunFolder(job["run_dir"]).failure_path.unlink(missing_ok=True)
             p = ctx.Process(target=_child_main, args=(job,), name=job["name"])
             p.start()

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -477,3 +478,65 @@ def test_a_larger_budget_continues_the_finished_shorter_run_with_its_history(
     ((child, steps),) = _children(work, "longer")
     assert child.info.status == "FINISHED"
     assert steps == [16, 32, 48, 64]
+
+
+def test_a_retrained_run_starts_once_its_source_finishes_not_after_every_run_before_it(
+    tmp_path: Path,
+) -> None:
+    """Two slots: a run far too long to finish here beside a short one, whose Retrained run
+    starts as soon as the short one has finished, while the long one still trains (the
+    long one is then stopped); and the Retrained run of a source that failed never
+    starts."""
+    import threading
+
+    from pipelines.executors.local import run_local
+    from sparling.stopping import StopRequest
+
+    missing = "run:0123456789abcdef"  # a source run that cannot start: it fails
+    sweep = build_sweep(
+        {
+            "name": "retrain-early",
+            "base": tiny_config(**{"budget_samples": 32, "val_interval": 16}),
+            "methods": [
+                {
+                    "name": "sparling",
+                    "label": "long",
+                    "seeds": [0],
+                    "set": {"budget_samples": 10**7},
+                },
+                {"name": "sparling", "seeds": [1]},
+                {
+                    "name": "sparling",
+                    "label": "broken",
+                    "seeds": [2],
+                    "set": {"init_from": missing},
+                },
+                # after the broken one, which fails at once, in the order
+                {"name": "retrained", "from": "sparling", "seeds": [1]},
+                {"name": "retrained", "label": "after-broken", "from": "broken", "seeds": [2]},
+            ],
+        },
+        source="test",
+        base_dir=tmp_path,
+    )
+    runs = {r.name.split()[0]: r for r in sweep.runs}
+    assert sorted(runs) == ["after-broken", "broken", "long", "retrained", "sparling"], runs
+    work = tmp_path / "work"
+    retrained = RunFolder.for_config(runs["retrained"].config, work)
+    stop = StopRequest()
+
+    def stop_once_retrained() -> None:  # or after 10 minutes, when it never started
+        deadline = time.monotonic() + 600
+        while not retrained.evaluation_path.is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stop.set("the test")
+
+    watcher = threading.Thread(target=stop_once_retrained, daemon=True)
+    watcher.start()
+    outcome = run_local(sweep.runs, work, None, parallel=2, progress=False, stop=stop)
+    # trained and evaluated (the stop may reach it as it exits) while the long one trained
+    assert retrained.evaluation_path.is_file() and retrained.read_result() is not None, outcome
+    assert outcome[runs["long"].key][0] == "stopped", outcome
+    status, reason = outcome[runs["after-broken"].key]
+    assert status == "failed" and "whose g it retrains, failed" in reason
+    assert not RunFolder.for_config(runs["after-broken"].config, work).path.exists()
