@@ -40,13 +40,7 @@ from pipelines.display import SweepDisplay
 from pipelines.executors.base import RunOutcome, evaluate_run
 from pipelines.plan import PlannedRun
 from pipelines.sync import end_child, log_run_results, mark_ended, run_tracking
-from pipelines.train_job import (
-    RunStopped,
-    announce_continuation,
-    prepare_datasets,
-    run_training,
-    write_stop_request,
-)
+from pipelines.train_job import RunStopped, prepare_datasets, run_training, write_stop_request
 from sparling.runs import RunFolder
 from sparling.stopping import STOP_GRACE_SECONDS, StopRequest, TrainingStopped, stop_on_signals
 
@@ -114,14 +108,7 @@ def execute_run(run: PlannedRun, work_dir: Path, tracking: dict[str, Any] | None
             mlflow_run = tracking["runs"].get(run.key)
         if tracker is not None and mlflow_run is not None:
             tracker.set_status(mlflow_run, "RUNNING")
-        # trained before, with only its evaluation missing (or the same as a shorter-budget
-        # run that ended by itself, whose result it takes): evaluated, its record kept
-        folder = RunFolder.for_config(run.config, work_dir)
-        if not folder.has_checkpoint():
-            folder.write_config(run.config)
-            announce_continuation(folder, run.config, f"run {run.key}")
-        trained_before = folder.read_result() is not None
-        for attempt in range(0 if trained_before else SYSTEM_RETRIES + 1):
+        for attempt in range(SYSTEM_RETRIES + 1):
             try:
                 run_training(
                     run.config,
