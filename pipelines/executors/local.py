@@ -190,22 +190,25 @@ def train_and_evaluate(job: dict[str, Any]) -> None:
         if points is not None:
             log(points, int(info["samples"]))
 
-    trainer = make_trainer(
-        config,
-        ShardedDataset(job["train"]),
-        ShardedDataset(job["val"]),
-        folder.path,
-        callbacks=Callbacks(on_validation=on_validation, on_progress=on_progress),
-        progress=False,
-        device=job["device"],
-    )
-    holder["trainer"] = trainer
-    # trained before, with only its evaluation missing (deleted to score it again, or cut
-    # off): it is evaluated, and its training record kept as it was
+    # trained before, with only its evaluation missing (deleted to score it again, cut
+    # off, or a shorter run's result taken): it is evaluated, its training record kept as
+    # it was, and no trainer is built (that would read the training data and checkpoint)
     trained_before = folder.read_result() is not None
+    trainer = None
+    if not trained_before:
+        trainer = make_trainer(
+            config,
+            ShardedDataset(job["train"]),
+            ShardedDataset(job["val"]),
+            folder.path,
+            callbacks=Callbacks(on_validation=on_validation, on_progress=on_progress),
+            progress=False,
+            device=job["device"],
+        )
+        holder["trainer"] = trainer
     with system_metrics(tracking):  # of this process, training and evaluating
         try:
-            result = None if trained_before else trainer.fit()
+            result = None if trainer is None else trainer.fit()
         except TrainingStopped as stopped:
             # Asked to stop (SIGTERM from the driver at its deadline, or from anyone): the
             # checkpoint is written at this step; send what is queued, say where it stands.

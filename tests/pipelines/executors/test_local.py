@@ -457,6 +457,32 @@ def test_a_retrained_run_whose_source_finished_earlier_trains(tmp_path: Path) ->
     assert retrained.read_evaluation() == evaluation
     assert retrained.result_path.read_bytes() == record
 
+    # no trainer is built for such a run: its training and validation data are not opened
+    from pipelines.executors.local import train_and_evaluate
+    from sparling.datasets import prepare_datasets
+
+    (run,) = [r for r in build_sweep(sweep).runs if r.method == "retrained"]
+    test_dir = prepare_datasets(run.config, work, progress=False, splits=("test",))["test"]
+    retrained.evaluation_path.unlink()
+    missing = str(tmp_path / "no-such-dataset")
+    train_and_evaluate(
+        {
+            "name": run.name,
+            "method": run.method,
+            "config": run.config.model_dump(mode="json"),
+            "run_dir": str(retrained.path),
+            "work_dir": str(work),
+            "train": missing,
+            "val": missing,
+            "test": str(test_dir),
+            "threads": 1,
+            "device": "cpu",
+            "tracking": None,
+        }
+    )
+    assert retrained.read_evaluation() == evaluation
+    assert retrained.result_path.read_bytes() == record
+
 
 def test_a_larger_budget_continues_the_finished_shorter_run_with_its_history(
     tmp_path: Path,
