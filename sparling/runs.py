@@ -283,10 +283,11 @@ class RunFolder:
             )
         kept = self.density_checkpoints()
         density = self._wanted_density(kept, density)
-        if density is None:
-            return min(kept.items())[1] if kept else self.last
-        above = {d: p for d, p in kept.items() if d >= density * (1 - 1e-9)}
-        if not above:
+        if density is None and not kept:
+            return self.last
+        chosen = _lowest_at_or_above(kept, density)
+        if chosen is None:
+            assert density is not None  # with none wanted, the lowest kept is chosen
             reached = ", ".join(f"{d:.3e}" for d in sorted(kept))
             kept_text = (
                 f"kept: {reached}"
@@ -297,7 +298,7 @@ class RunFolder:
             raise ValueError(
                 f"run {self.path} has no checkpoint at density >= {density:g} ({kept_text})"
             )
-        return min(above.items())[1]
+        return kept[chosen]
 
     def _wanted_density(self, kept: Iterable[float], density: float | None) -> float | None:
         """``density``, or when it is ``None`` the domain's reported density if a kept
@@ -319,12 +320,10 @@ class RunFolder:
         if not kept:
             return float(read_meta(self.select_checkpoint(density))["density"])
         wanted = self._wanted_density(kept, density)
-        if wanted is None:
-            return min(kept)
-        above = [d for d in kept if d >= wanted * (1 - 1e-9)]
-        if not above:
+        chosen = _lowest_at_or_above(kept, wanted)
+        if chosen is None:
             return float(read_meta(self.select_checkpoint(wanted))["density"])  # says why not
-        return min(above)
+        return chosen
 
     # -- records ----------------------------------------------------------------------------
     def read_config(self) -> RunConfig:
@@ -543,6 +542,14 @@ def _why_not_a_run(path: Path) -> str:
         what = " (an exported model)" if path.suffix == ".safetensors" else ""
         return f"{path} is a file{what}; {expected}"
     return f"{path} holds neither checkpoints/ nor {META_FILE}; {expected}"
+
+
+def _lowest_at_or_above(kept: Iterable[float], density: float | None) -> float | None:
+    """The rule both :meth:`RunFolder.select_checkpoint` and
+    :meth:`RunFolder.selected_density` choose by: the lowest of the ``kept`` densities at
+    or above ``density`` (all of them when it is ``None``); ``None`` when there is none."""
+    above = [d for d in kept if density is None or d >= density * (1 - 1e-9)]
+    return min(above) if above else None
 
 
 def select_checkpoint(path: Path | str, density: float | None = None) -> Path:
